@@ -1,0 +1,98 @@
+"""Layer awareness: place every tensor name of a decoder checkpoint in a layer group.
+
+Groups: ``embed`` (token/position embeddings, merged before the layers), ``layer`` (one decoder
+block, with its index), ``final`` (final norm and LM head, after the layers). Within a layer,
+``kind`` is ``attn``, ``mlp``, ``norm`` or ``other``, which the search uses for separate
+attention / MLP coefficient groups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from evomerge.errors import ModelError
+
+__all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS"]
+
+# prefix + index + rest; the prefix is kept when a tensor is renumbered for a layer swap.
+_LAYER = [
+    re.compile(r"^(?P<prefix>(?:model\.)?(?:language_model\.)?(?:decoder\.)?layers\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
+    re.compile(r"^(?P<prefix>transformer\.h\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
+    re.compile(r"^(?P<prefix>gpt_neox\.layers\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
+]
+_EMBED = re.compile(
+    r"^(?:model\.)?(?:language_model\.)?(?:decoder\.)?(?:transformer\.|gpt_neox\.)?"
+    r"(?:embed_tokens|wte|wpe|embed_in|embed_positions)\.[\w.]+$"
+)
+_FINAL = re.compile(
+    r"^(?:(?:model\.)?(?:language_model\.)?(?:decoder\.)?(?:norm|final_layernorm|final_layer_norm)"
+    r"|transformer\.ln_f|gpt_neox\.final_layer_norm|lm_head|embed_out)\.[\w.]+$"
+)
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+@dataclass(frozen=True)
+class TensorPlace:
+    """Where a tensor sits: group, layer index (layers only), kind inside the layer."""
+
+    group: Literal["embed", "layer", "final"]
+    layer: int | None = None
+    kind: Literal["attn", "mlp", "norm", "other", "embed", "head"] = "other"
+    prefix: str = ""
+    rest: str = ""
+
+
+def _kind(rest: str) -> str:
+    if "attn" in rest or "attention" in rest:
+        return "attn"
+    if "mlp" in rest or "feed_forward" in rest:
+        return "mlp"
+    if "norm" in rest or rest.startswith("ln_"):
+        return "norm"
+    return "other"
+
+
+def place(name: str) -> TensorPlace:
+    """Place tensor ``name``; raises ModelError naming it if the architecture is unknown.
+
+    >>> place("model.layers.3.self_attn.q_proj.weight")
+    TensorPlace(group='layer', layer=3, kind='attn', prefix='model.layers.', rest='self_attn.q_proj.weight')
+    >>> place("lm_head.weight").group
+    'final'
+    """
+    for pattern in _LAYER:
+        m = pattern.match(name)
+        if m:
+            rest = m["rest"]
+            return TensorPlace("layer", int(m["idx"]), _kind(rest), m["prefix"], rest)
+    if _EMBED.match(name):
+        return TensorPlace("embed", kind="embed")
+    if _FINAL.match(name):
+        head = name.startswith(("lm_head", "embed_out"))
+        return TensorPlace("final", kind="head" if head else "norm")
+    raise ModelError(
+        f"Cannot place tensor {name!r} in a layer group: evomerge knows Llama/Mistral/Qwen2/"
+        "Gemma-style 'model.layers.N.', GPT-2-style 'transformer.h.N.' and GPT-NeoX-style "
+        "'gpt_neox.layers.N.' decoders."
+    )
+
+
+def rename_layer(name: str, new_index: int) -> str:
+    """``model.layers.5.mlp.up_proj.weight`` -> ``model.layers.{new_index}.mlp.up_proj.weight``."""
+    p = place(name)
+    if p.group != "layer":
+        return name
+    return f"{p.prefix}{new_index}.{p.rest}"
+
+
+def num_layers_of(config: dict, where: str = "config.json") -> int:
+    """Decoder layer count from a HF config dict."""
+    for key in LAYER_COUNT_KEYS:
+        if isinstance(config.get(key), int):
+            return config[key]
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        return num_layers_of(text, where)
+    raise ModelError(f"{where} has no layer count (none of {', '.join(LAYER_COUNT_KEYS)}).")

@@ -1,0 +1,118 @@
+"""``evomerge merge RECIPE OUT``: build a merged model on disk, one tensor at a time.
+
+Peak memory is the inputs of one tensor plus its result. The model is written into a
+temporary directory beside ``OUT`` and renamed into place at the end, so an interrupted or
+failed merge leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from evomerge.errors import ConfigError
+from evomerge.plan import MergePlan, build_plan, execute
+from evomerge.recipe import Recipe
+from evomerge.sources import ModelSource, torch_dtype
+from evomerge.writer import ShardedWriter, TensorMeta
+
+__all__ = ["open_sources", "merge_to_disk", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def open_sources(recipe: Recipe) -> dict[str, ModelSource]:
+    """Open every model the recipe names (headers only); ModelError if one is missing."""
+    return {ref: ModelSource(ref) for ref in recipe.referenced_models()}
+
+
+def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[TensorMeta]:
+    out = torch_dtype(plan.recipe.out_dtype or plan.recipe.dtype)
+    metas = []
+    for task in plan.tasks:
+        model, name = task.inputs[0] if task.inputs else task.base
+        metas.append(TensorMeta(task.out_name, task.shape, out or sources[model].dtype(name)))
+    return metas
+
+
+def _tokenizer_ref(recipe: Recipe) -> str:
+    """``tokenizer_source`` if it names a model, else the base (or the first model)."""
+    src = recipe.tokenizer_source
+    return recipe.referenced_models()[0] if src in (None, "base") else src
+
+
+def _model_card(recipe: Recipe, plan: MergePlan) -> str:
+    models = "\n".join(f"- `{m}`" for m in recipe.referenced_models())
+    return (f"---\ntags: [merge, evomerge]\n---\n# Merged model\n\nBuilt by evomerge with the "
+            f"`{recipe.merge_method}` method ({plan.method.paper}) from:\n\n{models}\n\n"
+            f"Output layers: {plan.num_layers}. The exact recipe is in `mergekit_config.yml`; "
+            f"rebuild with `evomerge merge mergekit_config.yml OUT` or `mergekit-yaml`.\n")
+
+
+def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
+                  max_shard_bytes: int = 2 * 1024**3,
+                  progress: Callable[[int, int], None] | None = None) -> MergePlan:
+    """Merge ``recipe`` into the model directory ``out``.
+
+    Args:
+        recipe: a validated recipe.
+        out: output directory; must not exist yet (or be empty).
+        device: where the tensor math runs ("cpu", "cuda", "cuda:1", ...).
+        max_shard_bytes: largest safetensors shard.
+        progress: called as ``progress(done, total)`` after each tensor.
+
+    Returns:
+        The executed plan.
+
+    Raises:
+        ConfigError, ModelError: bad recipe or sources; nothing is written.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"Output directory {str(out)!r} exists and is not empty.")
+    sources = open_sources(recipe)
+    plan = build_plan(recipe, sources)
+    tok_ref = _tokenizer_ref(recipe)
+    if tok_ref not in sources:
+        sources[tok_ref] = ModelSource(tok_ref, field="tokenizer_source")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_weights(plan, sources, tmp, device, max_shard_bytes, progress)
+        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2))
+        for name in TOKENIZER_FILES:
+            src = sources[tok_ref].path / name
+            if src.is_file():
+                shutil.copy2(src, tmp / name)
+        (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
+        (tmp / "README.md").write_text(_model_card(recipe, plan))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return plan
+
+
+def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Path, device: str,
+                   max_shard_bytes: int, progress: Callable[[int, int], None] | None) -> None:
+    dtype = plan.compute_dtype
+
+    def fetch(model: str, name: str) -> torch.Tensor:
+        return sources[model].get(name, device=device, dtype=dtype)
+
+    metas = _output_metas(plan, sources)
+    with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
+        for i, task in enumerate(plan.tasks):
+            writer.write(task.out_name, execute(task, plan.method, fetch))
+            if progress:
+                progress(i + 1, len(plan.tasks))
+        writer.finish()

@@ -1,0 +1,301 @@
+"""Recipes: the mergekit-compatible YAML that says how to build one merged model.
+
+A recipe is a subset of mergekit's merge configuration, so the same file builds the same
+model with ``mergekit-yaml``::
+
+    merge_method: ties
+    base_model: zoo/base
+    models:
+      - model: zoo/expert_a
+        parameters: {weight: [0.2, 0.8], density: 0.5}   # list = gradient over layer depth
+      - model: zoo/expert_b
+        parameters:
+          weight: [{filter: self_attn, value: 0.3}, {value: 0.7}]   # first match wins
+    parameters: {lambda: 1.0}
+    dtype: float32
+    evomerge: {seed: 0}    # evomerge-only block; mergekit ignores unknown top-level keys
+
+Everything here is validated before any weights are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import ConfigError
+from evomerge.methods import MergeMethod, get_method
+
+__all__ = [
+    "Conditional", "ModelEntry", "SliceSource", "Slice", "Recipe", "load_recipe",
+    "DTYPES", "format_validation_error",
+]
+
+Scalar = Union[bool, int, float]
+Gradient = list[Scalar]
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Conditional(_Strict):
+    """A value that applies to tensors whose name contains ``filter`` (no filter = any)."""
+
+    value: Union[Scalar, Gradient]
+    filter: str | None = None
+
+
+ParamValue = Union[Scalar, Gradient, Conditional, list[Conditional]]
+Params = dict[str, ParamValue]
+
+
+class ModelEntry(_Strict):
+    """``models:`` item: a source model and its per-model parameters."""
+
+    model: str = Field(min_length=1)
+    parameters: Params | None = None
+
+
+class SliceSource(_Strict):
+    """One source of an output slice: layers [start, end) of ``model``."""
+
+    model: str = Field(min_length=1)
+    layer_range: tuple[int, int]
+    parameters: Params | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> SliceSource:
+        start, end = self.layer_range
+        if start < 0 or end <= start:
+            raise ValueError(f"layer_range {list(self.layer_range)} must satisfy 0 <= start < end")
+        return self
+
+
+class Slice(_Strict):
+    """``slices:`` item: output layers built from same-length layer ranges of its sources."""
+
+    sources: list[SliceSource] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: Params | None = None
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Slice:
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
+        if len(lengths) > 1:
+            raise ValueError(f"all sources of a slice need the same number of layers, got {sorted(lengths)}")
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        r = self.sources[0].layer_range
+        return r[1] - r[0]
+
+
+class EvomergeExtras(BaseModel):
+    """The ``evomerge:`` block: settings only evomerge reads (mergekit ignores the block)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    seed: int = 0  # seeds DARE / DELLA drops; each tensor derives its own stream from it
+
+
+class Recipe(_Strict):
+    """A validated merge recipe (see module docstring)."""
+
+    merge_method: str
+    base_model: str | None = None
+    models: list[ModelEntry] | None = None
+    slices: list[Slice] | None = None
+    parameters: Params | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    evomerge: EvomergeExtras = EvomergeExtras()
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if (self.models is None) == (self.slices is None) or not (self.models or self.slices):
+            raise ValueError("exactly one of 'models' or 'slices' must be given")
+        for name in ("dtype", "out_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(DTYPES)}")
+        if self.tokenizer_source == "union":
+            raise ValueError("tokenizer_source 'union' is not supported; name a model or 'base'")
+        method = get_method(self.merge_method)
+        _check_parameters(self, method)
+        _check_structure(self, method)
+        return self
+
+    @property
+    def method(self) -> MergeMethod:
+        return get_method(self.merge_method)
+
+    def referenced_models(self) -> list[str]:
+        """Every model the recipe names, in first-mention order."""
+        refs: list[str] = []
+        for ref in ([self.base_model] if self.base_model else []) + [
+            e.model for e in self.models or []
+        ] + [s.model for sl in self.slices or [] for s in sl.sources] + [
+            sl.base_model for sl in self.slices or [] if sl.base_model
+        ]:
+            if ref not in refs:
+                refs.append(ref)
+        return refs
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        if data.get("evomerge") == {"seed": 0}:
+            data.pop("evomerge")
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def _param_tables(recipe: Recipe) -> list[tuple[str, Params]]:
+    tables: list[tuple[str, Params]] = []
+    if recipe.parameters:
+        tables.append(("parameters", recipe.parameters))
+    for i, entry in enumerate(recipe.models or []):
+        if entry.parameters:
+            tables.append((f"models[{i}].parameters", entry.parameters))
+    for i, sl in enumerate(recipe.slices or []):
+        if sl.parameters:
+            tables.append((f"slices[{i}].parameters", sl.parameters))
+        for j, src in enumerate(sl.sources):
+            if src.parameters:
+                tables.append((f"slices[{i}].sources[{j}].parameters", src.parameters))
+    return tables
+
+
+def _leaves(value: ParamValue) -> list[Scalar]:
+    if isinstance(value, Conditional):
+        return _leaves(value.value)
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
+def _check_parameters(recipe: Recipe, method: MergeMethod) -> None:
+    for where, table in _param_tables(recipe):
+        for name, value in table.items():
+            try:
+                spec = method.param(name)
+            except KeyError as exc:
+                raise ValueError(
+                    f"{where}: unknown parameter {name!r} for merge method "
+                    f"{method.name!r}; valid: {', '.join(method.param_names)}"
+                ) from exc
+            for leaf in _leaves(value):
+                _check_leaf(where, name, leaf, spec, method)
+
+
+def _check_leaf(where: str, name: str, leaf: Scalar, spec: Any, method: MergeMethod) -> None:
+    if spec.kind is bool:
+        if not isinstance(leaf, bool):
+            raise ValueError(f"{where}.{name} must be true or false, got {leaf!r}")
+        return
+    if isinstance(leaf, bool):
+        raise ValueError(f"{where}.{name} must be a number, got {leaf!r}")
+    if spec.low is not None and leaf < spec.low:
+        raise ValueError(
+            f"{where}.{name} = {leaf} is below the minimum {spec.low} for {method.name!r}"
+        )
+    if spec.high is not None and leaf > spec.high:
+        raise ValueError(
+            f"{where}.{name} = {leaf} is above the maximum {spec.high} for {method.name!r}"
+        )
+
+
+def _check_structure(recipe: Recipe, method: MergeMethod) -> None:
+    if method.base == "required" and not recipe.base_model and (
+        recipe.slices is None or not all(sl.base_model for sl in recipe.slices)
+    ):
+        raise ValueError(f"merge method {method.name!r} needs a base_model")
+    _check_required(recipe, method)
+    groups: list[list[str]] = []
+    if recipe.models is not None:
+        groups.append([e.model for e in recipe.models])
+    for sl in recipe.slices or []:
+        groups.append([s.model for s in sl.sources])
+    for group in groups:
+        base = recipe.base_model
+        n = len([m for m in group if m != base]) if method.base == "required" else len(
+            group if base is None or base in group else group + [base]
+        )
+        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+            bound = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs
+                     else f"at least {method.min_inputs}" if method.max_inputs is None
+                     else f"{method.min_inputs} to {method.max_inputs}")
+            kind = "models besides the base" if method.base == "required" else "input models"
+            raise ValueError(f"merge method {method.name!r} takes {bound} {kind}, got {n}")
+
+
+def _check_required(recipe: Recipe, method: MergeMethod) -> None:
+    """Every required parameter must be set somewhere it applies (filters aside)."""
+    top = recipe.parameters or {}
+    slices = recipe.slices or [Slice(sources=[SliceSource(model=e.model, layer_range=(0, 1),
+                                                          parameters=e.parameters)
+                                              for e in recipe.models or []])]
+    for sl in slices:
+        shared = {**top, **(sl.parameters or {})}
+        base = sl.base_model or recipe.base_model
+        for spec in method.params:
+            if not spec.required:
+                continue
+            if not spec.per_model:
+                if spec.name not in shared:
+                    raise ValueError(f"merge method {method.name!r} needs parameter "
+                                     f"{spec.name!r} (in 'parameters')")
+                continue
+            for src in sl.sources:
+                if method.base == "required" and src.model == base:
+                    continue
+                if spec.name not in {**shared, **(src.parameters or {})}:
+                    raise ValueError(f"merge method {method.name!r} needs parameter "
+                                     f"{spec.name!r} for model {src.model!r}")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One sentence naming the field and the value of the first validation error."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown field {loc!r}."
+    if first["type"] in ("value_error", "assertion_error") or not loc:
+        return f"{source}: {msg}."
+    return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {first.get('input')!r})."
+
+
+def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
+    """Parse and validate a recipe from a YAML path, a YAML string or a dict.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation; the message names
+            the field and the value.
+    """
+    name = "recipe"
+    if isinstance(source, dict):
+        data = source
+    else:
+        text = str(source)
+        if isinstance(source, Path) or (("\n" not in text) and text.endswith((".yaml", ".yml"))):
+            path = Path(source)
+            name = str(path)
+            if not path.is_file():
+                raise ConfigError(f"Recipe file {str(path)!r} does not exist.")
+            text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a YAML mapping with a 'merge_method' key.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, name)) from None
