@@ -262,8 +262,14 @@ def _check_required(recipe: Recipe, method: MergeMethod) -> None:
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One sentence naming the field and the value of the first validation error."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    parts = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
     msg = first["msg"].removeprefix("Value error, ")
+    if "parameters" in parts and len(parts) > parts.index("parameters") + 1:
+        # A parameter value failed every member of the union: say what is allowed instead.
+        parts = parts[: parts.index("parameters") + 2]
+        msg = ("must be a number, true/false, a list of numbers (a gradient over layers) or "
+               "a list of {filter, value} entries")
+    loc = ".".join(parts)
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field {loc!r}."
     if first["type"] in ("value_error", "assertion_error") or not loc:
@@ -292,7 +298,10 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{name} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "parse error"
+            raise ConfigError(f"{name} is not valid YAML{where}: {problem}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{name} must be a YAML mapping with a 'merge_method' key.")
     try:

@@ -29,7 +29,8 @@ def _kth_largest(abs_flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def magnitude(
-    delta: torch.Tensor, density: float, rescale: bool = False, **_: object
+    delta: torch.Tensor, density: float, rescale: bool = False,
+    sorted_magnitude: torch.Tensor | None = None, **_: object
 ) -> torch.Tensor:
     """TIES trim (Yadav et al. 2023, step 1): keep the ``density`` fraction of largest |delta|.
 
@@ -43,13 +44,17 @@ def magnitude(
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
     mag = delta.abs()
-    threshold = _kth_largest(mag.reshape(-1), k)
+    if sorted_magnitude is not None:  # ascending: the k-th largest sits at n - k
+        threshold = sorted_magnitude[delta.numel() - k]
+    else:
+        threshold = _kth_largest(mag.reshape(-1), k)
     out = delta * (mag >= threshold)
     return _l1_rescale(out, delta) if rescale else out
 
 
 def magnitude_outliers(
-    delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False, **_: object
+    delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False,
+    sorted_magnitude: torch.Tensor | None = None, **_: object
 ) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023): drop the top ``gamma`` fraction of |delta|
     (outliers) and the smallest entries, keeping ``int(density * n)`` in between.
@@ -66,10 +71,13 @@ def magnitude_outliers(
     n_top = int(gamma * n)
     n_bot = max(0, n - target - n_top)
     mag = delta.abs()
-    flat = mag.reshape(-1)
-    work = flat if flat.device.type != "cpu" else flat.float()
-    lo = torch.kthvalue(work, n_bot + 1).values.to(flat.dtype)
-    hi = torch.kthvalue(work, n_bot + target).values.to(flat.dtype)
+    if sorted_magnitude is not None:
+        lo, hi = sorted_magnitude[n_bot], sorted_magnitude[n_bot + target - 1]
+    else:
+        flat = mag.reshape(-1)
+        work = flat if flat.device.type != "cpu" else flat.float()
+        lo = torch.kthvalue(work, n_bot + 1).values.to(flat.dtype)
+        hi = torch.kthvalue(work, n_bot + target).values.to(flat.dtype)
     out = delta * ((mag >= lo) & (mag <= hi))
     return _l1_rescale(out, delta) if rescale else out
 

@@ -1,0 +1,119 @@
+"""In-memory materializer: the search calls this thousands of times, so it never touches disk.
+
+It loads every source model once onto a device, keeps task vectors (and their sorted
+magnitudes, for magnitude-based trimming) when the method uses them, and writes each new
+recipe's merged weights into one resident ``PreTrainedModel`` in place::
+
+    mat = Materializer(["zoo/base", "zoo/expert_a", "zoo/expert_b"], base_model="zoo/base")
+    model = mat.materialize(recipe)      # same object every call, new weights
+    logits = model(input_ids).logits
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from evomerge.errors import ConfigError
+from evomerge.plan import MergePlan, TensorTask, build_plan, execute
+from evomerge.recipe import Recipe
+from evomerge.sources import ModelSource
+
+__all__ = ["Materializer", "resolve_device"]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None``/"auto" -> CUDA if available else CPU; anything else as given."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Materializer:
+    """Resident source weights + one resident model, overwritten per recipe.
+
+    Args:
+        models: every model a recipe may reference (paths as written in recipes).
+        base_model: the shared base; also the template for the resident model's config.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        dtype: dtype for resident weights (default: as stored).
+        cache_task_vectors: keep ``model - base`` for task-vector methods (memory for speed).
+    """
+
+    def __init__(self, models: Sequence[str], base_model: str | None = None,
+                 device: str | None = "cpu", dtype: torch.dtype | None = None,
+                 cache_task_vectors: bool = True) -> None:
+        from transformers import AutoModelForCausalLM  # heavy import, only when used
+
+        refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
+        self.device = resolve_device(device)
+        self.dtype = dtype
+        self.base_model = base_model
+        self.sources = {ref: ModelSource(ref) for ref in refs}
+        self._weights = {ref: {n: src.get(n, self.device, dtype) for n in src.names}
+                         for ref, src in self.sources.items()}
+        template = self.sources[refs[0]]
+        self.model = AutoModelForCausalLM.from_pretrained(
+            template.path, dtype=dtype or "auto").to(self.device).eval()
+        self._params = self.model.state_dict(keep_vars=True)
+        self._cache = cache_task_vectors
+        self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._sorted: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def _fetch(self, model: str, name: str) -> torch.Tensor:
+        return self._weights[model][name]
+
+    def _delta(self, ref: tuple[str, str], base: tuple[str, str]) -> torch.Tensor:
+        key = (*ref, base[0])
+        if key not in self._deltas:
+            delta = self._fetch(*ref) - self._fetch(*base)
+            if not self._cache:
+                return delta
+            self._deltas[key] = delta
+        return self._deltas[key]
+
+    def _sorted_mag(self, ref: tuple[str, str], base: tuple[str, str]) -> torch.Tensor:
+        key = (*ref, base[0])
+        if key not in self._sorted:
+            values = self._delta(ref, base).abs().reshape(-1).sort().values
+            if not self._cache:
+                return values
+            self._sorted[key] = values
+        return self._sorted[key]
+
+    def plan(self, recipe: Recipe) -> MergePlan:
+        """Plan ``recipe`` against the resident sources; ConfigError if it does not fit."""
+        missing = [m for m in recipe.referenced_models() if m not in self.sources]
+        if missing:
+            raise ConfigError(f"Recipe references model {missing[0]!r}, which this materializer "
+                              f"did not load (loaded: {', '.join(self.sources)}).")
+        plan = build_plan(recipe, self.sources)
+        for task in plan.tasks:
+            param = self._params.get(task.out_name)
+            if param is None or tuple(param.shape) != task.shape:
+                raise ConfigError(
+                    f"Recipe output tensor {task.out_name!r} {list(task.shape)} does not fit the "
+                    f"resident model (it has {plan.num_layers} layers; the resident model has "
+                    f"{len(self.model.model.layers) if hasattr(self.model, 'model') else '?'}).")
+        return plan
+
+    def _compute(self, task: TensorTask, plan: MergePlan) -> torch.Tensor:
+        method = plan.method
+        if method.delta_fn is None or task.base is None:
+            return execute(task, method, self._fetch)
+        params = {**task.shared, **task.per_model}
+        if method.stochastic:
+            params["generator"] = torch.Generator(device=self.device).manual_seed(task.seed)
+        if "density" in method.param_names and not method.stochastic:
+            params["sorted_magnitudes"] = [self._sorted_mag(r, task.base) for r in task.inputs]
+        deltas = [self._delta(r, task.base) for r in task.inputs]
+        return method.delta_fn(deltas, self._fetch(*task.base), **params)
+
+    @torch.no_grad()
+    def materialize(self, recipe: Recipe) -> torch.nn.Module:
+        """Write ``recipe``'s merged weights into the resident model and return it."""
+        plan = self.plan(recipe)
+        for task in plan.tasks:
+            self._params[task.out_name].copy_(self._compute(task, plan))
+        return self.model

@@ -1,0 +1,32 @@
+"""mergekit as a test oracle (used only by tests; evomerge never imports mergekit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+
+def mergekit_merge(recipe_yaml: str, out: Path) -> dict[str, torch.Tensor]:
+    """Run mergekit's in-process ``run_merge`` (what ``mergekit-yaml`` calls) and load the result."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = MergeConfiguration.model_validate(yaml.safe_load(recipe_yaml))
+    run_merge(config, str(out), MergeOptions(copy_tokenizer=False, quiet=True))
+    return load_dir(out)
+
+
+def load_dir(path: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
