@@ -121,7 +121,9 @@ def _variant(name: str, sparsify: str | None, consensus: str | None, normalize: 
     if sparsify == "della_magprune":
         params.insert(2, _EPSILON)
     stochastic = sparsify in ("random", "della_magprune")
-    fixed = {"sparsify": sparsify, "consensus": consensus}
+    # Keyword defaults of the partial; callers (the planner) override them explicitly.
+    fixed = {"sparsify": sparsify, "consensus": consensus, "normalize": normalize,
+             "rescale": rescale}
     return register(MergeMethod(
         name=name, fn=partial(merge_models, **fixed), params=tuple(params), paper=paper,
         base="required", min_inputs=1, stochastic=stochastic,
