@@ -10,9 +10,9 @@ from evomerge.methods import get_method
 def test_ties_elect_and_disjoint_mean_by_hand():
     base = torch.zeros(3)
     a, b = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([-1.0, 1.0, 1.0])
-    # sum = [0, -1, 4] -> gamma = [+, -, +]; agreeing: [{a}, {a, b}, {a, b}]
+    # sum = [0, -1, 4] -> gamma = [+, -, +]; agreeing: [{a}, {a}, {a, b}] -> [1/1, -2/1, 4/2]
     out = get_method("ties").fn([a, b], base, weight=[1.0, 1.0], density=[1.0, 1.0])
-    assert out.tolist() == [1.0, -0.5, 2.0]
+    assert out.tolist() == [1.0, -2.0, 2.0]
 
 
 def test_ties_trims_before_electing():
