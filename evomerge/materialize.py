@@ -57,6 +57,8 @@ class Materializer:
         self.model = AutoModelForCausalLM.from_pretrained(
             template.path, dtype=dtype or "auto").to(self.device).eval()
         self._params = self.model.state_dict(keep_vars=True)
+        self._expected = set(template.names)  # what every recipe must write, no more, no less
+        self.num_layers = template.num_layers
         self._cache = cache_task_vectors
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
         self._sorted: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -89,13 +91,13 @@ class Materializer:
             raise ConfigError(f"Recipe references model {missing[0]!r}, which this materializer "
                               f"did not load (loaded: {', '.join(self.sources)}).")
         plan = build_plan(recipe, self.sources)
-        for task in plan.tasks:
-            param = self._params.get(task.out_name)
-            if param is None or tuple(param.shape) != task.shape:
-                raise ConfigError(
-                    f"Recipe output tensor {task.out_name!r} {list(task.shape)} does not fit the "
-                    f"resident model (it has {plan.num_layers} layers; the resident model has "
-                    f"{len(self.model.model.layers) if hasattr(self.model, 'model') else '?'}).")
+        fits = {t.out_name for t in plan.tasks} == self._expected and all(
+            tuple(self._params[t.out_name].shape) == t.shape for t in plan.tasks)
+        if not fits:
+            raise ConfigError(
+                f"Recipe output does not fit the resident model: the recipe builds "
+                f"{plan.num_layers} layers, the resident model has {self.num_layers}; merge "
+                f"recipes that change the depth to disk with `evomerge merge`.")
         return plan
 
     def _compute(self, task: TensorTask, plan: MergePlan) -> torch.Tensor:

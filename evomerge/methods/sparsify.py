@@ -112,16 +112,17 @@ def della_magprune(
     """DELLA MagPrune (Deep et al. 2024): per row, rank entries by |delta|; the keep
     probability grows linearly with rank from density - epsilon (smallest) to
     density + epsilon (largest), so the mean keep rate is ``density``. Kept entries are
-    rescaled by 1/p_i (unbiased)."""
+    rescaled by 1/p_i (unbiased).
+
+    ``epsilon`` is clamped to min(epsilon, density, 1 - density) so every probability stays in
+    [0, 1]: with per-layer density gradients (and in a search) some layers reach densities
+    where the requested spread would not fit, and a merge must not fail for that.
+    """
     if density >= 1:
         return delta
     if density <= 0:
         return torch.zeros_like(delta)
-    if not (0 < density - epsilon and density + epsilon < 1):
-        raise ValueError(
-            f"DELLA needs 0 < density - epsilon and density + epsilon < 1, "
-            f"got density={density} and epsilon={epsilon}."
-        )
+    epsilon = min(epsilon, density, 1 - density)
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     n = rows.shape[1]
     ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float32)  # 0 = smallest
@@ -129,9 +130,10 @@ def della_magprune(
     p = (density - epsilon) + 2 * epsilon * rank_norm
     u = torch.rand(rows.shape, generator=generator, device=delta.device, dtype=torch.float32)
     keep = u < p
-    out = rows * keep
-    if rescale:
-        out = out / p.to(out.dtype)
+    if rescale:  # p > 0 wherever keep is True
+        out = torch.where(keep, rows / p.to(rows.dtype), torch.zeros((), dtype=rows.dtype))
+    else:
+        out = rows * keep
     return out.reshape(delta.shape)
 
 

@@ -80,6 +80,14 @@ def test_della_keep_rate_grows_with_magnitude(delta):
     assert err.median().item() < 0.15
 
 
-def test_della_rejects_epsilon_past_bounds(delta):
-    with pytest.raises(ValueError, match="density - epsilon"):
-        della_magprune(delta, 0.1, epsilon=0.2)
+def test_della_clamps_epsilon_to_valid_probabilities(delta):
+    g = torch.Generator().manual_seed(0)
+    out = della_magprune(delta, 0.95, epsilon=0.2, generator=g)  # spread clamped to 0.05
+    assert torch.isfinite(out).all()
+    outs = torch.stack([della_magprune(delta, 0.1, epsilon=0.3,
+                                       generator=torch.Generator().manual_seed(s))
+                        for s in range(100)])  # spread clamped to 0.1: p from 0 to 0.2
+    assert torch.isfinite(outs).all()
+    assert abs((outs != 0).float().mean().item() - 0.1) < 0.01
+    smallest = delta.abs().argsort(dim=1)[:, 0]
+    assert (outs[:, torch.arange(200), smallest] == 0).all()  # p = 0 at the smallest rank
