@@ -57,8 +57,9 @@ def _kind(rest: str) -> str:
 def place(name: str) -> TensorPlace:
     """Place tensor ``name``; raises ModelError naming it if the architecture is unknown.
 
-    >>> place("model.layers.3.self_attn.q_proj.weight")
-    TensorPlace(group='layer', layer=3, kind='attn', prefix='model.layers.', rest='self_attn.q_proj.weight')
+    >>> p = place("model.layers.3.self_attn.q_proj.weight")
+    >>> p.group, p.layer, p.kind
+    ('layer', 3, 'attn')
     >>> place("lm_head.weight").group
     'final'
     """

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.errors import ConfigError
+from evomerge.fused import FusedKernel, fusable, thresholds
 from evomerge.plan import MergePlan, TensorTask, build_plan, execute
 from evomerge.recipe import Recipe
 from evomerge.sources import ModelSource
@@ -39,11 +40,14 @@ class Materializer:
         device: "cpu", "cuda", "cuda:N" or "auto".
         dtype: dtype for resident weights (default: as stored).
         cache_task_vectors: keep ``model - base`` for task-vector methods (memory for speed).
+        fused: run task arithmetic / TIES / breadcrumbs through the fused kernel
+            (:mod:`evomerge.fused`), compiled with ``torch.compile`` when ``compile`` is true.
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
-                 cache_task_vectors: bool = True) -> None:
+                 cache_task_vectors: bool = True, fused: bool = True,
+                 compile: bool = True) -> None:
         from transformers import AutoModelForCausalLM  # heavy import, only when used
 
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
@@ -62,6 +66,7 @@ class Materializer:
         self._cache = cache_task_vectors
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
         self._sorted: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._kernel = FusedKernel(compile) if fused else None
 
     def _fetch(self, model: str, name: str) -> torch.Tensor:
         return self._weights[model][name]
@@ -100,6 +105,20 @@ class Materializer:
                 f"recipes that change the depth to disk with `evomerge merge`.")
         return plan
 
+    def _fused(self, task: TensorTask, plan: MergePlan, out: torch.Tensor) -> None:
+        sparsify, consensus = plan.method.composition
+        n = len(task.inputs)
+        bounds = [thresholds(sparsify, self._sorted_mag(r, task.base) if sparsify else None,
+                             task.per_model.get("density", (1.0,) * n)[i],
+                             task.per_model.get("gamma", (0.01,) * n)[i])
+                  for i, r in enumerate(task.inputs)]
+        lo, hi = (torch.tensor(v, device=self.device, dtype=out.dtype) for v in zip(*bounds))
+        w = torch.tensor(task.per_model["weight"], device=self.device, dtype=out.dtype)
+        lam = torch.tensor(task.shared.get("lambda", 1.0), device=self.device, dtype=out.dtype)
+        deltas = [self._delta(r, task.base).view(-1) for r in task.inputs]
+        self._kernel(out.view(-1), self._fetch(*task.base).view(-1), deltas, lo, hi, w, lam,
+                     bool(task.shared.get("normalize")), consensus is not None)
+
     def _compute(self, task: TensorTask, plan: MergePlan) -> torch.Tensor:
         method = plan.method
         if method.delta_fn is None or task.base is None:
@@ -117,5 +136,10 @@ class Materializer:
         """Write ``recipe``'s merged weights into the resident model and return it."""
         plan = self.plan(recipe)
         for task in plan.tasks:
-            self._params[task.out_name].copy_(self._compute(task, plan))
+            out = self._params[task.out_name]
+            if (self._kernel is not None and task.base is not None and task.inputs
+                    and fusable(plan.method, task.shared)):
+                self._fused(task, plan, out)
+            else:
+                out.copy_(self._compute(task, plan))
         return self.model

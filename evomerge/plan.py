@@ -75,7 +75,8 @@ def normalized_slices(recipe: Recipe) -> list[Slice]:
     return [Slice(sources=sources)]
 
 
-def _full_depth(slices: list[Slice], recipe: Recipe, sources: Mapping[str, ModelSource]) -> list[Slice]:
+def _full_depth(slices: list[Slice], recipe: Recipe,
+                sources: Mapping[str, ModelSource]) -> list[Slice]:
     if recipe.slices is not None:
         return slices
     srcs = [s.model_copy(update={"layer_range": (0, sources[s.model].num_layers)})

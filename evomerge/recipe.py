@@ -21,7 +21,7 @@ Everything here is validated before any weights are read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,7 +34,7 @@ __all__ = [
     "DTYPES", "format_validation_error",
 ]
 
-Scalar = Union[bool, int, float]
+Scalar = bool | int | float
 Gradient = list[Scalar]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -47,11 +47,11 @@ class _Strict(BaseModel):
 class Conditional(_Strict):
     """A value that applies to tensors whose name contains ``filter`` (no filter = any)."""
 
-    value: Union[Scalar, Gradient]
+    value: Scalar | Gradient
     filter: str | None = None
 
 
-ParamValue = Union[Scalar, Gradient, Conditional, list[Conditional]]
+ParamValue = Scalar | Gradient | Conditional | list[Conditional]
 Params = dict[str, ParamValue]
 
 
@@ -88,7 +88,8 @@ class Slice(_Strict):
     def _same_length(self) -> Slice:
         lengths = {s.layer_range[1] - s.layer_range[0] for s in self.sources}
         if len(lengths) > 1:
-            raise ValueError(f"all sources of a slice need the same number of layers, got {sorted(lengths)}")
+            raise ValueError("all sources of a slice need the same number of layers, "
+                             f"got {sorted(lengths)}")
         return self
 
     @property

@@ -86,7 +86,8 @@ class ShardedWriter:
         """Append the next tensor; names must come in plan order."""
         meta = self.metas[self._next]
         if name != meta.name or tuple(tensor.shape) != meta.shape:
-            raise RuntimeError(f"expected {meta.name} {meta.shape}, got {name} {tuple(tensor.shape)}")
+            raise RuntimeError(f"expected {meta.name} {meta.shape}, "
+                               f"got {name} {tuple(tensor.shape)}")
         if self._left == 0:
             self._open_next()
         data = tensor.detach().to(device="cpu", dtype=meta.dtype).contiguous()

@@ -75,6 +75,8 @@ class MergeMethod:
         delta_fn: for task-vector methods, the same merge expressed on precomputed task
             vectors ``delta_fn(deltas, base, **params)``; lets a resident materializer keep
             task vectors instead of recomputing ``tensor - base`` for every candidate.
+        composition: for task-vector methods, the (sparsify, consensus) step names, so that
+            accelerated kernels can tell which variant they are computing.
     """
 
     name: str
@@ -86,6 +88,7 @@ class MergeMethod:
     max_inputs: int | None = None
     stochastic: bool = False
     delta_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False)
+    composition: tuple[str | None, str | None] | None = None
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

@@ -127,7 +127,7 @@ def _variant(name: str, sparsify: str | None, consensus: str | None, normalize: 
     return register(MergeMethod(
         name=name, fn=partial(merge_models, **fixed), params=tuple(params), paper=paper,
         base="required", min_inputs=1, stochastic=stochastic,
-        delta_fn=partial(merge_task_vectors, **fixed),
+        delta_fn=partial(merge_task_vectors, **fixed), composition=(sparsify, consensus),
     ))
 
 
