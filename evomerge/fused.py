@@ -28,7 +28,7 @@ import torch
 
 from evomerge.methods import MergeMethod
 
-__all__ = ["fusable", "thresholds", "task_vector_kernel", "FusedKernel"]
+__all__ = ["fusable", "thresholds", "task_vector_kernel", "linear_kernel", "FusedKernel"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,16 @@ _SPARSIFY = (None, "magnitude", "magnitude_outliers")
 _CONSENSUS = (None, "sum")
 
 
-def fusable(method: MergeMethod, shared: dict) -> bool:
-    """Whether ``method`` with these global parameters can run through the fused kernel."""
+def fusable(method: MergeMethod, shared: dict) -> str | None:
+    """Which fused kernel serves ``method`` with these global parameters: "task_vectors",
+    "linear" or None (use the method's own function)."""
+    if method.name == "linear":
+        return "linear"
     if method.composition is None:
-        return False
+        return None
     sparsify, consensus = method.composition
-    return sparsify in _SPARSIFY and consensus in _CONSENSUS and not shared.get("rescale")
+    ok = sparsify in _SPARSIFY and consensus in _CONSENSUS and not shared.get("rescale")
+    return "task_vectors" if ok else None
 
 
 def thresholds(sparsify: str | None, sorted_mag: torch.Tensor, density: float,
@@ -92,15 +96,31 @@ def task_vector_kernel(out: torch.Tensor, base: torch.Tensor, deltas: Sequence[t
     out.copy_(base + lam * mixed)
 
 
-class FusedKernel:
-    """``task_vector_kernel`` compiled once (dynamic shapes); falls back to eager for good if
-    compilation is unavailable (e.g. no C++ compiler), with one warning."""
+def linear_kernel(out: torch.Tensor, tensors: Sequence[torch.Tensor], w: torch.Tensor,
+                  normalize: bool) -> None:
+    """Weighted soup into ``out``: sum_i w_i x_i (/ sum_i w_i); flat tensors, w shape (M,)."""
+    acc = tensors[0] * w[0]
+    for i in range(1, len(tensors)):
+        acc = acc + tensors[i] * w[i]
+    if normalize:
+        acc = acc / w.sum()
+    out.copy_(acc)
 
-    def __init__(self, compile: bool = True) -> None:
-        self._fn = task_vector_kernel
+
+class FusedKernel:
+    """A kernel compiled once (dynamic shapes); falls back to eager for good if compilation
+    is unavailable (e.g. no C++ compiler), with one warning.
+
+    Args:
+        fn: :func:`task_vector_kernel` (default) or :func:`linear_kernel`.
+        compile: compile with ``torch.compile``; False runs the same function eagerly.
+    """
+
+    def __init__(self, compile: bool = True, fn=task_vector_kernel) -> None:
+        self._fn = fn
         self._compiled = None
         if compile:
-            self._compiled = torch.compile(task_vector_kernel, dynamic=True)
+            self._compiled = torch.compile(fn, dynamic=True)
 
     def __call__(self, *args: object, **kwargs: object) -> None:
         if self._compiled is not None:

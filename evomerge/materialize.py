@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.fused import FusedKernel, fusable, thresholds
+from evomerge.fused import FusedKernel, fusable, linear_kernel, thresholds
 from evomerge.plan import MergePlan, TensorTask, build_plan, execute
 from evomerge.recipe import Recipe
 from evomerge.sources import ModelSource
@@ -66,7 +66,8 @@ class Materializer:
         self._cache = cache_task_vectors
         self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
         self._sorted: dict[tuple[str, str, str], torch.Tensor] = {}
-        self._kernel = FusedKernel(compile) if fused else None
+        self._kernels = ({"task_vectors": FusedKernel(compile),
+                          "linear": FusedKernel(compile, fn=linear_kernel)} if fused else {})
 
     def _fetch(self, model: str, name: str) -> torch.Tensor:
         return self._weights[model][name]
@@ -116,8 +117,14 @@ class Materializer:
         w = torch.tensor(task.per_model["weight"], device=self.device, dtype=out.dtype)
         lam = torch.tensor(task.shared.get("lambda", 1.0), device=self.device, dtype=out.dtype)
         deltas = [self._delta(r, task.base).view(-1) for r in task.inputs]
-        self._kernel(out.view(-1), self._fetch(*task.base).view(-1), deltas, lo, hi, w, lam,
-                     bool(task.shared.get("normalize")), consensus is not None)
+        self._kernels["task_vectors"](
+            out.view(-1), self._fetch(*task.base).view(-1), deltas, lo, hi, w, lam,
+            bool(task.shared.get("normalize")), consensus is not None)
+
+    def _fused_linear(self, task: TensorTask, out: torch.Tensor) -> None:
+        w = torch.tensor(task.per_model["weight"], device=self.device, dtype=torch.float32)
+        tensors = [self._fetch(*r).view(-1) for r in task.inputs]
+        self._kernels["linear"](out.view(-1), tensors, w, bool(task.shared.get("normalize")))
 
     def _compute(self, task: TensorTask, plan: MergePlan) -> torch.Tensor:
         method = plan.method
@@ -137,9 +144,11 @@ class Materializer:
         plan = self.plan(recipe)
         for task in plan.tasks:
             out = self._params[task.out_name]
-            if (self._kernel is not None and task.base is not None and task.inputs
-                    and fusable(plan.method, task.shared)):
+            kind = fusable(plan.method, task.shared) if self._kernels and task.inputs else None
+            if kind == "task_vectors" and task.base is not None:
                 self._fused(task, plan, out)
+            elif kind == "linear" and out.dtype == torch.float32:
+                self._fused_linear(task, out)
             else:
                 out.copy_(self._compute(task, plan))
         return self.model

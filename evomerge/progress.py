@@ -25,3 +25,24 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@contextmanager
+def stage_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield ``update(stage, done, total)``: one bar per named stage (e.g. training runs)."""
+    if not enabled:
+        yield lambda stage, done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"training {stage}", total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield update

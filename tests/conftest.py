@@ -39,3 +39,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (pickle_dir / "pytorch_model.bin").write_bytes(b"not loaded")
     paths["pickle"] = pickle_dir
     return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def mini_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature zoo (same code path as the full one, a few seconds to build)."""
+    from evomerge.zoo.build import build_zoo
+
+    root = tmp_path_factory.mktemp("mini") / "zoo"
+    build_zoo(root, seed=0, profile="mini")
+    return root

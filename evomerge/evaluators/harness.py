@@ -1,0 +1,102 @@
+"""lm-evaluation-harness evaluator: any installed or local task, scored on the in-memory model.
+
+Task objects are built once (``TaskManager(include_path=..., include_defaults=False)`` skips
+the ~4 s index of built-in tasks when only local tasks are used) and reused for every
+candidate; the ``HFLM`` wrapper is built once per resident model (the materializer writes
+merged weights into the same object). A fixed batch size is used: ``auto`` re-probes memory
+on every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.evaluators.base import Evaluator, Metric, register_evaluator
+
+__all__ = ["LmEvalEvaluator"]
+
+_LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+@register_evaluator("lm_eval")
+class LmEvalEvaluator(Evaluator):
+    """Score with lm-eval tasks.
+
+    Args:
+        tasks: lm-eval task names.
+        include_path: directory of local task YAMLs (e.g. a zoo's ``tasks/``).
+        include_defaults: also index lm-eval's built-in tasks (needed for hub tasks).
+        limit: first N documents per task.
+        batch_size: fixed batch size.
+        metrics: which metrics to report per task (default: every metric the task defines).
+    """
+
+    def __init__(self, tasks: list[str], include_path: str | None = None,
+                 include_defaults: bool | None = None, limit: int | None = None,
+                 batch_size: int = 32, metrics: list[str] | None = None) -> None:
+        from lm_eval.tasks import TaskManager
+
+        if not tasks:
+            raise ConfigError("The lm_eval evaluator needs at least one task.")
+        if include_defaults is None:
+            include_defaults = include_path is None
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
+        manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise ConfigError(f"Unknown lm-eval task {unknown[0]!r}"
+                              + (f" (searched {include_path})" if include_path else "") + ".")
+        self.tasks = list(tasks)
+        self._task_dict = manager.load(self.tasks)
+        self._limit = limit
+        self._batch = batch_size
+        self._wanted = metrics
+        self._lm: Any = None
+        self._lm_model_id: int | None = None
+        self._metrics = tuple(
+            Metric(f"{name}/{m}", "minimize" if m in _LOWER_IS_BETTER or not hib else "maximize")
+            for name, task in self._tasks()
+            for m, hib in task.higher_is_better().items()
+            if metrics is None or m in metrics)
+
+    def _tasks(self):
+        from lm_eval.api.task import Task
+
+        def walk(node):
+            if isinstance(node, Task):
+                yield node.config.task, node
+            elif isinstance(node, dict):
+                for value in node.values():
+                    yield from walk(value)
+
+        yield from walk(self._task_dict)
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return self._metrics
+
+    def _wrap(self, model: Any, tokenizer: Any) -> Any:
+        if self._lm is None or self._lm_model_id != id(model):
+            from lm_eval.models.huggingface import HFLM
+
+            device = str(next(model.parameters()).device)
+            self._lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self._batch,
+                            device=device)
+            self._lm_model_id = id(model)
+        return self._lm
+
+    def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:
+        from lm_eval.evaluator import evaluate
+
+        lm = self._wrap(model, tokenizer)
+        results = evaluate(lm=lm, task_dict=self._task_dict, limit=self._limit,
+                           bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+        out = {}
+        for metric in self._metrics:
+            task, name = metric.name.split("/", 1)
+            value = results["results"][task].get(f"{name},none")
+            out[metric.name] = float(value) if value is not None else math.nan
+        return out

@@ -1,0 +1,123 @@
+"""Every evaluator on a tiny model; lm-eval agrees with the fast scorer on the same examples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.errors import ConfigError, UnknownNameError
+from evomerge.evaluators import EVALUATORS, make_evaluator
+from evomerge.zoo.build import write_lm_eval_yamls
+from evomerge.zoo.data import encode, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def math_model(mini_zoo):
+    path = mini_zoo / "math"
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_registry():
+    assert {"zoo", "lm_eval", "perplexity", "callable"} <= set(EVALUATORS.names())
+    with pytest.raises(UnknownNameError, match="Unknown evaluator 'lmeval'. Available: "):
+        make_evaluator("lmeval")
+
+
+def test_zoo_scores_have_directions_and_ranges(mini_zoo, math_model):
+    ev = make_evaluator("zoo", tasks=["add_l1", "add_l2"], zoo=str(mini_zoo), limit=20)
+    scores = ev(*math_model)
+    assert set(scores) == {m.name for m in ev.metrics} and len(scores) == 6
+    assert ev.direction("add_l1/answer_nll") == "minimize"
+    assert ev.direction("add_l1/exact_match") == "maximize"
+    for name, value in scores.items():
+        assert 0 <= value <= 1 or name.endswith("answer_nll")
+    assert scores == ev(*math_model)  # deterministic, batches reused
+
+
+def test_zoo_exact_match_equals_greedy_generation(mini_zoo, math_model):
+    model, tok = math_model
+    examples = read_jsonl(mini_zoo / "tasks" / "maxmin_l2" / "validation.jsonl")[:25]
+    ev = make_evaluator("zoo", tasks=["maxmin_l2"], zoo=str(mini_zoo), limit=25, batch_size=7)
+    hits = 0
+    for ex in examples:
+        ids = tok(ex.prompt, return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                             eos_token_id=[tok.convert_tokens_to_ids("\n"), tok.eos_token_id])
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        hits += text == ex.answer
+    assert ev(model, tok)["maxmin_l2/exact_match"] == hits / len(examples)
+
+
+def test_answer_nll_by_hand(mini_zoo, math_model):
+    model, tok = math_model
+    ex = read_jsonl(mini_zoo / "tasks" / "add_l1" / "validation.jsonl")[:1]
+    ev = make_evaluator("zoo", tasks=["add_l1"], zoo=str(mini_zoo), limit=1)
+    ids, labels, mask = encode(ex)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+    pos = (labels[0] != -100).nonzero().flatten()
+    expected = -logp[pos, labels[0, pos]].mean().item()
+    assert math.isclose(ev(model, tok)["add_l1/answer_nll"], expected, rel_tol=1e-5)
+
+
+def test_malformed_task_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="\n')
+    with pytest.raises(ConfigError, match=r"t\.jsonl:2: malformed line"):
+        make_evaluator("zoo", tasks=["t"], files={"t": str(bad)})
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "x"}\n')
+    with pytest.raises(ConfigError, match=r"t\.jsonl:2: malformed line \(KeyError"):
+        make_evaluator("zoo", tasks=["t"], files={"t": str(bad)})
+
+
+@pytest.mark.slow
+def test_lm_eval_generation_agrees_with_fast_scorer(mini_zoo, math_model):
+    include = str(write_lm_eval_yamls(mini_zoo))
+    tasks = ["zoo_maxmin_l2_gen_validation", "zoo_add_l1_gen_validation"]
+    harness = make_evaluator("lm_eval", tasks=tasks, include_path=include, limit=40, batch_size=8)
+    fast = make_evaluator("zoo", tasks=["maxmin_l2", "add_l1"], zoo=str(mini_zoo), limit=40)
+    got, expected = harness(*math_model), fast(*math_model)
+    assert got["zoo_maxmin_l2_gen_validation/exact_match"] == expected["maxmin_l2/exact_match"]
+    assert got["zoo_add_l1_gen_validation/exact_match"] == expected["add_l1/exact_match"]
+    assert harness(*math_model) == got  # task objects and HFLM reused across calls
+
+
+@pytest.mark.slow
+def test_lm_eval_loglikelihood_task_runs(mini_zoo, math_model):
+    include = str(write_lm_eval_yamls(mini_zoo))
+    ev = make_evaluator("lm_eval", tasks=["zoo_add_l1_test"], include_path=include, limit=10)
+    assert [m.name for m in ev.metrics] == ["zoo_add_l1_test/acc"]
+    assert 0 <= ev(*math_model)["zoo_add_l1_test/acc"] <= 1
+    with pytest.raises(ConfigError, match="Unknown lm-eval task 'zoo_nope'"):
+        make_evaluator("lm_eval", tasks=["zoo_nope"], include_path=include)
+
+
+def test_perplexity_txt_and_jsonl(tmp_path, math_model):
+    (tmp_path / "a.txt").write_text("12+34=46\n5+5=10\n")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "12+34=46"}) + "\n"
+                                      + json.dumps({"text": "5+5=10"}) + "\n")
+    p1 = make_evaluator("perplexity", path=str(tmp_path / "a.txt"))(*math_model)
+    p2 = make_evaluator("perplexity", path=str(tmp_path / "a.jsonl"))(*math_model)
+    assert p1["a/perplexity"] == p2["a/perplexity"] > 1
+    (tmp_path / "b.jsonl").write_text('{"text": "1"}\nnot json\n')
+    with pytest.raises(ConfigError, match=r"b\.jsonl:2: malformed line"):
+        make_evaluator("perplexity", path=str(tmp_path / "b.jsonl"))
+
+
+def test_callable(tmp_path, math_model):
+    (tmp_path / "myeval.py").write_text(
+        "def score(model, tokenizer, bonus=0):\n"
+        "    return {'params': sum(p.numel() for p in model.parameters()) + bonus}\n")
+    ev = make_evaluator("callable", function=f"{tmp_path}/myeval.py:score",
+                        metrics={"params": "minimize"}, kwargs={"bonus": 1})
+    n = sum(p.numel() for p in math_model[0].parameters())
+    assert ev(*math_model) == {"params": n + 1}
+    assert ev.direction("params") == "minimize"
+    with pytest.raises(ConfigError, match="has no callable 'nope'"):
+        make_evaluator("callable", function=f"{tmp_path}/myeval.py:nope", metrics={"x": "maximize"})
+    with pytest.raises(ConfigError, match="must look like 'module:function'"):
+        make_evaluator("callable", function="nocolon", metrics={"x": "maximize"})
