@@ -110,8 +110,8 @@ def write_lm_eval_yamls(zoo: Path) -> Path:
     for task, split in ((t, s) for t in EVAL_TASKS for s in ("validation", "test")):
         # lm-eval scores a task's test split whenever it has one, so each split gets its own
         # task whose only split is the one wanted: zoo_add_l1_validation, zoo_add_l1_test.
-        common = {"dataset_path": "json",
-                  "dataset_kwargs": {"data_files": {split: str(tasks_dir / task / f"{split}.jsonl")}},
+        data = {split: str(tasks_dir / task / f"{split}.jsonl")}
+        common = {"dataset_path": "json", "dataset_kwargs": {"data_files": data},
                   "test_split": split, "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}"}
         ll = {"task": f"zoo_{task}_{split}", **common, "output_type": "loglikelihood",
               "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
