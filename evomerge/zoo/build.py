@@ -169,6 +169,7 @@ def build_zoo(out: str | Path, seed: int = 0, profile: str = "full",
                      "seconds": round(time.time() - start, 1)}
         save(model, tok, tmp / name)
 
+    files = _write_tasks(tmp, p, seed)  # first: a task problem fails before any training
     base = new_model(p.model, seed)
     factorise(base)
     run("base", base, Stage(_BASE_MIX, p.base_steps, p.base_lr, p.batch), seed)
@@ -178,7 +179,6 @@ def build_zoo(out: str | Path, seed: int = 0, profile: str = "full",
         expert = LlamaForCausalLM.from_pretrained(tmp / "base")
         factorise(expert)
         run(name, expert, stage, seed * 100 + i)
-    files = _write_tasks(tmp, p, seed)
     manifest = {"seed": seed, "profile": profile, "models": list(ZOO_MODELS),
                 "base": "base", "tasks": {t: {"description": d, "files": files[t]}
                                           for t, d in EVAL_TASKS.items()},

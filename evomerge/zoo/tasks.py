@@ -84,9 +84,10 @@ def _maxmin(form: Callable[[str], str]) -> Callable[[random.Random], Example]:
 def _arith(op: str, form: Callable[[str], str]) -> Callable[[random.Random], Example]:
     def make(rng: random.Random) -> Example:
         x, y = _num(rng), _num(rng)
-        if op == "-" and y > x:
-            x, y = y, x
-        z = x + y if op == "+" else x - y
+        if op == "-":  # the inverse of addition: (x + y) - y = x, as many problems as "+"
+            x, y, z = x + y, y, x
+        else:
+            z = x + y
         return Example(f"{form(str(x))}{op}{form(str(y))}=", form(str(z)))
     return make
 
