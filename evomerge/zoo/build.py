@@ -62,7 +62,7 @@ class Profile:
     expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 500, "lang": 300,
                                                                     "sub": 400})
     base_lr: float = 3e-3
-    expert_lr: float = 1e-3
+    expert_lr: float = 2e-3
     batch: int = 64
     eval_examples: int = 500  # per task and split
 

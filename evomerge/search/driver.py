@@ -1,0 +1,253 @@
+"""The search loop: ask the optimizer, evaluate, record in the study, until the budget ends.
+
+    outcome = run_search(load_space("search_spaces/zoo_ties_dare.yaml"))
+
+The study is created (or reopened) first; trials a dead driver left RUNNING are failed as
+interrupted and their candidates asked again; the optimizer is rebuilt from the finished
+trials. Evaluations stop exactly at the budget (no generation overshoot). Ctrl-C or SIGTERM
+stops cleanly: in-flight trials are marked interrupted, the front is written, and the
+message says how to resume.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.search.genome import Genome, genome_hash
+from evomerge.search.optimizers import CmaOptimizer, make_optimizer
+from evomerge.search.space import SearchSpace
+from evomerge.search.study import (
+    INTERRUPTED,
+    counted,
+    create_or_load,
+    default_storage,
+    fail_interrupted,
+    open_storage,
+    results_dir,
+)
+from evomerge.search.worker import CandidateResult
+
+__all__ = ["SearchOutcome", "run_search", "check_models"]
+
+MAX_DUPLICATES_IN_A_ROW = 200
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    study: str
+    storage: str
+    evaluations: int
+    failed: int
+    stopped: str  # "budget", "wall_time", "interrupted", "exhausted"
+    results_dir: Path
+
+
+def check_models(space: SearchSpace) -> int:
+    """Open every model's config and header (no weights); returns the shared layer count."""
+    from evomerge.sources import ModelSource
+
+    depths = {}
+    for field, ref in [("base_model", space.base_model),
+                       *((f"models.{a}", p) for a, p in space.models.items())]:
+        depths[ref] = ModelSource(ref, field=field).num_layers
+    if len(set(depths.values())) > 1:
+        detail = ", ".join(f"{r!r} has {d}" for r, d in depths.items())
+        raise ConfigError(f"The search needs models with the same layer count ({detail}).")
+    return next(iter(depths.values()))
+
+
+class _Stop:
+    """SIGTERM (e.g. Slurm before preemption) requests a clean stop at the next result."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> _Stop:
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+class _Loop:
+    def __init__(self, space: SearchSpace, name: str, storage: Any, genome: Genome,
+                 budget: int, progress: Callable[[dict], None] | None) -> None:
+        self.space, self.name, self.genome, self.budget = space, name, genome, budget
+        self.optimizer = make_optimizer(space.optimizer, genome, space.objectives)
+        self.study = create_or_load(storage, name, space, self.optimizer.sampler, genome.num_layers)
+        self.progress = progress
+        self.in_flight: dict[int, tuple[Any, dict, str]] = {}
+        self.cache: dict[str, tuple[int, tuple[float, ...] | None]] = {}
+        self.done = self.failed = 0
+
+    def restore(self) -> None:
+        from optuna.trial import TrialState
+
+        stale = fail_interrupted(self.study)
+        trials = self.study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+                    and not t.user_attrs.get("interrupted")]
+        for t in finished:
+            if "genome_hash" in t.user_attrs and "duplicate_of" not in t.user_attrs:
+                self.cache[t.user_attrs["genome_hash"]] = (t.number, t.values)
+        self.done = sum(counted(t) for t in trials)
+        self.failed = sum(counted(t) and t.state == TrialState.FAIL for t in trials)
+        self.optimizer.restore(sorted(finished, key=lambda t: t.number))
+        if not isinstance(self.optimizer, CmaOptimizer):
+            for t in stale:  # Optuna samplers: ask the interrupted candidates again
+                if t.params:
+                    self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+    def propose(self) -> bool:
+        """Start one candidate (or record a duplicate); False when nothing can be proposed."""
+        prop = self.optimizer.ask()
+        if prop is None:
+            return False
+        if prop.params is not None:
+            self.study.enqueue_trial(prop.params, user_attrs=prop.attrs)
+        trial = self.study.ask(self.genome.distributions())
+        attrs = {**prop.attrs, **{k: v for k, v in trial.user_attrs.items()
+                                  if k in ("cma_gen", "cma_index", "x")}}
+        h = genome_hash(trial.params)
+        trial.set_user_attr("genome_hash", h)
+        if h in self.cache:
+            self._duplicate(trial, attrs, *self.cache[h])
+            return True
+        recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
+        trial.set_user_attr("recipe", recipe.to_yaml())
+        self.in_flight[trial.number] = (trial, attrs, h)
+        self.executor.submit(trial.number, recipe.to_yaml())
+        return True
+
+    def _duplicate(self, trial: Any, attrs: dict, original: int, values: Any) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("duplicate_of", original)
+        if values is None:
+            trial.set_user_attr("fail_reason", f"same genome as failed trial {original}")
+            self.study.tell(trial, state=TrialState.FAIL)
+        else:
+            self.study.tell(trial, list(values))
+        self.optimizer.tell(attrs, values)
+        self.duplicates_in_a_row += 1
+
+    def record(self, result: CandidateResult) -> None:
+        from optuna.trial import TrialState
+
+        trial, attrs, h = self.in_flight.pop(result.trial)
+        trial.set_user_attr("scores", result.scores)
+        trial.set_user_attr("merge_seconds", round(result.merge_seconds, 4))
+        trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))
+        trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
+        if result.values is None:
+            trial.set_user_attr("fail_reason", result.error)
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failed += 1
+        else:
+            self.study.tell(trial, list(result.values))
+        self.cache[h] = (trial.number, result.values)
+        self.optimizer.tell(attrs, result.values)
+        self.done += 1
+        self.duplicates_in_a_row = 0
+
+    def interrupt_in_flight(self) -> None:
+        from optuna.trial import TrialState
+
+        for trial, attrs, _ in self.in_flight.values():
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            self.study.tell(trial, state=TrialState.FAIL)
+        self.in_flight.clear()
+
+    def run(self, executor: Any, wall_time: float | None, stop: _Stop,
+            on_generation: Callable[[], None]) -> str:
+        self.executor = executor
+        self.duplicates_in_a_row = 0
+        start = time.monotonic()
+        every = getattr(self.optimizer, "popsize", None) or 10
+        while True:
+            over_time = wall_time is not None and time.monotonic() - start > wall_time
+            if stop.requested or over_time or self.done >= self.budget:
+                if not self.in_flight:
+                    return ("interrupted" if stop.requested else
+                            "wall_time" if over_time else "budget")
+            elif self.duplicates_in_a_row > MAX_DUPLICATES_IN_A_ROW:
+                if not self.in_flight:
+                    return "exhausted"
+            else:
+                while (len(self.in_flight) < executor.capacity
+                       and self.done + len(self.in_flight) < self.budget
+                       and self.duplicates_in_a_row <= MAX_DUPLICATES_IN_A_ROW
+                       and self.propose()):
+                    pass
+            if not self.in_flight:
+                continue
+            self.record(executor.next_result())
+            if self.progress:
+                self.progress({"done": self.done, "budget": self.budget, "failed": self.failed,
+                               "elapsed": time.monotonic() - start})
+            if self.done % every == 0:
+                on_generation()
+
+
+def run_search(space: SearchSpace, study: str | None = None, storage: str | None = None,
+               trials: int | None = None, executor_factory: Callable[[SearchSpace], Any] | None = None,
+               results_root: str | Path = "results",
+               progress: Callable[[dict], None] | None = None) -> SearchOutcome:
+    """Run (or continue) the search described by ``space``.
+
+    Args:
+        space: validated search space.
+        study: study name (default: the space's name).
+        storage: Optuna storage URL (default: SQLite under ``results/<study>/``).
+        trials: evaluation budget overriding ``space.budget.trials`` (counts finished
+            evaluations across resumes, duplicates excluded).
+        executor_factory: builds the executor (default: in-process, ``--workers 0``).
+        results_root: where ``<study>/pareto.*`` are written.
+        progress: called after every result with ``{"done", "budget", "failed", "elapsed"}``.
+
+    Raises:
+        ConfigError, ModelError: bad space, storage, or models; nothing is created.
+    """
+    from evomerge.search.front import write_front
+
+    name = study or space.name
+    url = storage or default_storage(name, results_root)
+    num_layers = check_models(space)
+    genome = Genome(space, num_layers)
+    store = open_storage(url)
+    loop = _Loop(space, name, store, genome, trials or space.budget.trials, progress)
+    loop.restore()
+    out_dir = results_dir(name, results_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if executor_factory is None:
+        from evomerge.search.executors import InlineExecutor
+        executor_factory = InlineExecutor
+    executor = executor_factory(space)
+    stopped = "interrupted"
+    try:
+        with _Stop() as stop:
+            stopped = loop.run(executor, space.budget.wall_time, stop,
+                               lambda: write_front(loop.study, space, out_dir))
+    except KeyboardInterrupt:
+        loop.interrupt_in_flight()
+        stopped = "interrupted"
+    finally:
+        executor.close()
+        write_front(loop.study, space, out_dir)
+    return SearchOutcome(name, url, loop.done, loop.failed, stopped, out_dir)

@@ -1,0 +1,124 @@
+"""The study's Pareto front as files: ``pareto.json``, ``pareto.csv``, ``pareto.png`` and
+``pareto.html`` under ``results/<study>/``. With one objective the plots show the best value
+so far against evaluations instead."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from evomerge.search.pareto import pareto_front
+from evomerge.search.space import SearchSpace
+from evomerge.search.study import counted
+
+__all__ = ["front_trials", "write_front", "best_trial"]
+
+
+def completed(study: Any) -> list[Any]:
+    """Completed, counted trials (duplicates and failures excluded), by trial number."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if counted(t)]
+
+
+def front_trials(study: Any, space: SearchSpace) -> list[Any]:
+    """Non-dominated completed trials, sorted by the first objective (best first)."""
+    trials = completed(study)
+    directions = [o.direction for o in space.objectives]
+    idx = pareto_front([t.values for t in trials], directions)
+    front = [trials[i] for i in idx]
+    sign = 1 if directions[0] == "minimize" else -1
+    return sorted(front, key=lambda t: (sign * t.values[0], t.number))
+
+
+def best_trial(study: Any, space: SearchSpace) -> Any:
+    """The completed trial with the lowest weighted loss (the single-objective view)."""
+    from evomerge.search.objectives import weighted_loss
+
+    trials = completed(study)
+    if not trials:
+        return None
+    return min(trials, key=lambda t: (weighted_loss(t.values, space.objectives), t.number))
+
+
+def _row(t: Any, space: SearchSpace, index: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"pareto_index": index, "trial": t.number}
+    row.update({o.key: v for o, v in zip(space.objectives, t.values)})
+    row["params"] = t.params
+    return row
+
+
+def write_front(study: Any, space: SearchSpace, out_dir: Path) -> list[Any]:
+    """Write the front files; returns the front trials."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = front_trials(study, space)
+    rows = [_row(t, space, i) for i, t in enumerate(front)]
+    doc = {"study": study.study_name,
+           "objectives": [o.model_dump() for o in space.objectives],
+           "evaluations": len(completed(study)), "front": rows}
+    (out_dir / "pareto.json").write_text(json.dumps(doc, indent=2))
+    keys = ["pareto_index", "trial", *(o.key for o in space.objectives)]
+    with open(out_dir / "pareto.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*keys, "params"])
+        for r in rows:
+            w.writerow([*(r[k] for k in keys), json.dumps(r["params"], sort_keys=True)])
+    _plots(study, space, front, out_dir)
+    return front
+
+
+def _best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[float]]:
+    trials = completed(study)
+    maximize = space.objectives[0].direction == "maximize"
+    xs, ys, best = [], [], None
+    for n, t in enumerate(sorted(trials, key=lambda t: t.number), start=1):
+        v = t.values[0]
+        best = v if best is None else (max(best, v) if maximize else min(best, v))
+        xs.append(n)
+        ys.append(best)
+    return xs, ys
+
+
+def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    objs = space.objectives
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    if len(objs) == 1:
+        xs, ys = _best_so_far(study, space)
+        ax.plot(xs, ys, drawstyle="steps-post")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel(f"best {objs[0].key} ({objs[0].direction})")
+        html = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv"))
+        html.update_layout(xaxis_title="evaluations", yaxis_title=f"best {objs[0].key}")
+    else:
+        trials = completed(study)
+        ax.scatter([t.values[0] for t in trials], [t.values[1] for t in trials], s=8,
+                   c="lightgray", label="evaluated")
+        ax.scatter([t.values[0] for t in front], [t.values[1] for t in front], s=18, c="C3",
+                   label="Pareto front")
+        ax.set_xlabel(f"{objs[0].key} ({objs[0].direction})")
+        ax.set_ylabel(f"{objs[1].key} ({objs[1].direction})")
+        ax.legend()
+        text = [f"trial {t.number}<br>" + "<br>".join(f"{o.key}={v:.4g}" for o, v in
+                                                      zip(objs, t.values)) for t in front]
+        html = go.Figure([
+            go.Scatter(x=[t.values[0] for t in trials], y=[t.values[1] for t in trials],
+                       mode="markers", name="evaluated", marker={"color": "lightgray"}),
+            go.Scatter(x=[t.values[0] for t in front], y=[t.values[1] for t in front],
+                       mode="markers+lines", name="Pareto front", text=text,
+                       hoverinfo="text", marker={"color": "crimson"})])
+        html.update_layout(xaxis_title=objs[0].key, yaxis_title=objs[1].key)
+    ax.set_title(study.study_name)
+    fig.tight_layout()
+    fig.savefig(out_dir / "pareto.png")
+    plt.close(fig)
+    html.update_layout(title=study.study_name)
+    html.write_html(out_dir / "pareto.html", include_plotlyjs=True)

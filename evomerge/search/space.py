@@ -1,0 +1,240 @@
+"""Search spaces: the validated YAML that says what the search may change and how it is scored.
+
+    name: ties_dare_per_layer
+    base_model: zoo/base
+    models: {math: zoo/math, lang: zoo/lang}      # alias -> path (the experts)
+    method: dare_ties                               # or a list: the method becomes a gene
+    parameters:                                     # [low, high] = searched, scalar = fixed
+      weight: [0.0, 1.2]
+      density: [0.1, 1.0]
+      lambda: 1.0
+    granularity: {layers_per_group: 1, split_attn_mlp: false, embeddings: true}
+    layer_swap: false                               # or true / {choices: [merge, base, math]}
+    evaluators:
+      zoo: {type: zoo, zoo: zoo, limit: 200}
+    objectives:
+      - {evaluator: zoo, task: add_l1, metric: answer_nll, direction: minimize}
+      - {evaluator: zoo, task: maxmin_l2, metric: answer_nll, direction: minimize}
+    budget: {trials: 200, wall_time: 600}
+    optimizer: {name: cma, popsize: 12, sigma0: 0.25, seed: 0}
+
+Everything here is checked before any model is loaded: unknown methods or parameters, bounds
+reversed or outside what the method accepts, empty objectives, a budget <= 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import ConfigError
+from evomerge.methods import MergeMethod, get_method
+from evomerge.recipe import format_validation_error
+
+__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "load_space", "OPTIMIZERS",
+           "SWAP_MERGE", "SWAP_BASE"]
+
+OPTIMIZERS = ("cma", "tpe", "cmaes", "nsga2", "gp", "random")
+SINGLE_OBJECTIVE = ("cmaes",)
+SWAP_MERGE, SWAP_BASE = "merge", "base"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Granularity(_Strict):
+    """How finely coefficients vary over the model."""
+
+    layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
+    split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
+    embeddings: bool = True                 # a separate set for embeddings / final norm / head
+
+
+class LayerSwap(_Strict):
+    """Per layer group, a categorical gene choosing who supplies it."""
+
+    choices: list[str] | None = None  # aliases, "base", "merge"; default: all that apply
+
+
+class EvaluatorConfig(BaseModel):
+    """An evaluator by registry name plus its options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Objective(_Strict):
+    """One score to optimize: ``evaluator``'s metric ``task/metric`` and its direction."""
+
+    evaluator: str
+    task: str
+    metric: str
+    direction: Literal["maximize", "minimize"]
+    weight: float = Field(1.0, gt=0)  # used only by single-objective optimizers (weighted sum)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.metric}"
+
+
+class Budget(_Strict):
+    trials: int = Field(gt=0)                    # finished evaluations (duplicates excluded)
+    wall_time: float | None = Field(None, gt=0)  # seconds; the search stops when either ends
+
+
+class OptimizerConfig(_Strict):
+    name: str = "cma"
+    popsize: int | None = Field(None, ge=2)  # CMA-ES population; default 4 + 3 ln(dim)
+    sigma0: float = Field(0.25, gt=0, le=1)  # CMA-ES initial step, in unit-cube coordinates
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _name(self) -> OptimizerConfig:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        return self
+
+
+class SearchSpace(_Strict):
+    """A validated search space (see module docstring)."""
+
+    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    base_model: str
+    models: dict[str, str] = Field(min_length=1)
+    method: str | list[str] | None = None
+    parameters: dict[str, tuple[float, float] | float | bool] = {}
+    granularity: Granularity = Granularity()
+    layer_swap: bool | LayerSwap = False
+    evaluators: dict[str, EvaluatorConfig] = Field(min_length=1)
+    objectives: list[Objective] = Field(min_length=1)
+    budget: Budget
+    optimizer: OptimizerConfig = OptimizerConfig()
+    seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
+    device: str = "auto"          # where merges and evaluation run: auto, cpu, cuda, cuda:N
+    dtype: str | None = None      # resident dtype (default: as stored)
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        if self.method is None and not self.layer_swap:
+            raise ValueError("give a 'method', 'layer_swap: true', or both")
+        if SWAP_BASE in self.models or SWAP_MERGE in self.models:
+            raise ValueError(f"model aliases {SWAP_BASE!r} and {SWAP_MERGE!r} are reserved")
+        for m in self.methods:
+            _check_method(m, self)
+        _check_parameters(self)
+        for i, obj in enumerate(self.objectives):
+            if obj.evaluator not in self.evaluators:
+                raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
+                                 f"under 'evaluators' ({', '.join(self.evaluators)})")
+        if self.optimizer.name in SINGLE_OBJECTIVE and len(self.objectives) > 1:
+            raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
+                             "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
+        for choice in self.swap_choices:
+            if choice not in (*self.models, SWAP_BASE, SWAP_MERGE):
+                raise ValueError(f"layer_swap choice {choice!r} is not a model alias, "
+                                 f"{SWAP_BASE!r} or {SWAP_MERGE!r}")
+        return self
+
+    @property
+    def methods(self) -> list[MergeMethod]:
+        names = [self.method] if isinstance(self.method, str) else list(self.method or [])
+        return [get_method(n) for n in names]
+
+    @property
+    def swap_choices(self) -> list[str]:
+        if not self.layer_swap:
+            return []
+        if isinstance(self.layer_swap, LayerSwap) and self.layer_swap.choices:
+            return list(self.layer_swap.choices)
+        choices = [SWAP_MERGE] if self.method else []
+        return choices + [SWAP_BASE] + list(self.models)
+
+    @property
+    def searched(self) -> dict[str, tuple[float, float]]:
+        return {k: v for k, v in self.parameters.items() if isinstance(v, tuple)}
+
+    @property
+    def fixed(self) -> dict[str, float | bool]:
+        return {k: v for k, v in self.parameters.items() if not isinstance(v, tuple)}
+
+    def model_paths(self) -> list[str]:
+        return [self.base_model, *self.models.values()]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
+                              sort_keys=False)
+
+
+def _check_method(method: MergeMethod, space: SearchSpace) -> None:
+    if method.name == "passthrough":
+        raise ValueError("method 'passthrough' is what layer_swap does; use 'layer_swap: true'")
+    n = len(space.models)
+    if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+        raise ValueError(f"method {method.name!r} cannot merge {n} models")
+    for p in method.params:
+        if p.required and p.name not in space.parameters:
+            raise ValueError(f"method {method.name!r} needs parameters.{p.name} (a [low, high] "
+                             "range to search or a fixed value)")
+    if space.layer_swap:
+        if "weight" not in method.param_names:
+            raise ValueError(f"layer_swap with method {method.name!r} is not supported: it "
+                             "selects a model by weight, and the method has none")
+        if method.base == "input" and SWAP_BASE in space.swap_choices:
+            raise ValueError(f"layer_swap choice 'base' needs a method that uses the base "
+                             f"model; {method.name!r} does not (list 'choices' without it)")
+
+
+def _check_parameters(space: SearchSpace) -> None:
+    methods = space.methods
+    for name, value in space.parameters.items():
+        specs = [m.param(name) for m in methods if name in m.param_names]
+        if not specs:
+            valid = sorted({p for m in methods for p in m.param_names})
+            raise ValueError(f"parameters.{name} is not a parameter of "
+                             f"{', '.join(repr(m.name) for m in methods) or 'layer swapping'}; "
+                             f"valid: {', '.join(valid)}")
+        spec = specs[0]
+        if isinstance(value, tuple):
+            lo, hi = value
+            if spec.kind is bool:
+                raise ValueError(f"parameters.{name} is true/false and cannot take a range")
+            if lo >= hi:
+                raise ValueError(f"parameters.{name} bounds [{lo}, {hi}] are reversed or empty")
+            if (spec.low is not None and lo < spec.low) or (spec.high is not None and hi > spec.high):
+                raise ValueError(f"parameters.{name} bounds [{lo}, {hi}] leave the valid range "
+                                 f"[{spec.low}, {spec.high}]")
+
+
+def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
+    """Parse and validate a search space from a YAML path, YAML text or a dict.
+
+    Raises:
+        ConfigError: one sentence naming the field and the value.
+    """
+    name = "search space"
+    if isinstance(source, dict):
+        data = source
+    else:
+        text = str(source)
+        if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"Search space file {str(path)!r} does not exist.")
+            name, text = str(path), path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name} is not valid YAML: {getattr(exc, 'problem', exc)}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a YAML mapping.")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, name)) from None

@@ -1,0 +1,131 @@
+"""The study is the ledger: every candidate is an Optuna trial in an Optuna storage.
+
+Per trial, user attributes hold the decoded ``recipe`` (YAML), all evaluator ``scores``,
+``merge_seconds`` / ``eval_seconds`` / ``peak_memory_mb``, the ``genome_hash``, the optimizer's
+bookkeeping, and ``fail_reason`` for a failed candidate. A trial that was RUNNING when its
+driver died is failed on resume with ``interrupted: true`` and does not count as an
+evaluation; its candidate is asked again. Study user attributes hold the search space.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.search.space import SearchSpace, load_space
+
+__all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
+           "counted", "fail_interrupted", "space_of", "INTERRUPTED"]
+
+INTERRUPTED = "interrupted: the search stopped before this trial finished"
+
+
+def results_dir(study: str, root: str | Path = "results") -> Path:
+    return Path(root) / study
+
+
+def default_storage(study: str, root: str | Path = "results") -> str:
+    """SQLite file under ``results/<study>/`` (use a journal file on NFS, see ``open_storage``)."""
+    path = results_dir(study, root) / "study.db"
+    return f"sqlite:///{path}"
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL: ``sqlite:///file.db``, ``postgresql://...``, or
+    ``journal:///path/file.log`` (JournalFileStorage, safe on NFS / for Slurm jobs).
+
+    Raises:
+        ConfigError: the storage cannot be opened or reached.
+    """
+    import optuna
+
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:").removeprefix("//"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+    except Exception as exc:  # noqa: BLE001 -- any driver error means "unreachable"
+        raise ConfigError(f"Cannot open storage {url!r}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
+
+
+def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_layers: int):
+    """Create the study (recording the space) or load it; a different space is refused."""
+    import optuna
+
+    directions = [o.direction for o in space.objectives]
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                sampler=sampler, load_if_exists=True)
+    stored = study.user_attrs.get("evomerge_space")
+    if stored is None:
+        study.set_user_attr("evomerge_space", space.model_dump(mode="json"))
+        study.set_user_attr("evomerge_num_layers", num_layers)
+    elif load_space(stored) != space:
+        raise ConfigError(f"Study {name!r} exists with a different search space; resume it with "
+                          f"`evomerge resume {name}` or choose another --study name.")
+    return study
+
+
+def load_study(storage, name: str, sampler: Any = None):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(f"No study {name!r} in this storage. Studies: "
+                          f"{', '.join(names) or 'none'}.") from None
+
+
+def space_of(study) -> SearchSpace:
+    data = study.user_attrs.get("evomerge_space")
+    if data is None:
+        raise ConfigError(f"Study {study.study_name!r} was not created by evomerge.")
+    return load_space(data)
+
+
+def counted(trial) -> bool:
+    """Whether a trial is a finished evaluation that counts toward the budget."""
+    from optuna.trial import TrialState
+
+    a = trial.user_attrs
+    return (trial.state in (TrialState.COMPLETE, TrialState.FAIL)
+            and not a.get("interrupted") and "duplicate_of" not in a)
+
+
+def fail_interrupted(study) -> list:
+    """Fail every RUNNING trial (its driver is gone) as interrupted; returns them."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        study.tell(t.number, state=TrialState.FAIL)
+    return stale
+
+
+def summary(study) -> dict[str, Any]:
+    """Counts of a study's trials by outcome."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "evaluations": sum(counted(t) for t in trials),
+        "complete": sum(t.state == TrialState.COMPLETE and counted(t) for t in trials),
+        "failed": sum(t.state == TrialState.FAIL and counted(t) for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "duplicates": sum("duplicate_of" in t.user_attrs for t in trials),
+        "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False)

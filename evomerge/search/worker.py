@@ -1,0 +1,107 @@
+"""A worker keeps the source models resident and turns a recipe into scores.
+
+Set-up (once): the materializer loads every source onto the device, evaluators build their
+tasks. Per candidate: materialize in place -> evaluate -> a frozen :class:`CandidateResult`.
+A candidate that raises (NaN, out of memory, a crash in an evaluator) becomes a result with
+``error`` set; the worker itself stays usable.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evomerge.recipe import load_recipe
+from evomerge.search.objectives import objective_values
+from evomerge.search.space import SearchSpace
+
+__all__ = ["CandidateResult", "Worker"]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """What evaluating one candidate produced.
+
+    Attributes:
+        trial: the study's trial number.
+        values: objective values in objective order (None if the candidate failed).
+        scores: every score the evaluators returned.
+        error: why the candidate failed (None on success).
+        merge_seconds, eval_seconds: time in the materializer and in the evaluators.
+        peak_memory_mb: peak resident memory of the worker process (GPU memory on CUDA).
+    """
+
+    trial: int
+    values: tuple[float, ...] | None
+    scores: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    merge_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Worker:
+    """Resident models + evaluators for one search space.
+
+    Args:
+        space: the search space (models, evaluators, objectives, device).
+        device: overrides ``space.device``.
+    """
+
+    def __init__(self, space: SearchSpace, device: str | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        from evomerge.evaluators import make_evaluator
+        from evomerge.materialize import Materializer
+        from evomerge.sources import torch_dtype
+
+        self.space = space
+        self.materializer = Materializer(list(space.models.values()), base_model=space.base_model,
+                                         device=device or space.device,
+                                         dtype=torch_dtype(space.dtype))
+        self.device = self.materializer.device
+        self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
+        self.evaluators = {name: make_evaluator(cfg.type, **cfg.options())
+                           for name, cfg in space.evaluators.items()}
+        for i, obj in enumerate(space.objectives):
+            names = {m.name for m in self.evaluators[obj.evaluator].metrics}
+            if obj.key not in names:
+                from evomerge.errors import ConfigError
+                raise ConfigError(f"objectives[{i}]: evaluator {obj.evaluator!r} has no metric "
+                                  f"{obj.key!r}; it has {', '.join(sorted(names))}.")
+
+    def run(self, trial: int, recipe_yaml: str) -> CandidateResult:
+        """Materialize and score one recipe; never raises for a bad candidate."""
+        t0 = time.perf_counter()
+        merge_s = 0.0
+        try:
+            model = self.materializer.materialize(load_recipe(recipe_yaml))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            merge_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            scores: dict[str, Any] = {}
+            for ev in self.evaluators.values():
+                scores.update(ev(model, self.tokenizer))
+            values = objective_values(scores, self.space.objectives)
+            return CandidateResult(trial, values, scores, None, merge_s,
+                                   time.perf_counter() - t1, _peak_mb(self.device))
+        except Exception as exc:  # noqa: BLE001 -- a failing candidate must not stop the search
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                torch.cuda.empty_cache()
+            reason = f"{type(exc).__name__}: {exc}"
+            last = traceback.extract_tb(exc.__traceback__)[-1:]
+            where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+            return CandidateResult(trial, None, {}, reason + where, merge_s,
+                                   time.perf_counter() - t0 - merge_s, _peak_mb(self.device))
