@@ -3,6 +3,10 @@
     evomerge merge RECIPE.yaml OUT_DIR [--device cpu|cuda] [--shard-size 2GB]
     evomerge zoo build [DIR] [--seed 0] [--profile full|mini]
     evomerge eval MODEL_OR_RECIPE --tasks add_l1,add_l2 [--evaluator zoo|lm_eval] [--split test]
+    evomerge search SPACE.yaml [--study NAME] [--storage URL] [--trials N] [--workers N]
+    evomerge resume STUDY | status STUDY | front STUDY | report STUDY
+    evomerge export STUDY (--best | --trial N | --pareto I) -o recipe.yaml
+    evomerge quickstart          # the whole job on the embedded zoo
 """
 
 from __future__ import annotations
@@ -70,6 +74,157 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_progress(quiet: bool):
+    from evomerge.progress import search_bar
+
+    return search_bar(enabled=not quiet)
+
+
+def _finish(outcome) -> int:
+    from evomerge.report import print_outcome
+
+    print_outcome(outcome)
+    return 130 if outcome.stopped == "interrupted" else 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from evomerge.studies import search
+
+    with _search_progress(args.quiet) as update:
+        outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
+                         workers=args.workers, results=args.results, progress=update,
+                         **_ray_options(args))
+    return _finish(outcome)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from evomerge.studies import resume
+
+    with _search_progress(args.quiet) as update:
+        outcome = resume(args.study, storage=args.storage, trials=args.trials,
+                         workers=args.workers, results=args.results, progress=update,
+                         **_ray_options(args))
+    return _finish(outcome)
+
+
+def _ray_options(args: argparse.Namespace) -> dict:
+    opts = {}
+    for key in ("ray_address", "num_gpus", "num_cpus", "timeout", "max_retries"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    return opts
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from evomerge.report import print_status
+    from evomerge.studies import status
+
+    print_status(args.study, status(args.study, args.storage, args.results))
+    return 0
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    from evomerge.report import print_front
+    from evomerge.search.front import front_trials
+    from evomerge.studies import open_study
+
+    study, space = open_study(args.study, args.storage, args.results)
+    print_front(args.study, front_trials(study, space), space)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from evomerge.search.export import export_recipe
+    from evomerge.studies import open_study
+
+    study, space = open_study(args.study, args.storage, args.results)
+    out = export_recipe(study, space, args.output, best=args.best, trial=args.trial,
+                        pareto=args.pareto)
+    print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from evomerge.progress import stage_bar
+    from evomerge.search.report import make_report
+    from evomerge.search.study import results_dir
+    from evomerge.studies import open_study
+
+    study, space = open_study(args.study, args.storage, args.results)
+    out = results_dir(args.study, args.results)
+    with stage_bar(enabled=not args.quiet, verb="scoring") as update:
+        doc = make_report(study, space, out, levels=args.levels, progress=update)
+    print((out / "report.md").read_text())
+    return 0 if doc else 1
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from evomerge.quickstart import quickstart
+
+    return quickstart(zoo=args.zoo, space=args.space, results=args.results, quiet=args.quiet,
+                      trials=args.trials)
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default sqlite:///results/STUDY/study.db; "
+                        "journal:///path/file.log for NFS)")
+    p.add_argument("--results", default="results", help="results root (default ./results)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", type=int, default=None, help="evaluation budget (total)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray actors evaluating in parallel; 0 = in this process (default)")
+    p.add_argument("--ray-address", default=None, help="join a Ray cluster: auto or HOST:PORT")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (fractional ok)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per actor")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per candidate")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="re-dispatches of a candidate whose actor died")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
+def _add_study_commands(sub) -> None:
+    s = sub.add_parser("search", help="run a search over a search-space YAML")
+    s.add_argument("space", help="search space YAML (see search_spaces/)")
+    s.add_argument("--study", default=None, help="study name (default: the space's name)")
+    s.add_argument("--storage", default=None, help="Optuna storage URL")
+    s.add_argument("--results", default="results", help="results root (default ./results)")
+    _run_args(s)
+    s.set_defaults(func=_cmd_search)
+    r = sub.add_parser("resume", help="continue a stopped or killed study")
+    _study_args(r)
+    _run_args(r)
+    r.set_defaults(func=_cmd_resume)
+    for name, func, text in (("status", _cmd_status, "trials done/failed/running, best so far"),
+                             ("front", _cmd_front, "print the Pareto front")):
+        p = sub.add_parser(name, help=text)
+        _study_args(p)
+        p.set_defaults(func=func)
+    e = sub.add_parser("export", help="write a trial's recipe (mergekit-compatible YAML)")
+    _study_args(e)
+    e.add_argument("--best", action="store_true", help="lowest weighted loss")
+    e.add_argument("--trial", type=int, default=None, help="trial number")
+    e.add_argument("--pareto", type=int, default=None, help="index on the Pareto front")
+    e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
+    e.set_defaults(func=_cmd_export)
+    rep = sub.add_parser("report", help="re-score front, sources and uniform recipes on test")
+    _study_args(rep)
+    rep.add_argument("--levels", type=int, default=3, help="uniform grid values per parameter")
+    rep.add_argument("-q", "--quiet", action="store_true")
+    rep.set_defaults(func=_cmd_report)
+    q = sub.add_parser("quickstart", help="build the zoo, search, report and export")
+    q.add_argument("--zoo", default="zoo", help="zoo directory (built on first use)")
+    q.add_argument("--space", default="search_spaces/zoo_mixed.yaml")
+    q.add_argument("--results", default="results")
+    q.add_argument("--trials", type=int, default=None, help="override the space's budget")
+    q.add_argument("-q", "--quiet", action="store_true")
+    q.set_defaults(func=_cmd_quickstart)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evomerge", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_eval)
+    _add_study_commands(sub)
     return parser
 
 

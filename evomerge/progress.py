@@ -28,7 +28,8 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
 
 
 @contextmanager
-def stage_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+def stage_bar(enabled: bool = True, verb: str = "training"
+              ) -> Iterator[Callable[[str, int, int], None]]:
     """Yield ``update(stage, done, total)``: one bar per named stage (e.g. training runs)."""
     if not enabled:
         yield lambda stage, done, total: None
@@ -42,7 +43,33 @@ def stage_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]
 
         def update(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
-                tasks[stage] = bar.add_task(f"training {stage}", total=total)
+                tasks[stage] = bar.add_task(f"{verb} {stage}", total=total)
             bar.update(tasks[stage], completed=done)
+
+        yield update
+
+
+@contextmanager
+def search_bar(enabled: bool = True) -> Iterator[Callable[[dict], None]]:
+    """Yield ``update(info)`` for the search loop: trials done / budget, failures, best
+    weighted loss, evaluations per minute."""
+    if not enabled:
+        yield lambda info: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  "{task.fields[stats]}", TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("search", total=None, stats="")
+
+        def update(info: dict) -> None:
+            rate = 60 * info.get("new", info["done"]) / max(info["elapsed"], 1e-9)
+            best = info.get("best")
+            stats = (f"failed {info['failed']}  best loss "
+                     f"{best:.4f}  {rate:.1f} eval/min" if best is not None else
+                     f"failed {info['failed']}  {rate:.1f} eval/min")
+            bar.update(task, completed=info["done"], total=info["budget"], stats=stats)
 
         yield update

@@ -28,3 +28,49 @@ def print_scores(title: str, scores: dict[str, float], evaluator: Evaluator | No
     for task, row in tasks.items():
         table.add_row(task, *(f"{row[m]:.4f}" if m in row else "" for m in metrics))
     Console().print(table)
+
+
+def print_outcome(outcome) -> None:
+    """The end-of-search summary: what stopped it, where results are, how to go on."""
+    from rich.console import Console
+
+    c = Console()
+    why = {"budget": "budget reached", "wall_time": "wall-time budget reached",
+           "interrupted": "interrupted", "exhausted": "the optimizer only proposed duplicates"}
+    c.print(f"[bold]Study {outcome.study}[/]: {outcome.evaluations} evaluations "
+            f"({outcome.failed} failed); stopped: {why.get(outcome.stopped, outcome.stopped)}.")
+    c.print(f"Pareto front: {outcome.results_dir}/pareto.json, pareto.csv, pareto.png, "
+            "pareto.html")
+    storage = "" if outcome.storage.endswith(f"{outcome.study}/study.db") else \
+        f" --storage {outcome.storage}"
+    c.print(f"Resume:  evomerge resume {outcome.study}{storage}")
+    c.print(f"Inspect: evomerge front {outcome.study}{storage}   |   "
+            f"evomerge report {outcome.study}{storage}")
+    c.print(f"Export:  evomerge export {outcome.study}{storage} --pareto 0 -o recipe.yaml   "
+            "(or --best, --trial N)")
+
+
+def print_status(name: str, info: dict) -> None:
+    from rich.console import Console
+
+    c = Console()
+    c.print(f"[bold]{name}[/]: {info['evaluations']}/{info['budget']} evaluations "
+            f"({info['complete']} complete, {info['failed']} failed), {info['running']} running, "
+            f"{info['duplicates']} duplicates skipped, {info['interrupted']} interrupted")
+    if "best" in info:
+        scores = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())
+        c.print(f"best (weighted loss): trial {info['best_trial']}: {scores}")
+
+
+def print_front(name: str, front: list, space) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front of {name} ({len(front)} points)")
+    table.add_column("#", justify="right")
+    table.add_column("trial", justify="right")
+    for o in space.objectives:
+        table.add_column(f"{o.key} {'↑' if o.direction == 'maximize' else '↓'}", justify="right")
+    for i, t in enumerate(front):
+        table.add_row(str(i), str(t.number), *(f"{v:.4f}" for v in t.values))
+    Console().print(table)

@@ -20,6 +20,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.search.genome import Genome, genome_hash
+from evomerge.search.objectives import weighted_loss
 from evomerge.search.optimizers import CmaOptimizer, make_optimizer
 from evomerge.search.space import SearchSpace
 from evomerge.search.study import (
@@ -93,7 +94,8 @@ class _Loop:
         self.progress = progress
         self.in_flight: dict[int, tuple[Any, dict, str]] = {}
         self.cache: dict[str, tuple[int, tuple[float, ...] | None]] = {}
-        self.done = self.failed = 0
+        self.done = self.failed = self.new = 0
+        self.best: float | None = None
 
     def restore(self) -> None:
         from optuna.trial import TrialState
@@ -105,6 +107,9 @@ class _Loop:
         for t in finished:
             if "genome_hash" in t.user_attrs and "duplicate_of" not in t.user_attrs:
                 self.cache[t.user_attrs["genome_hash"]] = (t.number, t.values)
+            if t.values is not None:
+                loss = weighted_loss(t.values, self.space.objectives)
+                self.best = loss if self.best is None else min(self.best, loss)
         self.done = sum(counted(t) for t in trials)
         self.failed = sum(counted(t) and t.state == TrialState.FAIL for t in trials)
         self.optimizer.restore(sorted(finished, key=lambda t: t.number))
@@ -163,6 +168,10 @@ class _Loop:
         self.cache[h] = (trial.number, result.values)
         self.optimizer.tell(attrs, result.values)
         self.done += 1
+        self.new += 1
+        if result.values is not None:
+            loss = weighted_loss(result.values, self.space.objectives)
+            self.best = loss if self.best is None else min(self.best, loss)
         self.duplicates_in_a_row = 0
 
     def interrupt_in_flight(self) -> None:
@@ -200,6 +209,7 @@ class _Loop:
             self.record(executor.next_result())
             if self.progress:
                 self.progress({"done": self.done, "budget": self.budget, "failed": self.failed,
+                               "new": self.new, "best": self.best,
                                "elapsed": time.monotonic() - start})
             if self.done % every == 0:
                 on_generation()
@@ -231,7 +241,9 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     num_layers = check_models(space)
     genome = Genome(space, num_layers)
     store = open_storage(url)
-    loop = _Loop(space, name, store, genome, trials or space.budget.trials, progress)
+    budget = trials or space.budget.trials
+    loop = _Loop(space, name, store, genome, budget, progress)
+    loop.study.set_user_attr("evomerge_trials", budget)  # what `evomerge resume` continues to
     loop.restore()
     out_dir = results_dir(name, results_root)
     out_dir.mkdir(parents=True, exist_ok=True)

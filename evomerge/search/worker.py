@@ -20,7 +20,18 @@ from evomerge.recipe import load_recipe
 from evomerge.search.objectives import objective_values
 from evomerge.search.space import SearchSpace
 
-__all__ = ["CandidateResult", "Worker"]
+__all__ = ["CandidateResult", "Worker", "evaluator_options"]
+
+
+def evaluator_options(space: SearchSpace, name: str) -> dict[str, Any]:
+    """Options of evaluator ``name``; task-based evaluators default their ``tasks`` to the
+    tasks the objectives ask of them (so the YAML names each task once)."""
+    cfg = space.evaluators[name]
+    opts = cfg.options()
+    if cfg.type in ("zoo", "lm_eval") and "tasks" not in opts:
+        opts["tasks"] = list(dict.fromkeys(o.task for o in space.objectives
+                                           if o.evaluator == name))
+    return opts
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,9 @@ class Worker:
                                          dtype=torch_dtype(space.dtype))
         self.device = self.materializer.device
         self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
-        self.evaluators = {name: make_evaluator(cfg.type, **cfg.options())
-                           for name, cfg in space.evaluators.items()}
+        self.evaluators = {name: make_evaluator(cfg.type, **{
+            k: v for k, v in evaluator_options(space, name).items() if k != "test"})
+            for name, cfg in space.evaluators.items()}
         for i, obj in enumerate(space.objectives):
             names = {m.name for m in self.evaluators[obj.evaluator].metrics}
             if obj.key not in names:
@@ -81,8 +93,10 @@ class Worker:
                 raise ConfigError(f"objectives[{i}]: evaluator {obj.evaluator!r} has no metric "
                                   f"{obj.key!r}; it has {', '.join(sorted(names))}.")
 
-    def run(self, trial: int, recipe_yaml: str) -> CandidateResult:
-        """Materialize and score one recipe; never raises for a bad candidate."""
+    def run(self, trial: int, recipe_yaml: str,
+            evaluators: dict[str, Any] | None = None) -> CandidateResult:
+        """Materialize and score one recipe; never raises for a bad candidate.
+        ``evaluators`` replaces the space's (the report scores the test split this way)."""
         t0 = time.perf_counter()
         merge_s = 0.0
         try:
@@ -92,7 +106,7 @@ class Worker:
             merge_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             scores: dict[str, Any] = {}
-            for ev in self.evaluators.values():
+            for ev in (evaluators or self.evaluators).values():
                 scores.update(ev(model, self.tokenizer))
             values = objective_values(scores, self.space.objectives)
             return CandidateResult(trial, values, scores, None, merge_s,

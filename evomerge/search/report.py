@@ -1,0 +1,193 @@
+"""``evomerge report STUDY``: held-out evaluation of what the search found.
+
+The search scores candidates on the validation split only. The report re-scores, on the test
+split: the base and source models, the study's Pareto front, and the front of *uniform*
+recipes (one value per parameter and model for all layers, from a small grid scored on
+validation, as a careful user would try by hand). It compares the two fronts by hypervolume
+(same reference point: the worst test value of any reported model, per objective) and writes
+``results/<study>/report.md`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evomerge.errors import ConfigError
+from evomerge.search.front import front_trials
+from evomerge.search.genome import Genome
+from evomerge.search.pareto import hypervolume, pareto_front
+from evomerge.search.space import SWAP_MERGE, SearchSpace
+
+__all__ = ["test_evaluators", "uniform_params", "make_report"]
+
+
+def test_evaluators(space: SearchSpace) -> dict[str, Any]:
+    """The space's evaluators switched to the test split (zoo evaluators: ``split: test``;
+    others: their ``test`` option block, which replaces options for the report)."""
+    from evomerge.evaluators import make_evaluator
+
+    from evomerge.search.worker import evaluator_options
+
+    out = {}
+    for name, cfg in space.evaluators.items():
+        opts = evaluator_options(space, name)
+        override = opts.pop("test", None)
+        if override is not None:
+            opts.update(override)
+        elif cfg.type == "zoo":
+            opts["split"] = "test"
+        else:
+            raise ConfigError(f"evaluators.{name} has no 'test' options, so the report cannot "
+                              "score it on held-out data.")
+        out[name] = make_evaluator(cfg.type, **opts)
+    return out
+
+
+def uniform_params(genome: Genome, levels: int = 3) -> list[dict[str, Any]]:
+    """Grid of uniform recipes: every layer group and part shares one value per parameter
+    (and per model for per-model parameters); whole source models for pure layer swaps."""
+    space = genome.space
+    if not space.methods:
+        return [{g.name: choice for g in genome.genes} for choice in space.swap_choices]
+    axes: dict[str, list[Any]] = {}
+    for g in genome.genes:
+        if g.name == "method":
+            axes["method"] = list(g.choices)
+        elif not g.name.startswith("swap."):
+            key = g.name.rsplit(".", 2)[0]  # weight.math.g3.attn -> weight.math
+            axes[key] = list(np.linspace(g.low, g.high, levels + 1)[1:])  # skip all-zero
+    combos = []
+    for values in itertools.product(*axes.values()):
+        chosen = dict(zip(axes, values))
+        params = {}
+        for g in genome.genes:
+            if g.name.startswith("swap."):
+                params[g.name] = SWAP_MERGE
+            elif g.name == "method":
+                params[g.name] = chosen["method"]
+            else:
+                params[g.name] = float(chosen[g.name.rsplit(".", 2)[0]])
+        combos.append(params)
+    return combos
+
+
+def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
+                progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Score models, front and uniform recipes on the test split; write report.md/json."""
+    from evomerge.search.driver import check_models
+    from evomerge.search.worker import Worker
+
+    genome = Genome(space, check_models(space))
+    worker = Worker(space)
+    tests = test_evaluators(space)
+    objs = space.objectives
+    keys = [o.key for o in objs]
+
+    def score(recipe_yaml: str, evaluators: dict | None) -> dict[str, float]:
+        r = worker.run(-1, recipe_yaml, evaluators)
+        if r.values is None:
+            raise ConfigError(f"Scoring a report recipe failed: {r.error}")
+        return r.scores
+
+    rows: list[dict[str, Any]] = []
+    for alias, path in [("base", space.base_model), *space.models.items()]:
+        rows.append({"kind": "source", "name": alias, "test": _whole_model(worker, path, tests)})
+    front = front_trials(study, space)
+    for i, t in enumerate(front):
+        if progress:
+            progress("front", i + 1, len(front))
+        rows.append({"kind": "search front", "name": f"trial {t.number}",
+                     "validation": dict(zip(keys, t.values)),
+                     "test": score(t.user_attrs["recipe"], tests)})
+    grid = uniform_params(genome, levels)
+    val_points = []
+    for i, params in enumerate(grid):
+        if progress:
+            progress("uniform grid", i + 1, len(grid))
+        s = score(genome.recipe(params).to_yaml(), None)
+        val_points.append([s[k] for k in keys])
+    directions = [o.direction for o in objs]
+    for i in pareto_front(val_points, directions):
+        rows.append({"kind": "uniform front", "name": _describe(grid[i]),
+                     "validation": dict(zip(keys, val_points[i])),
+                     "test": score(genome.recipe(grid[i]).to_yaml(), tests)})
+    summary = _summary(rows, objs, space, len(grid))
+    doc = {"study": study.study_name, "objectives": [o.model_dump() for o in objs],
+           "rows": rows, "summary": summary}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(doc, indent=2))
+    (out_dir / "report.md").write_text(_markdown(doc))
+    return doc
+
+
+def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
+    scores: dict[str, float] = {}
+    for ev in tests.values():
+        scores.update(ev(model, worker.tokenizer))
+    return scores
+
+
+def _describe(params: dict[str, Any]) -> str:
+    seen: dict[str, Any] = {}
+    for k, v in params.items():
+        short = k if k in ("method",) or k.startswith("swap.") else k.rsplit(".", 2)[0]
+        seen.setdefault(short, v)
+    if all(k.startswith("swap.") for k in seen):
+        return f"whole model: {next(iter(seen.values()))}"
+    return ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in seen.items())
+
+
+def _summary(rows: list[dict], objs: list, space: SearchSpace, grid_size: int) -> dict[str, Any]:
+    keys = [o.key for o in objs]
+    directions = [o.direction for o in objs]
+    pts = {kind: [[r["test"][k] for k in keys] for r in rows if r["kind"] == kind]
+           for kind in ("source", "search front", "uniform front")}
+    every = [p for ps in pts.values() for p in ps]
+    ref = [max(p[i] for p in every) if d == "minimize" else min(p[i] for p in every)
+           for i, d in enumerate(directions)]
+    hv = {kind: hypervolume(ps, ref, directions) for kind, ps in pts.items()}
+    out: dict[str, Any] = {"reference_point": ref, "uniform_grid_size": grid_size,
+                           "hypervolume_search_front": hv["search front"],
+                           "hypervolume_uniform_front": hv["uniform front"]}
+    sources = [r for r in rows if r["kind"] == "source" and r["name"] != "base"]
+    for i, o in enumerate(objs):
+        better = (min if o.direction == "minimize" else max)
+        best_source = better(r["test"][o.key] for r in sources)
+        best_found = better(r["test"][o.key] for r in rows if r["kind"] == "search front")
+        beats = best_found < best_source if o.direction == "minimize" else best_found > best_source
+        out[f"{o.key}: best source model"] = best_source
+        out[f"{o.key}: best search-front recipe"] = best_found
+        out[f"{o.key}: a found recipe beats every source"] = bool(beats)
+    return out
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    keys = [o["task"] + "/" + o["metric"] for o in doc["objectives"]]
+    extra = sorted({k for r in doc["rows"] for k in r["test"]
+                    if k.endswith("exact_match") and k.split("/")[0] in
+                    {x.split("/")[0] for x in keys}})
+    cols = keys + [k for k in extra if k not in keys]
+    lines = [f"# Held-out report: study `{doc['study']}`", "",
+             "Scores on the **test** split (the search saw only validation).", "",
+             "| kind | model / recipe | " + " | ".join(cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for r in doc["rows"]:
+        lines.append(f"| {r['kind']} | {r['name']} | "
+                     + " | ".join(f"{r['test'].get(c, float('nan')):.4f}" for c in cols) + " |")
+    s = doc["summary"]
+    lines += ["", "## Summary", ""]
+    lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+              for k, v in s.items() if k != "reference_point"]
+    lines += [f"- hypervolume reference point (worst test value per objective): "
+              f"{[round(v, 4) for v in s['reference_point']]}", ""]
+    return "\n".join(lines)

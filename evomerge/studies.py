@@ -1,0 +1,66 @@
+"""Library entry points behind the study commands (search, resume, status, front, export,
+report, quickstart), so the CLI only parses arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from evomerge.search.driver import SearchOutcome, run_search
+from evomerge.search.space import SearchSpace, load_space
+from evomerge.search.study import default_storage, load_study, open_storage, space_of, summary
+
+__all__ = ["open_study", "search", "resume", "status", "executor_factory"]
+
+
+def open_study(name: str, storage: str | None = None, results: str = "results") -> tuple[Any, SearchSpace]:
+    """An existing study and its search space."""
+    url = storage or default_storage(name, results)
+    if storage is None and not Path(url.removeprefix("sqlite:///")).is_file():
+        from evomerge.errors import ConfigError
+        raise ConfigError(f"No study {name!r} under {results}/ (looked for {url}); pass "
+                          "--storage if it lives elsewhere.")
+    study = load_study(open_storage(url), name)
+    return study, space_of(study)
+
+
+def executor_factory(workers: int, **ray_options: Any) -> Callable[[SearchSpace], Any] | None:
+    """``None`` (in-process) for 0 workers; the Ray executor otherwise."""
+    if workers == 0:
+        return None
+    from evomerge.search.ray_executor import RayExecutor
+
+    return lambda space: RayExecutor(space, workers=workers, **ray_options)
+
+
+def search(space_path: str, study: str | None = None, storage: str | None = None,
+           trials: int | None = None, workers: int = 0, results: str = "results",
+           progress: Callable[[dict], None] | None = None, **ray_options: Any) -> SearchOutcome:
+    space = load_space(space_path)
+    return run_search(space, study=study, storage=storage, trials=trials,
+                      executor_factory=executor_factory(workers, **ray_options),
+                      results_root=results, progress=progress)
+
+
+def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
+           results: str = "results", progress: Callable[[dict], None] | None = None,
+           **ray_options: Any) -> SearchOutcome:
+    study, space = open_study(name, storage, results)
+    return run_search(space, study=name, storage=storage or default_storage(name, results),
+                      trials=trials or study.user_attrs.get("evomerge_trials"),
+                      executor_factory=executor_factory(workers, **ray_options),
+                      results_root=results, progress=progress)
+
+
+def status(name: str, storage: str | None = None, results: str = "results") -> dict[str, Any]:
+    from evomerge.search.front import best_trial
+
+    study, space = open_study(name, storage, results)
+    info = summary(study)
+    info["budget"] = study.user_attrs.get("evomerge_trials", space.budget.trials)
+    best = best_trial(study, space)
+    if best is not None:
+        info["best_trial"] = best.number
+        info["best"] = {o.key: v for o, v in zip(space.objectives, best.values)}
+    return info

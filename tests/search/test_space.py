@@ -1,0 +1,59 @@
+"""Malformed search spaces fail with one sentence naming the field, before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.search.space import load_space
+
+from .spaces import space_dict
+
+
+def test_valid(mini_zoo):
+    space = load_space(space_dict(mini_zoo))
+    assert space.searched == {"weight": (0.0, 1.0), "density": (0.2, 1.0)}
+    assert load_space(space.to_yaml()) == space
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"method": "tiez"}, r"Unknown merge method 'tiez'\. Available: "),
+    ({"parameters": {"weight": [0, 1], "gamma": [0, 1]}}, r"parameters\.gamma is not a parameter of 'ties'"),
+    ({"parameters": {"weight": [1.0, 0.2]}}, r"parameters\.weight bounds \[1\.0, 0\.2\] are reversed"),
+    ({"parameters": {"weight": [0, 1], "density": [0.5, 1.5]}}, r"leave the valid range \[0\.0, 1\.0\]"),
+    ({"parameters": {"density": [0.2, 1.0]}}, r"method 'ties' needs parameters\.weight"),
+    ({"objectives": []}, r"field 'objectives'"),
+    ({"budget": {"trials": 0}}, r"field 'budget\.trials' input should be greater than 0"),
+    ({"optimizer": {"name": "adam"}}, r"optimizer\.name 'adam' is not one of cma, tpe"),
+    ({"optimizer": {"name": "cmaes"}}, r"optimizer 'cmaes' handles one objective"),
+    ({"method": None}, r"give a 'method', 'layer_swap: true', or both"),
+    ({"method": "model_stock", "parameters": {}, "layer_swap": True}, r"layer_swap with method .model_stock. is not supported"),
+    ({"method": "slerp", "parameters": {"t": [0, 1]}}, r"method .slerp. cannot merge 2 models"),
+    ({"layer_swap": {"choices": ["merge", "chef"]}}, r"layer_swap choice 'chef' is not a model alias"),
+    ({"objectives": [{"evaluator": "nope", "task": "a", "metric": "b", "direction": "minimize"}]},
+     r"objectives\[0\]\.evaluator 'nope' is not defined"),
+    ({"colour": "red"}, r"unknown field 'colour'"),
+])
+def test_bad_space(mini_zoo, over, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_space(space_dict(mini_zoo, **over))
+    assert "\n" not in str(info.value)
+
+
+def test_layer_swap_needs_equal_depth(mini_zoo, tiny, tmp_path):
+    from evomerge.search.driver import check_models
+
+    space = load_space(space_dict(mini_zoo, models={"math": str(mini_zoo / "math"),
+                                                    "deep": tiny["deep"]}))
+    with pytest.raises(ConfigError, match="same layer count"):
+        check_models(space)
+
+
+def test_unreachable_storage_creates_nothing(mini_zoo, tmp_path):
+    from evomerge.search.driver import run_search
+
+    space = load_space(space_dict(mini_zoo))
+    with pytest.raises(ConfigError, match="Cannot open storage 'postgresql://"):
+        run_search(space, storage="postgresql://nobody@127.0.0.1:1/none",
+                   results_root=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
