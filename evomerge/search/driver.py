@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.search.genome import Genome, genome_hash
+from evomerge.search.genome import Genome, recipe_hash
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.optimizers import CmaOptimizer, make_optimizer
 from evomerge.search.space import SearchSpace
@@ -105,8 +105,8 @@ class _Loop:
         finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)
                     and not t.user_attrs.get("interrupted")]
         for t in finished:
-            if "genome_hash" in t.user_attrs and "duplicate_of" not in t.user_attrs:
-                self.cache[t.user_attrs["genome_hash"]] = (t.number, t.values)
+            if "recipe_hash" in t.user_attrs and "duplicate_of" not in t.user_attrs:
+                self.cache[t.user_attrs["recipe_hash"]] = (t.number, t.values)
             if t.values is not None:
                 loss = weighted_loss(t.values, self.space.objectives)
                 self.best = loss if self.best is None else min(self.best, loss)
@@ -128,12 +128,12 @@ class _Loop:
         trial = self.study.ask(self.genome.distributions())
         attrs = {**prop.attrs, **{k: v for k, v in trial.user_attrs.items()
                                   if k in ("cma_gen", "cma_index", "x")}}
-        h = genome_hash(trial.params)
-        trial.set_user_attr("genome_hash", h)
+        recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
+        h = recipe_hash(recipe)
+        trial.set_user_attr("recipe_hash", h)
         if h in self.cache:
             self._duplicate(trial, attrs, *self.cache[h])
             return True
-        recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
         trial.set_user_attr("recipe", recipe.to_yaml())
         self.in_flight[trial.number] = (trial, attrs, h)
         self.executor.submit(trial.number, recipe.to_yaml())
@@ -177,7 +177,7 @@ class _Loop:
     def interrupt_in_flight(self) -> None:
         from optuna.trial import TrialState
 
-        for trial, attrs, _ in self.in_flight.values():
+        for trial, _attrs, _ in self.in_flight.values():
             trial.set_user_attr("interrupted", True)
             trial.set_user_attr("fail_reason", INTERRUPTED)
             self.study.tell(trial, state=TrialState.FAIL)

@@ -102,8 +102,14 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
         trials = completed(study)
         ax.scatter([t.values[0] for t in trials], [t.values[1] for t in trials], s=8,
                    c="lightgray", label="evaluated")
-        ax.scatter([t.values[0] for t in front], [t.values[1] for t in front], s=18, c="C3",
-                   label="Pareto front")
+        if len(objs) > 2:  # a 3-objective front seen from above: colour is the third objective
+            dots = ax.scatter([t.values[0] for t in front], [t.values[1] for t in front], s=18,
+                              c=[t.values[2] for t in front], cmap="viridis_r",
+                              label="Pareto front (3 objectives)")
+            fig.colorbar(dots, ax=ax, label=f"{objs[2].key} ({objs[2].direction})")
+        else:
+            ax.scatter([t.values[0] for t in front], [t.values[1] for t in front], s=18, c="C3",
+                       label="Pareto front")
         ax.set_xlabel(f"{objs[0].key} ({objs[0].direction})")
         ax.set_ylabel(f"{objs[1].key} ({objs[1].direction})")
         ax.legend()

@@ -32,7 +32,7 @@ import numpy as np
 from evomerge.recipe import Recipe, load_recipe
 from evomerge.search.space import SWAP_BASE, SWAP_MERGE, SearchSpace
 
-__all__ = ["Gene", "Genome", "genome_hash"]
+__all__ = ["Gene", "Genome", "genome_hash", "recipe_hash"]
 
 IO_FILTERS = ("embed_tokens", "lm_head", "model.norm")
 
@@ -60,9 +60,29 @@ class Gene:
 
 
 def genome_hash(params: dict[str, Any]) -> str:
-    """Stable hash of a decoded parameter set (floats rounded to 1e-9), for the duplicate cache."""
+    """Stable hash of a parameter set (floats rounded to 1e-9)."""
     canon = {k: (round(v, 9) if isinstance(v, float) else v) for k, v in sorted(params.items())}
     return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Hash of what a recipe builds (provenance in the ``evomerge`` block aside, except the
+    seed that DARE drops depend on). Different genomes can decode to the same recipe --
+    e.g. coefficients of a layer group that a layer-swap gene copies whole -- and the
+    duplicate cache keys on this, so the same model is never evaluated twice."""
+    doc = recipe.model_dump(mode="json", exclude_none=True)
+    doc["evomerge"] = {"seed": recipe.evomerge.seed}
+    return hashlib.sha256(json.dumps(_round(doc), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 9)
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
+    return obj
 
 
 class Genome:
@@ -197,6 +217,7 @@ class Genome:
                 if method.param(p).per_model:
                     own[p] = self._setting(params, p, alias, g, first, last)
             if swap != SWAP_MERGE:  # this group is copied from one model: select it by weight
+            # (the recipe no longer depends on this group's coefficients)
                 own = {"weight": 1.0 if swap == alias else 0.0}
                 if "density" in method.param_names:
                     own["density"] = 1.0

@@ -166,7 +166,7 @@ class CmaOptimizer(Optimizer):
                         f"{self._gen}; was the search space or optimizer seed changed?")
             gen = self._gen
             self._queue = [i for i in range(len(self._X)) if i not in done]
-            for i, t in done.items():
+            for t in done.values():
                 self.tell(t.user_attrs, t.values)
             if self._gen == gen:  # generation still incomplete: its missing points are queued
                 return

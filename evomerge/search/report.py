@@ -31,7 +31,6 @@ def test_evaluators(space: SearchSpace) -> dict[str, Any]:
     """The space's evaluators switched to the test split (zoo evaluators: ``split: test``;
     others: their ``test`` option block, which replaces options for the report)."""
     from evomerge.evaluators import make_evaluator
-
     from evomerge.search.worker import evaluator_options
 
     out = {}
@@ -105,7 +104,7 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
         rows.append({"kind": "search front", "name": f"trial {t.number}",
                      "validation": dict(zip(keys, t.values)),
                      "test": score(t.user_attrs["recipe"], tests)})
-    grid = uniform_params(genome, levels)
+    grid = _distinct(genome, uniform_params(genome, levels))
     val_points = []
     for i, params in enumerate(grid):
         if progress:
@@ -126,6 +125,19 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
     return doc
 
 
+def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Grid points that build different models (e.g. density is moot for task arithmetic)."""
+    from evomerge.search.genome import recipe_hash
+
+    seen, out = set(), []
+    for params in grid:
+        h = recipe_hash(genome.recipe(params))
+        if h not in seen:
+            seen.add(h)
+            out.append(params)
+    return out
+
+
 def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
@@ -137,12 +149,12 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
 
 
 def _describe(params: dict[str, Any]) -> str:
+    if all(k.startswith("swap.") for k in params):
+        return f"whole model: {next(iter(params.values()))}"
     seen: dict[str, Any] = {}
     for k, v in params.items():
-        short = k if k in ("method",) or k.startswith("swap.") else k.rsplit(".", 2)[0]
-        seen.setdefault(short, v)
-    if all(k.startswith("swap.") for k in seen):
-        return f"whole model: {next(iter(seen.values()))}"
+        if not k.startswith("swap."):
+            seen.setdefault(k if k == "method" else k.rsplit(".", 2)[0], v)
     return ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in seen.items())
 
@@ -160,7 +172,7 @@ def _summary(rows: list[dict], objs: list, space: SearchSpace, grid_size: int) -
                            "hypervolume_search_front": hv["search front"],
                            "hypervolume_uniform_front": hv["uniform front"]}
     sources = [r for r in rows if r["kind"] == "source" and r["name"] != "base"]
-    for i, o in enumerate(objs):
+    for o in objs:
         better = (min if o.direction == "minimize" else max)
         best_source = better(r["test"][o.key] for r in sources)
         best_found = better(r["test"][o.key] for r in rows if r["kind"] == "search front")

@@ -1,7 +1,7 @@
 """The study is the ledger: every candidate is an Optuna trial in an Optuna storage.
 
 Per trial, user attributes hold the decoded ``recipe`` (YAML), all evaluator ``scores``,
-``merge_seconds`` / ``eval_seconds`` / ``peak_memory_mb``, the ``genome_hash``, the optimizer's
+``merge_seconds`` / ``eval_seconds`` / ``peak_memory_mb``, the ``recipe_hash``, the optimizer's
 bookkeeping, and ``fail_reason`` for a failed candidate. A trial that was RUNNING when its
 driver died is failed on resume with ``interrupted: true`` and does not count as an
 evaluation; its candidate is asked again. Study user attributes hold the search space.

@@ -70,7 +70,7 @@ def test_identical_genomes_are_not_evaluated_twice(mini_zoo, tmp_path):
     out = run_search(space, results_root=tmp_path)
     assert (out.evaluations, out.stopped) == (9, "exhausted")
     trials = _study("t", tmp_path).get_trials()
-    hashes = [t.user_attrs["genome_hash"] for t in trials if counted(t)]
+    hashes = [t.user_attrs["recipe_hash"] for t in trials if counted(t)]
     assert len(hashes) == len(set(hashes)) == 9
     dups = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert dups and all(t.values == trials[t.user_attrs["duplicate_of"]].values for t in dups)
@@ -139,11 +139,11 @@ def test_kill_9_then_resume_finishes_budget_like_an_uninterrupted_run(mini_zoo, 
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     evaluated = [t for t in trials if counted(t)]
     assert len(evaluated) == 14 and all(t.state == TrialState.COMPLETE for t in evaluated)
-    assert len({t.user_attrs["genome_hash"] for t in evaluated}) == 14  # none evaluated twice
+    assert len({t.user_attrs["recipe_hash"] for t in evaluated}) == 14  # none evaluated twice
     # CMA-ES state was rebuilt exactly: the same candidates as the uninterrupted run.
-    ref = sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["genome_hash"])
+    ref = sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["recipe_hash"])
                  for t in _study("t", ref_root).get_trials())
-    got = sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["genome_hash"])
+    got = sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["recipe_hash"])
                  for t in evaluated)
     assert got == ref
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from evomerge.materialize import Materializer
-from evomerge.search.genome import Genome, genome_hash
+from evomerge.search.genome import Genome, genome_hash, recipe_hash
 from evomerge.search.space import load_space
 
 from .spaces import space_dict
@@ -79,3 +79,13 @@ def test_pure_layer_swap_is_passthrough(mini_zoo):
 def test_genome_hash():
     assert genome_hash({"a": 0.1 + 0.2, "b": "x"}) == genome_hash({"b": "x", "a": 0.3})
     assert genome_hash({"a": 0.3}) != genome_hash({"a": 0.31})
+
+
+def test_recipe_hash_ignores_moot_genes_and_provenance(mini_zoo):
+    g = _genome(mini_zoo, layer_swap=True)
+    a = g.from_unit(np.full(g.dim, 0.3))
+    a.update({"swap.g0": "lang", "swap.g1": "merge"})
+    b = dict(a, **{"weight.math.g0.all": 0.9})  # group 0 is copied from lang: moot
+    c = dict(a, **{"weight.math.g1.all": 0.9})  # group 1 is merged: matters
+    assert recipe_hash(g.recipe(a, {"trial": 1})) == recipe_hash(g.recipe(b, {"trial": 2}))
+    assert recipe_hash(g.recipe(a)) != recipe_hash(g.recipe(c))

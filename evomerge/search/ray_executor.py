@@ -1,0 +1,189 @@
+"""Ray executor: resident-model actors evaluate candidates asynchronously, with retries.
+
+Each actor loads the source models once (onto the GPU Ray assigned it, or the CPU), builds
+its evaluators once, then serves candidates: materialize in place -> evaluate -> a frozen
+:class:`~evomerge.search.worker.CandidateResult`. Scheduling is asynchronous: whenever an actor
+is free it takes the next submitted candidate, so actors never wait for the slowest member of
+a generation. An actor that dies (killed, out of memory) is replaced and its candidate is
+dispatched again, up to ``max_retries``; after that, or after ``timeout`` seconds, the
+candidate comes back as a failure with the reason and the search goes on.
+
+Embedded mode (default) starts Ray in this process with a temp dir beside the study, no
+dashboard, no auth; ``ray_address`` ("auto" or "HOST:PORT") joins an existing cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from evomerge.search.space import SearchSpace
+from evomerge.search.worker import CandidateResult
+
+__all__ = ["RayExecutor"]
+
+
+class _Actor:
+    """The actor body (wrapped by ``ray.remote`` at run time, so ray stays a lazy import)."""
+
+    def __init__(self, space_json: dict, num_threads: int, use_gpu: bool) -> None:
+        import torch
+
+        from evomerge.search.space import load_space
+        from evomerge.search.worker import Worker
+
+        torch.set_num_threads(max(1, num_threads))  # one actor per core(s): no oversubscription
+        space = load_space(space_json)
+        self.worker = Worker(space, device="cuda" if use_gpu else
+                             ("cpu" if space.device == "auto" else space.device))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, trial: int, recipe_yaml: str) -> CandidateResult:
+        return self.worker.run(trial, recipe_yaml)
+
+
+def _temp_dir(hint: Path | None) -> str:
+    # Ray puts unix sockets under its temp dir; their paths must stay under ~107 bytes.
+    if hint is not None and len(str(hint.resolve())) < 48:
+        hint.mkdir(parents=True, exist_ok=True)
+        return str(hint.resolve())
+    return tempfile.mkdtemp(prefix="evray-")
+
+
+class RayExecutor:
+    """Asynchronous pool of resident-model actors.
+
+    Args:
+        space: the search space every actor serves.
+        workers: number of actors.
+        ray_address: join this cluster ("auto", "HOST:PORT"); None starts Ray here.
+        num_cpus, num_gpus: resources per actor (fractional GPUs share a device).
+        timeout: seconds a candidate may run before its actor is replaced.
+        max_retries: re-dispatches of a candidate whose actor died.
+        temp_dir: Ray's temp dir in embedded mode (default: a short dir beside the study).
+    """
+
+    def __init__(self, space: SearchSpace, workers: int = 2, ray_address: str | None = None,
+                 num_cpus: float | None = None, num_gpus: float | None = None,
+                 timeout: float | None = None, max_retries: int = 2,
+                 temp_dir: str | Path | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            common = {"include_dashboard": False, "log_to_driver": False,
+                      "ignore_reinit_error": True}
+            if ray_address:
+                ray.init(address=ray_address, **common)
+            else:
+                ray.init(num_cpus=max(os.cpu_count() or 1, workers),
+                         _temp_dir=_temp_dir(Path(temp_dir) if temp_dir else None), **common)
+        self._cpus = num_cpus if num_cpus is not None else 1.0
+        self._gpus = num_gpus or 0.0
+        self._cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0)(_Actor)
+        self._space = space.model_dump(mode="json")
+        self.capacity = workers
+        self.timeout, self.max_retries = timeout, max_retries
+        self._idle = [self._spawn() for _ in range(workers)]
+        ray.get([a.pid.remote() for a in self._idle])  # models loaded before the clock starts
+        self._queue: deque[tuple[int, str, int]] = deque()
+        self._running: dict[Any, tuple[Any, int, str, int, float]] = {}
+        self._results: deque[CandidateResult] = deque()
+        self._busy = 0.0
+        self._start = time.monotonic()
+        self.replaced = 0
+
+    def _spawn(self) -> Any:
+        return self._cls.remote(self._space, int(max(1, self._cpus)), self._gpus > 0)
+
+    def actor_pids(self) -> list[int]:
+        """Process ids of the current actors (tests kill one to check recovery)."""
+        actors = self._idle + [v[0] for v in self._running.values()]
+        return self._ray.get([a.pid.remote() for a in actors])
+
+    def submit(self, trial: int, recipe_yaml: str) -> None:
+        self._queue.append((trial, recipe_yaml, 0))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            actor = self._idle.pop()
+            trial, recipe, attempts = self._queue.popleft()
+            ref = actor.run.remote(trial, recipe)
+            self._running[ref] = (actor, trial, recipe, attempts, time.monotonic())
+
+    def _replace(self, actor: Any) -> None:
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 -- already dead
+            pass
+        self._idle.append(self._spawn())
+        self.replaced += 1
+
+    def _collect(self, ref: Any) -> None:
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        actor, trial, recipe, attempts, t0 = self._running.pop(ref)
+        self._busy += time.monotonic() - t0
+        try:
+            self._results.append(self._ray.get(ref, timeout=60))
+            self._idle.append(actor)
+        except (RayActorError, GetTimeoutError) as exc:
+            self._replace(actor)
+            if attempts < self.max_retries:
+                self._queue.appendleft((trial, recipe, attempts + 1))
+            else:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._results.append(CandidateResult(
+                    trial, None, error=f"worker died {attempts + 1} times ({reason})"))
+        except Exception as exc:  # noqa: BLE001 -- a task error is the candidate's failure
+            self._idle.append(actor)
+            self._results.append(CandidateResult(trial, None, error=f"{type(exc).__name__}: {exc}"))
+
+    def _expire(self) -> None:
+        if self.timeout is None:
+            return
+        now = time.monotonic()
+        for ref, (actor, trial, _, _, t0) in list(self._running.items()):
+            if now - t0 > self.timeout:
+                del self._running[ref]
+                self._busy += now - t0
+                self._replace(actor)
+                self._results.append(CandidateResult(
+                    trial, None, error=f"timed out after {self.timeout:g} s"))
+
+    def next_result(self) -> CandidateResult:
+        """Block until some candidate finishes; returns its result."""
+        while not self._results:
+            self._dispatch()
+            if not self._running:
+                raise RuntimeError("next_result() called with nothing submitted")
+            ready, _ = self._ray.wait(list(self._running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                self._collect(ref)
+            self._expire()
+        return self._results.popleft()
+
+    def stats(self) -> dict[str, float]:
+        """Actor utilisation (busy time / (actors x wall time)) and replacements so far."""
+        wall = time.monotonic() - self._start
+        return {"actors": self.capacity, "utilisation": self._busy / max(wall * self.capacity, 1e-9),
+                "replaced": self.replaced}
+
+    def close(self) -> None:
+        for actor in self._idle + [v[0] for v in self._running.values()]:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._idle, self._running = [], {}
+        if self._owns_ray:
+            self._ray.shutdown()

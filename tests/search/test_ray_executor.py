@@ -1,0 +1,144 @@
+"""Real Ray on this machine: 2 actors, a killed actor, a raising candidate, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from evomerge.search.driver import run_search
+from evomerge.search.ray_executor import RayExecutor
+from evomerge.search.space import load_space
+from evomerge.search.study import counted, default_storage, load_study, open_storage
+
+from .spaces import space_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+@pytest.fixture(autouse=True)
+def _no_auth(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+def _ray_processes() -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "evray-" in cmd or "raylet" in (p.info["name"] or "") or "gcs_server" in cmd:
+            out.append(p)
+    return out
+
+
+def _study(root, name="t"):
+    return load_study(open_storage(default_storage(name, root)), name)
+
+
+def test_two_actors_kill_one_and_a_raising_candidate(mini_zoo, tmp_path):
+    (tmp_path / "flaky.py").write_text(
+        "import time\n"
+        "def score(model, tokenizer, delay=0.3):\n"
+        "    time.sleep(delay)\n"
+        "    w = float(model.model.layers[0].mlp.up_proj.weight.abs().mean())\n"
+        "    if w > 0.0 and round(w * 1e6) % 5 == 0:\n"
+        "        raise ValueError('unlucky candidate')\n"
+        "    return {'w/m': w}\n")
+    space = load_space(space_dict(
+        mini_zoo, budget={"trials": 16}, optimizer={"name": "random", "seed": 3},
+        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/flaky.py:score",
+                           "metrics": {"w/m": "maximize"}}},
+        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+    killed: list[int] = []
+    holder: dict = {}
+
+    def factory(s):
+        holder["ex"] = RayExecutor(s, workers=2, max_retries=2,
+                                   temp_dir=tmp_path / "ray")
+        return holder["ex"]
+
+    def progress(info):  # after the 4th result, kill one actor's process (like the OOM killer)
+        if info["done"] == 4 and not killed:
+            pid = holder["ex"].actor_pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    out = run_search(space, executor_factory=factory, results_root=tmp_path / "r",
+                     progress=progress)
+    assert killed and out.evaluations == 16
+    trials = _study(tmp_path / "r").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    evaluated = [t for t in trials if counted(t)]
+    assert len(evaluated) == 16
+    for t in evaluated:
+        assert t.state == TrialState.COMPLETE or t.user_attrs["fail_reason"]
+    raised = [t for t in evaluated if t.state == TrialState.FAIL]
+    assert all("ValueError: unlucky candidate" in t.user_attrs["fail_reason"] for t in raised)
+    assert holder["ex"].replaced >= 1
+    time.sleep(1.0)
+    assert _ray_processes() == []
+
+
+def test_async_scheduling_keeps_both_actors_busy(mini_zoo, tmp_path):
+    (tmp_path / "slow.py").write_text(
+        "import time\n"
+        "def score(model, tokenizer):\n"
+        "    time.sleep(0.4)\n"
+        "    return {'w/m': float(model.model.layers[0].mlp.up_proj.weight.abs().mean())}\n")
+    space = load_space(space_dict(
+        mini_zoo, budget={"trials": 8}, optimizer={"name": "tpe", "seed": 0},
+        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/slow.py:score",
+                           "metrics": {"w/m": "maximize"}}},
+        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+    holder: dict = {}
+
+    def factory(s):
+        holder["ex"] = RayExecutor(s, workers=2, temp_dir=tmp_path / "ray")
+        return holder["ex"]
+
+    t0 = time.monotonic()
+    out = run_search(space, executor_factory=factory, results_root=tmp_path / "r")
+    assert out.evaluations == 8
+    assert holder["ex"].stats()["utilisation"] > 0.6
+    assert time.monotonic() - t0 < 8 * 0.4 + 30  # far below 8 x 0.4 s serial + set-up
+
+
+def test_timeout_fails_the_candidate_and_replaces_the_actor(mini_zoo, tmp_path):
+    (tmp_path / "hang.py").write_text(
+        "import time\n"
+        "def score(model, tokenizer):\n"
+        "    time.sleep(30)\n"
+        "    return {'w/m': 0.0}\n")
+    space = load_space(space_dict(
+        mini_zoo, budget={"trials": 2}, optimizer={"name": "random", "seed": 0},
+        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/hang.py:score",
+                           "metrics": {"w/m": "maximize"}}},
+        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+    out = run_search(space, results_root=tmp_path / "r",
+                     executor_factory=lambda s: RayExecutor(s, workers=2, timeout=2.0,
+                                                            temp_dir=tmp_path / "ray"))
+    assert (out.evaluations, out.failed) == (2, 2)
+    reasons = [t.user_attrs["fail_reason"] for t in _study(tmp_path / "r").get_trials()]
+    assert all("timed out after 2 s" in r for r in reasons)
+
+
+def test_sigterm_stops_cleanly_and_leaves_no_running_trial(mini_zoo, tmp_path):
+    space = load_space(space_dict(mini_zoo, budget={"trials": 200},
+                                  optimizer={"name": "random", "seed": 0}))
+    timer = threading.Timer(12.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        out = run_search(space, results_root=tmp_path / "r",
+                         executor_factory=lambda s: RayExecutor(s, workers=2,
+                                                                temp_dir=tmp_path / "ray"))
+    finally:
+        timer.cancel()
+    assert out.stopped == "interrupted" and 0 < out.evaluations < 200
+    trials = _study(tmp_path / "r").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    time.sleep(1.0)
+    assert _ray_processes() == []
