@@ -77,6 +77,11 @@ class _Stop:
             self._old = None
         return self
 
+    def reinstall(self) -> None:
+        """Take SIGTERM back after a library (``ray.init``) installed its own handler."""
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
 
@@ -234,8 +239,11 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     Raises:
         ConfigError, ModelError: bad space, storage, or models; nothing is created.
     """
+    import optuna
+
     from evomerge.search.front import write_front
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     name = study or space.name
     url = storage or default_storage(name, results_root)
     num_layers = check_models(space)
@@ -250,16 +258,18 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     if executor_factory is None:
         from evomerge.search.executors import InlineExecutor
         executor_factory = InlineExecutor
-    executor = executor_factory(space)
-    stopped = "interrupted"
+    stopped, executor = "interrupted", None
     try:
         with _Stop() as stop:
+            executor = executor_factory(space)
+            stop.reinstall()
             stopped = loop.run(executor, space.budget.wall_time, stop,
                                lambda: write_front(loop.study, space, out_dir))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM while Ray was starting
         loop.interrupt_in_flight()
         stopped = "interrupted"
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
         write_front(loop.study, space, out_dir)
     return SearchOutcome(name, url, loop.done, loop.failed, stopped, out_dir)

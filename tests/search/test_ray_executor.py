@@ -129,15 +129,15 @@ def test_timeout_fails_the_candidate_and_replaces_the_actor(mini_zoo, tmp_path):
 def test_sigterm_stops_cleanly_and_leaves_no_running_trial(mini_zoo, tmp_path):
     space = load_space(space_dict(mini_zoo, budget={"trials": 200},
                                   optimizer={"name": "random", "seed": 0}))
-    timer = threading.Timer(12.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        out = run_search(space, results_root=tmp_path / "r",
-                         executor_factory=lambda s: RayExecutor(s, workers=2,
-                                                                temp_dir=tmp_path / "ray"))
-    finally:
-        timer.cancel()
-    assert out.stopped == "interrupted" and 0 < out.evaluations < 200
+
+    def progress(info):  # Slurm's signal before the time limit, mid-search
+        if info["done"] == 3:
+            threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+
+    out = run_search(space, results_root=tmp_path / "r", progress=progress,
+                     executor_factory=lambda s: RayExecutor(s, workers=2,
+                                                            temp_dir=tmp_path / "ray"))
+    assert out.stopped == "interrupted" and 3 <= out.evaluations < 20
     trials = _study(tmp_path / "r").get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     time.sleep(1.0)
