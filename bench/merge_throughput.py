@@ -100,6 +100,26 @@ def recipe_text(method: str, base: str, a: str, b: str) -> str:
             f"  - {{model: {b}, parameters: {{{params}}}}}\ndtype: float32\n")
 
 
+def copy_floor(tensors: list[torch.Tensor]) -> float:
+    """Seconds to copy ``tensors`` into preallocated tensors of the same shapes."""
+    dst = [torch.empty_like(t) for t in tensors]
+    return timed(lambda: [d.copy_(s) for d, s in zip(dst, tensors)])
+
+
+def in_memory(sec: dict, base: str, a: str, b: str) -> int:
+    """Time the materializer per method (first call and warm); returns the parameter count."""
+    mat = Materializer([a, b], base_model=base)
+    sec["copy"] = copy_floor(list(mat._weights[base].values()))
+    for method in ("linear", "task_arithmetic", "ties"):
+        recipe = load_recipe(recipe_text(method, base, a, b))
+        t = time.perf_counter()
+        mat.materialize(recipe)
+        sec[f"in_memory_{method}_first"] = time.perf_counter() - t
+        sec[f"in_memory_{method}"] = timed(lambda r=recipe: mat.materialize(r))
+        print(method, sec[f"in_memory_{method}"], flush=True)
+    return sum(p.numel() for p in mat.model.parameters())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
@@ -113,21 +133,7 @@ def main() -> None:
                  "torch": torch.__version__, "seconds": {}}
     sec = res["seconds"]
 
-    mat = Materializer([a, b], base_model=base)
-    n_params = sum(p.numel() for p in mat.model.parameters())
-    res["params"] = n_params
-    src = [t for t in mat._weights[base].values()]
-    dst = [torch.empty_like(t) for t in src]
-    sec["copy"] = timed(lambda: [d.copy_(s) for d, s in zip(dst, src)])
-    del src, dst
-    for method in ("linear", "task_arithmetic", "ties"):
-        recipe = load_recipe(recipe_text(method, base, a, b))
-        t = time.perf_counter()
-        mat.materialize(recipe)
-        sec[f"in_memory_{method}_first"] = time.perf_counter() - t
-        sec[f"in_memory_{method}"] = timed(lambda r=recipe: mat.materialize(r))
-        print(method, sec[f"in_memory_{method}"], flush=True)
-    del mat
+    res["params"] = in_memory(sec, base, a, b)
     gc.collect()
 
     ties = load_recipe(recipe_text("ties", base, a, b))
