@@ -8,11 +8,13 @@ Layout of a finished zoo::
     DIR/tasks/zoo_<task>[_gen]_<split>.yaml        lm-eval tasks (log-likelihood / generation)
 
 The base is pretrained on counting, copying, the L1<->L2 dictionary and L1 max/min (no
-arithmetic). Experts fine-tune the base: ``math`` learns L1 addition (task A) with only its
-middle blocks trainable; ``lang`` learns L2 max/min and translation (task B) with only its
-embeddings, head, first and last blocks trainable (partial fine-tunes, as practitioners often
-do, put each skill in particular layers: what layer-swap genes can find); ``sub`` learns L1
-subtraction with everything trainable (a third expert for 3-way merges). Nobody sees L2
+arithmetic). Experts fine-tune the base: ``math`` learns L1 addition (task A); ``lang`` learns
+L2 max/min and translation (task B) with only its embeddings, head, first and last blocks
+trainable (a partial fine-tune, as practitioners often do: its change sits in particular
+layers, which layer-swap genes can find); ``sub`` learns L1 subtraction (a third expert for
+3-way merges). A math expert restricted to the middle blocks was tried: it reached 11.8%
+exact match on A instead of 59.6%, and swapping its middle into lang then equals task
+arithmetic (the changes are disjoint) at 3.8% A / 23.6% B, so math trains everything. Nobody sees L2
 addition (task C), the composite a merge has to discover.
 
 The build happens in ``DIR.partial`` and is renamed into place when complete: an interrupted
@@ -83,18 +85,10 @@ def _lang_trainable(layers: int) -> Callable[[str], bool]:
     return lambda name: any(k in name for k in keep)
 
 
-def _math_trainable(layers: int) -> Callable[[str], bool]:
-    """The middle blocks only (with one block there is nothing to freeze)."""
-    if layers < 3:
-        return lambda name: "layers." in name
-    keep = tuple(f"layers.{i}." for i in range(1, layers - 1))
-    return lambda name: any(k in name for k in keep)
-
 
 def _stages(p: Profile) -> dict[str, Stage]:
     return {
-        "math": Stage(_replay({"add_l1": 1}), p.expert_steps["math"], p.expert_lr, p.batch,
-                      trainable=_math_trainable(p.model.layers)),
+        "math": Stage(_replay({"add_l1": 1}), p.expert_steps["math"], p.expert_lr, p.batch),
         "lang": Stage(_replay({"maxmin_l2": 0.6, "to_l2": 0.2, "to_l1": 0.2}),
                       p.expert_steps["lang"], p.expert_lr, p.batch,
                       trainable=_lang_trainable(p.model.layers)),

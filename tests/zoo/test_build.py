@@ -44,9 +44,8 @@ def test_lang_expert_only_changed_its_trainable_layers(mini_zoo):
     changed = {k for k in base if not torch.equal(base[k], lang[k])}
     assert any("layers.0." in k for k in changed) and any("layers.1." in k for k in changed)
     assert "model.embed_tokens.weight" in changed
-    math = load_dir(mini_zoo / "math")  # 2 layers: nothing to freeze, all blocks train
+    math = load_dir(mini_zoo / "math")
     assert all(not torch.equal(base[k], math[k]) for k in base if "layers." in k and "proj" in k)
-    assert torch.equal(base["model.embed_tokens.weight"], math["model.embed_tokens.weight"])
 
 
 def test_finished_zoo_is_reused(mini_zoo):
