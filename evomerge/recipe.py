@@ -260,16 +260,21 @@ def _check_required(recipe: Recipe, method: MergeMethod) -> None:
                                      f"{spec.name!r} for model {src.model!r}")
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One sentence naming the field and the value of the first validation error."""
+RECIPE_PARAM_HINT = ("must be a number, true/false, a list of numbers (a gradient over layers) "
+                     "or a list of {filter, value} entries")
+
+
+def format_validation_error(err: ValidationError, source: str,
+                            param_hint: str = RECIPE_PARAM_HINT) -> str:
+    """One sentence naming the field and the value of the first validation error;
+    ``param_hint`` says what a value under ``parameters`` may be."""
     first = err.errors()[0]
     parts = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
     msg = first["msg"].removeprefix("Value error, ")
     if "parameters" in parts and len(parts) > parts.index("parameters") + 1:
         # A parameter value failed every member of the union: say what is allowed instead.
         parts = parts[: parts.index("parameters") + 2]
-        msg = ("must be a number, true/false, a list of numbers (a gradient over layers) or "
-               "a list of {filter, value} entries")
+        msg = param_hint
     loc = ".".join(parts)
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown field {loc!r}."

@@ -237,4 +237,5 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, name)) from None
+        raise ConfigError(format_validation_error(
+            exc, name, "must be a [low, high] range to search, a number or true/false")) from None

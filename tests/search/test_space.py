@@ -33,6 +33,7 @@ def test_valid(mini_zoo):
     ({"objectives": [{"evaluator": "nope", "task": "a", "metric": "b", "direction": "minimize"}]},
      r"objectives\[0\]\.evaluator 'nope' is not defined"),
     ({"colour": "red"}, r"unknown field 'colour'"),
+    ({"parameters": {"weight": "abc"}}, r"field 'parameters\.weight' must be a \[low, high\] range"),
 ])
 def test_bad_space(mini_zoo, over, message):
     with pytest.raises(ConfigError, match=message) as info:
