@@ -50,10 +50,42 @@ def open_storage(url: str):
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _fast_sqlite()
         return optuna.storages.RDBStorage(url, heartbeat_interval=None)
     except Exception as exc:  # noqa: BLE001 -- any driver error means "unreachable"
         raise ConfigError(f"Cannot open storage {url!r}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
+
+
+_PRAGMAS_SET = False
+
+
+def _fast_sqlite() -> None:
+    """WAL journaling with synchronous=NORMAL for SQLite studies.
+
+    Optuna commits every parameter of a trial separately; with SQLite's default rollback
+    journal each commit fsyncs, which measured 0.43 s of driver time per 40-gene trial here
+    (more than evaluating a zoo candidate); WAL + NORMAL measured 0.13 s. A committed trial
+    still survives a crash or ``kill -9`` of the process; only an OS crash can lose the last
+    commits.
+    """
+    global _PRAGMAS_SET
+    if _PRAGMAS_SET:
+        return
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @event.listens_for(Engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 -- SQLAlchemy callback
+        if isinstance(dbapi_conn, sqlite3.Connection):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    _PRAGMAS_SET = True
 
 
 def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_layers: int):
