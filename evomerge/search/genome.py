@@ -151,6 +151,26 @@ class Genome:
                 out.append((float(v) - g.low) / (g.high - g.low))
         return np.array(out)
 
+    def start_point(self) -> np.ndarray:
+        """The uniform merge as a unit-cube point: per-model ``weight`` 1/n (a soup), other
+        parameters at their spec default, categoricals undecided (ties decode to the first
+        choice: the first method, ``merge`` for swaps); kept 0.1 inside the bounds so CMA-ES
+        can move both ways."""
+        n = len(self.space.models)
+        specs = {p.name: p for m in self.space.methods for p in m.params}
+        out = []
+        for g in self.genes:
+            if g.choices:
+                out += [0.5] * g.width
+                continue
+            pname = g.name.split(".", 1)[0]
+            spec = specs.get(pname)
+            value = 1.0 / n if pname == "weight" else (
+                spec.default if spec is not None and isinstance(spec.default, float)
+                else (g.low + g.high) / 2)
+            out.append(float(np.clip((value - g.low) / (g.high - g.low), 0.1, 0.9)))
+        return np.array(out)
+
     # ---- parameters -> recipe ------------------------------------------------------------
     def _value(self, params: dict[str, Any], pname: str, alias: str | None, group: str,
                part: str) -> float:

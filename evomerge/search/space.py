@@ -93,6 +93,7 @@ class OptimizerConfig(_Strict):
     name: str = "cma"
     popsize: int | None = Field(None, ge=2)  # CMA-ES population; default 4 + 3 ln(dim)
     sigma0: float = Field(0.25, gt=0, le=1)  # CMA-ES initial step, in unit-cube coordinates
+    x0: Literal["uniform", "center"] = "uniform"  # CMA-ES start: the uniform soup, or the box centre
     seed: int = 0
 
     @model_validator(mode="after")

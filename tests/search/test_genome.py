@@ -89,3 +89,12 @@ def test_recipe_hash_ignores_moot_genes_and_provenance(mini_zoo):
     c = dict(a, **{"weight.math.g1.all": 0.9})  # group 1 is merged: matters
     assert recipe_hash(g.recipe(a, {"trial": 1})) == recipe_hash(g.recipe(b, {"trial": 2}))
     assert recipe_hash(g.recipe(a)) != recipe_hash(g.recipe(c))
+
+
+def test_start_point_is_the_uniform_soup(mini_zoo):
+    g = _genome(mini_zoo, parameters={"weight": [0.0, 1.5], "density": [0.1, 1.0]},
+                layer_swap=True)
+    params = g.from_unit(g.start_point())
+    assert params["weight.math.g0.all"] == pytest.approx(0.5)   # 1/n with two experts
+    assert params["density.lang.io.all"] == pytest.approx(0.1 + 0.9 * 0.9)  # default 1.0, kept inside
+    assert params["swap.g1"] == "merge"
