@@ -93,7 +93,9 @@ class OptimizerConfig(_Strict):
     name: str = "cma"
     popsize: int | None = Field(None, ge=2)  # CMA-ES population; default 4 + 3 ln(dim)
     sigma0: float = Field(0.25, gt=0, le=1)  # CMA-ES initial step, in unit-cube coordinates
-    x0: Literal["uniform", "center"] = "uniform"  # CMA-ES start: the uniform soup, or the box centre
+    # CMA-ES start: the box centre, or the uniform soup (weight 1/n); on the zoo the centre
+    # measured better (bench/search_efficiency.py: 4.91 vs 5.02 test loss after 96 evaluations)
+    x0: Literal["center", "uniform"] = "center"
     seed: int = 0
 
     @model_validator(mode="after")
