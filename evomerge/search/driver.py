@@ -149,7 +149,7 @@ class _Loop:
 
         trial.set_user_attr("duplicate_of", original)
         if values is None:
-            trial.set_user_attr("fail_reason", f"same genome as failed trial {original}")
+            trial.set_user_attr("fail_reason", f"same recipe as failed trial {original}")
             self.study.tell(trial, state=TrialState.FAIL)
         else:
             self.study.tell(trial, list(values))

@@ -138,6 +138,7 @@ def fail_interrupted(study) -> list:
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
+        # FrozenTrials have no setters; the storage call is what Trial.set_user_attr does.
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
         study.tell(t.number, state=TrialState.FAIL)
