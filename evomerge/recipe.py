@@ -31,7 +31,7 @@ from evomerge.methods import MergeMethod, get_method
 
 __all__ = [
     "Conditional", "ModelEntry", "SliceSource", "Slice", "Recipe", "load_recipe",
-    "DTYPES", "format_validation_error",
+    "DTYPES", "format_validation_error", "read_mapping",
 ]
 
 Scalar = bool | int | float
@@ -283,6 +283,31 @@ def format_validation_error(err: ValidationError, source: str,
     return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {first.get('input')!r})."
 
 
+def read_mapping(source: str | Path | dict[str, Any], what: str,
+                 expected: str = "a YAML mapping") -> tuple[dict[str, Any], str]:
+    """``(data, name)`` from a YAML path, YAML text or a dict; ``name`` is the file path, or
+    ``what`` for text and dicts. A missing file, bad YAML or a non-mapping is a ConfigError
+    naming the file (and the line and column of a YAML error)."""
+    if isinstance(source, dict):
+        return source, what
+    name, text = what, str(source)
+    if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{what[:1].upper() + what[1:]} file {str(path)!r} does not exist.")
+        name, text = str(path), path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "parse error"
+        raise ConfigError(f"{name} is not valid YAML{where}: {problem}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be {expected}.")
+    return data, name
+
+
 def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     """Parse and validate a recipe from a YAML path, a YAML string or a dict.
 
@@ -290,26 +315,7 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
         ConfigError: the file is missing, is not YAML, or fails validation; the message names
             the field and the value.
     """
-    name = "recipe"
-    if isinstance(source, dict):
-        data = source
-    else:
-        text = str(source)
-        if isinstance(source, Path) or (("\n" not in text) and text.endswith((".yaml", ".yml"))):
-            path = Path(source)
-            name = str(path)
-            if not path.is_file():
-                raise ConfigError(f"Recipe file {str(path)!r} does not exist.")
-            text = path.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "parse error"
-            raise ConfigError(f"{name} is not valid YAML{where}: {problem}.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a YAML mapping with a 'merge_method' key.")
+    data, name = read_mapping(source, "recipe", "a YAML mapping with a 'merge_method' key")
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
-from evomerge.recipe import format_validation_error
+from evomerge.recipe import format_validation_error, read_mapping
 
 __all__ = ["SearchSpace", "Objective", "OptimizerConfig", "load_space", "OPTIMIZERS",
            "SWAP_MERGE", "SWAP_BASE"]
@@ -221,22 +221,7 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     Raises:
         ConfigError: one sentence naming the field and the value.
     """
-    name = "search space"
-    if isinstance(source, dict):
-        data = source
-    else:
-        text = str(source)
-        if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
-            path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"Search space file {str(path)!r} does not exist.")
-            name, text = str(path), path.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{name} is not valid YAML: {getattr(exc, 'problem', exc)}.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a YAML mapping.")
+    data, name = read_mapping(source, "search space")
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:

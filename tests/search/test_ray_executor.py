@@ -39,20 +39,27 @@ def _study(root, name="t"):
     return load_study(open_storage(default_storage(name, root)), name)
 
 
+def _callable_space(mini_zoo, tmp_path, code: str, **over):
+    """A space scored by ``score`` in ``code`` (metric ``w/m``, maximized)."""
+    (tmp_path / "ev.py").write_text(code)
+    return load_space(space_dict(
+        mini_zoo, evaluators={"py": {"type": "callable", "function": f"{tmp_path}/ev.py:score",
+                                     "metrics": {"w/m": "maximize"}}},
+        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}],
+        **over))
+
+
 def test_two_actors_kill_one_and_a_raising_candidate(mini_zoo, tmp_path):
-    (tmp_path / "flaky.py").write_text(
+    space = _callable_space(
+        mini_zoo, tmp_path,
         "import time\n"
         "def score(model, tokenizer, delay=0.3):\n"
         "    time.sleep(delay)\n"
         "    w = float(model.model.layers[0].mlp.up_proj.weight.abs().mean())\n"
         "    if w > 0.0 and round(w * 1e6) % 5 == 0:\n"
         "        raise ValueError('unlucky candidate')\n"
-        "    return {'w/m': w}\n")
-    space = load_space(space_dict(
-        mini_zoo, budget={"trials": 16}, optimizer={"name": "random", "seed": 3},
-        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/flaky.py:score",
-                           "metrics": {"w/m": "maximize"}}},
-        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+        "    return {'w/m': w}\n",
+        budget={"trials": 16}, optimizer={"name": "random", "seed": 3})
     killed: list[int] = []
     holder: dict = {}
 
@@ -84,16 +91,13 @@ def test_two_actors_kill_one_and_a_raising_candidate(mini_zoo, tmp_path):
 
 
 def test_async_scheduling_keeps_both_actors_busy(mini_zoo, tmp_path):
-    (tmp_path / "slow.py").write_text(
+    space = _callable_space(
+        mini_zoo, tmp_path,
         "import time\n"
         "def score(model, tokenizer):\n"
         "    time.sleep(0.4)\n"
-        "    return {'w/m': float(model.model.layers[0].mlp.up_proj.weight.abs().mean())}\n")
-    space = load_space(space_dict(
-        mini_zoo, budget={"trials": 8}, optimizer={"name": "tpe", "seed": 0},
-        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/slow.py:score",
-                           "metrics": {"w/m": "maximize"}}},
-        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+        "    return {'w/m': float(model.model.layers[0].mlp.up_proj.weight.abs().mean())}\n",
+        budget={"trials": 8}, optimizer={"name": "tpe", "seed": 0})
     holder: dict = {}
 
     def factory(s):
@@ -108,16 +112,13 @@ def test_async_scheduling_keeps_both_actors_busy(mini_zoo, tmp_path):
 
 
 def test_timeout_fails_the_candidate_and_replaces_the_actor(mini_zoo, tmp_path):
-    (tmp_path / "hang.py").write_text(
+    space = _callable_space(
+        mini_zoo, tmp_path,
         "import time\n"
         "def score(model, tokenizer):\n"
         "    time.sleep(30)\n"
-        "    return {'w/m': 0.0}\n")
-    space = load_space(space_dict(
-        mini_zoo, budget={"trials": 2}, optimizer={"name": "random", "seed": 0},
-        evaluators={"py": {"type": "callable", "function": f"{tmp_path}/hang.py:score",
-                           "metrics": {"w/m": "maximize"}}},
-        objectives=[{"evaluator": "py", "task": "w", "metric": "m", "direction": "maximize"}]))
+        "    return {'w/m': 0.0}\n",
+        budget={"trials": 2}, optimizer={"name": "random", "seed": 0})
     out = run_search(space, results_root=tmp_path / "r",
                      executor_factory=lambda s: RayExecutor(s, workers=2, timeout=2.0,
                                                             temp_dir=tmp_path / "ray"))
