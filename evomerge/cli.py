@@ -7,6 +7,9 @@
     evomerge resume STUDY | status STUDY | front STUDY | report STUDY
     evomerge export STUDY (--best | --trial N | --pareto I) -o recipe.yaml
     evomerge quickstart          # the whole job on the embedded zoo
+    evomerge slurm submit SPACE.yaml [--nodes N --gpus-per-node G --time T --partition P]
+    evomerge slurm resume STUDY | slurm status STUDY
+    evomerge dashboard [--storage URL] [--host 127.0.0.1 --port 8080]
 """
 
 from __future__ import annotations
@@ -166,6 +169,91 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
                       trials=args.trials)
 
 
+def _slurm_options(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from evomerge.errors import ConfigError
+    from evomerge.recipe import format_validation_error
+    from evomerge.slurm import SlurmOptions
+
+    fields = {k: getattr(args, k) for k in SlurmOptions.model_fields if getattr(args, k, None)
+              is not None}
+    try:
+        return SlurmOptions(**fields)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "slurm options")) from None
+
+
+def _cmd_slurm_submit(args: argparse.Namespace) -> int:
+    from evomerge.slurm import submit
+
+    resume = args.command_slurm == "resume"
+    job = submit(None if resume else args.target, _slurm_options(args),
+                 study=args.target if resume else args.study, storage=args.storage,
+                 results=args.results, trials=args.trials)
+    print(f"Submitted Slurm job {job.job_id} for study {job.study!r}.\n"
+          f"  script:  {job.script}\n  storage: {job.storage}\n"
+          f"  watch:   evomerge slurm status {job.study} --results {args.results}")
+    return 0
+
+
+def _cmd_slurm_status(args: argparse.Namespace) -> int:
+    from evomerge.report import print_slurm_status
+    from evomerge.slurm import slurm_status
+
+    print_slurm_status(args.study, slurm_status(args.study, args.storage, args.results))
+    return 0
+
+
+def _add_slurm_commands(sub) -> None:
+    slurm = sub.add_parser("slurm", help="launch and watch searches on a Slurm cluster")
+    ssub = slurm.add_subparsers(dest="command_slurm", required=True)
+    for name, target, text in (("submit", "space", "submit a search (creates the study first)"),
+                               ("resume", "study", "submit a job that resumes a study")):
+        p = ssub.add_parser(name, help=text)
+        p.add_argument("target", metavar=target.upper(), help=f"{target} to run")
+        if name == "submit":
+            p.add_argument("--study", default=None, help="study name (default: the space's name)")
+        p.add_argument("--storage", default=None,
+                       help="Optuna storage URL (default journal file results/STUDY/journal.log)")
+        p.add_argument("--results", default="results", help="results root (default ./results)")
+        p.add_argument("--trials", type=int, default=None, help="evaluation budget (total)")
+        p.add_argument("--nodes", type=int, default=None)
+        p.add_argument("--gpus-per-node", type=int, default=None)
+        p.add_argument("--cpus-per-node", type=int, default=None)
+        p.add_argument("--time", default=None, help="time limit, e.g. 04:00:00")
+        p.add_argument("--partition", default=None)
+        p.add_argument("--workers", type=int, default=None,
+                       help="Ray actors (default: one per GPU, or one per node on CPU)")
+        p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor")
+        p.add_argument("--num-cpus", type=float, default=None, help="CPUs per actor")
+        p.add_argument("--signal-seconds", type=int, default=None,
+                       help="stop and requeue this many seconds before the limit (default 120)")
+        p.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=None,
+                       help="extra sbatch option, e.g. --sbatch-arg=--account=proj (repeatable)")
+        p.set_defaults(func=_cmd_slurm_submit)
+    st = ssub.add_parser("status", help="the study's Slurm jobs and its progress")
+    _study_args(st)
+    st.set_defaults(func=_cmd_slurm_status)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from evomerge.dashboard.server import serve
+
+    serve(storages=args.storage or [], results=args.results, host=args.host, port=args.port)
+    return 0
+
+
+def _add_dashboard_command(sub) -> None:
+    d = sub.add_parser("dashboard", help="web page: studies, fronts, trials; resume and export")
+    d.add_argument("--storage", action="append", default=None,
+                   help="Optuna storage URL (repeatable; default: every study under --results)")
+    d.add_argument("--results", default="results", help="results root (default ./results)")
+    d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=_cmd_dashboard)
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
     p.add_argument("--storage", default=None,
@@ -257,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_eval)
     _add_study_commands(sub)
+    _add_slurm_commands(sub)
+    _add_dashboard_command(sub)
     return parser
 
 

@@ -62,6 +62,20 @@ def print_status(name: str, info: dict) -> None:
         c.print(f"best (weighted loss): trial {info['best_trial']}: {scores}")
 
 
+def print_slurm_status(name: str, info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Slurm jobs of {name}")
+    for col in ("job", "state", "reason", "run time", "restarts", "nodes"):
+        table.add_column(col)
+    for j in info["jobs"]:
+        table.add_row(j["job_id"], j.get("JobState", "?"), j.get("Reason", ""),
+                      j.get("RunTime", ""), j.get("Restarts", ""), j.get("NodeList", ""))
+    Console().print(table)
+    print_status(name, info)
+
+
 def print_front(name: str, front: list, space) -> None:
     from rich.console import Console
     from rich.table import Table

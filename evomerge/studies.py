@@ -11,18 +11,28 @@ from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.space import SearchSpace, load_space
 from evomerge.search.study import default_storage, load_study, open_storage, space_of, summary
 
-__all__ = ["open_study", "search", "resume", "status", "executor_factory"]
+__all__ = ["open_study", "found_storage", "search", "resume", "status", "executor_factory"]
 
 
 def open_study(name: str, storage: str | None = None, results: str = "results") -> tuple[Any, SearchSpace]:
     """An existing study and its search space."""
-    url = storage or default_storage(name, results)
-    if storage is None and not Path(url.removeprefix("sqlite:///")).is_file():
-        from evomerge.errors import ConfigError
-        raise ConfigError(f"No study {name!r} under {results}/ (looked for {url}); pass "
-                          "--storage if it lives elsewhere.")
-    study = load_study(open_storage(url), name)
+    study = load_study(open_storage(storage or found_storage(name, results)), name)
     return study, space_of(study)
+
+
+def found_storage(name: str, results: str = "results") -> str:
+    """The storage of a study in the default layout: ``results/<name>/study.db`` (local
+    searches) or ``results/<name>/journal.log`` (Slurm jobs)."""
+    from evomerge.errors import ConfigError
+
+    sqlite_url = default_storage(name, results)
+    if Path(sqlite_url.removeprefix("sqlite:///")).is_file():
+        return sqlite_url
+    journal = Path(results) / name / "journal.log"
+    if journal.is_file():
+        return f"journal://{journal.resolve()}"
+    raise ConfigError(f"No study {name!r} under {results}/ (looked for {sqlite_url} and "
+                      f"{journal}); pass --storage if it lives elsewhere.")
 
 
 def executor_factory(workers: int, **ray_options: Any) -> Callable[[SearchSpace], Any] | None:
@@ -40,17 +50,28 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
     space = load_space(space_path)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, **ray_options),
-                      results_root=results, progress=progress)
+                      results_root=results, progress=progress,
+                      launch=_local_launch(results, workers, ray_options))
 
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
            results: str = "results", progress: Callable[[dict], None] | None = None,
            **ray_options: Any) -> SearchOutcome:
     study, space = open_study(name, storage, results)
-    return run_search(space, study=name, storage=storage or default_storage(name, results),
+    return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or study.user_attrs.get("evomerge_trials"),
                       executor_factory=executor_factory(workers, **ray_options),
-                      results_root=results, progress=progress)
+                      results_root=results, progress=progress,
+                      launch=_local_launch(results, workers, ray_options))
+
+
+def _local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:
+    """How `evomerge resume` should start this study again on this machine."""
+    import os
+
+    return {"via": "local", "results": str(Path(results).resolve()), "cwd": os.getcwd(),
+            "workers": workers, "ray_options": {k: v for k, v in ray_options.items()
+                                                 if k != "ray_address"}}
 
 
 def status(name: str, storage: str | None = None, results: str = "results") -> dict[str, Any]:

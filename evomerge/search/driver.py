@@ -11,7 +11,9 @@ message says how to resume.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from evomerge.search.worker import CandidateResult
 __all__ = ["SearchOutcome", "run_search", "check_models"]
 
 MAX_DUPLICATES_IN_A_ROW = 200
+HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,18 @@ class _Loop:
         self.cache: dict[str, tuple[int, tuple[float, ...] | None]] = {}
         self.done = self.failed = self.new = 0
         self.best: float | None = None
+        self._beat = 0.0
+
+    def heartbeat(self, state: str = "running", force: bool = False) -> None:
+        """Record in the study that a driver is alive (the dashboard shows it): at most one
+        storage write every ``HEARTBEAT_SECONDS``."""
+        now = time.time()
+        if not force and now - self._beat < HEARTBEAT_SECONDS:
+            return
+        self._beat = now
+        self.study.set_user_attr("evomerge_driver", {
+            "host": socket.gethostname(), "pid": os.getpid(), "state": state,
+            "heartbeat": now, "done": self.done, "budget": self.budget})
 
     def restore(self) -> None:
         from optuna.trial import TrialState
@@ -212,6 +227,7 @@ class _Loop:
             if not self.in_flight:
                 continue
             self.record(executor.next_result())
+            self.heartbeat()
             if self.progress:
                 self.progress({"done": self.done, "budget": self.budget, "failed": self.failed,
                                "new": self.new, "best": self.best,
@@ -223,7 +239,8 @@ class _Loop:
 def run_search(space: SearchSpace, study: str | None = None, storage: str | None = None,
                trials: int | None = None, executor_factory: Callable[[SearchSpace], Any] | None = None,
                results_root: str | Path = "results",
-               progress: Callable[[dict], None] | None = None) -> SearchOutcome:
+               progress: Callable[[dict], None] | None = None,
+               launch: dict[str, Any] | None = None) -> SearchOutcome:
     """Run (or continue) the search described by ``space``.
 
     Args:
@@ -235,6 +252,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         executor_factory: builds the executor (default: in-process, ``--workers 0``).
         results_root: where ``<study>/pareto.*`` are written.
         progress: called after every result with ``{"done", "budget", "failed", "elapsed"}``.
+        launch: how to start this study again (kept in the study for the dashboard's resume
+            button); a Slurm launch already recorded there is kept.
 
     Raises:
         ConfigError, ModelError: bad space, storage, or models; nothing is created.
@@ -252,7 +271,11 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, budget, progress)
     loop.study.set_user_attr("evomerge_trials", budget)  # what `evomerge resume` continues to
+    recorded = loop.study.user_attrs.get("evomerge_launch") or {}
+    if launch is not None and recorded.get("via") != "slurm":
+        loop.study.set_user_attr("evomerge_launch", {**launch, "storage": url})
     loop.restore()
+    loop.heartbeat(force=True)
     out_dir = results_dir(name, results_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     if executor_factory is None:
@@ -271,5 +294,6 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     finally:
         if executor is not None:
             executor.close()
+        loop.heartbeat(state=stopped, force=True)
         write_front(loop.study, space, out_dir)
     return SearchOutcome(name, url, loop.done, loop.failed, stopped, out_dir)

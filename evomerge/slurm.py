@@ -1,0 +1,234 @@
+"""Launch a search on a Slurm cluster: render the job script, submit it, report its state.
+
+    job = submit("search_spaces/zoo_mixed.yaml", SlurmOptions(nodes=2, gpus_per_node=4))
+
+``submit`` validates the space and the models and creates the study *before* anything is
+queued (a bad config fails here, not in a job hours later), writes the job script next to the
+study (``results/<study>/slurm/job-N.sh``) and runs ``sbatch`` with an argument list (no shell;
+every value in the script is shell-quoted). The job starts a Ray head on its first node and
+Ray workers on the others, runs ``evomerge resume`` against that cluster and tears Ray down.
+It requests requeue and a USR1 signal before its time limit: the driver then stops cleanly
+and the job requeues itself, so the requeued job resumes the same study.
+
+The study storage defaults to Optuna's JournalFileStorage on the shared filesystem (SQLite is
+not safe on NFS). How the study was launched is kept in the study itself (user attribute
+``evomerge_launch``), so ``evomerge slurm status`` and the dashboard's resume button work from
+the storage alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from evomerge.errors import ConfigError, EvomergeError
+
+__all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
+           "journal_storage", "ACTIVE_STATES"]
+
+TEMPLATE = Path(__file__).parent / "templates" / "search.sbatch"
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+
+
+class SlurmOptions(BaseModel):
+    """Resources of a search job (``sbatch`` options) and of its Ray actors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int | None = Field(None, ge=1)
+    time: str | None = None
+    partition: str | None = None
+    workers: int | None = Field(None, ge=1, description="Ray actors (default: one per GPU, "
+                                "or one per node on CPU)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor")
+    num_cpus: float | None = Field(None, gt=0, description="CPUs per actor")
+    signal_seconds: int = Field(120, ge=10, description="USR1 this long before the time limit")
+    sbatch_args: list[str] = Field(default_factory=list, description="extra sbatch options")
+
+    @field_validator("time", "partition")
+    @classmethod
+    def _one_word(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c.isspace() for c in v)):
+            raise ValueError(f"must be one word, got {v!r}")
+        return v
+
+    @field_validator("sbatch_args")
+    @classmethod
+    def _options_only(cls, v: list[str]) -> list[str]:
+        for arg in v:
+            if not arg.startswith("--") or "\n" in arg or "\r" in arg:
+                raise ValueError(f"each extra sbatch argument must be one --option, got {arg!r}")
+        return v
+
+    def actors(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return self.nodes * self.gpus_per_node if self.gpus_per_node else self.nodes
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    script: Path
+    study: str
+    storage: str
+
+
+def journal_storage(study: str, results: str | Path = "results") -> str:
+    """The default storage of a Slurm study: a journal file under ``results/<study>/``."""
+    return f"journal://{(Path(results) / study / 'journal.log').resolve()}"
+
+
+class _Template(string.Template):
+    delimiter = "@@"  # bash owns "$" (and uses "@" in arrays)
+
+
+def _directives(study: str, opts: SlurmOptions, log: Path) -> str:
+    lines = [f"--job-name=evomerge-{study}", f"--nodes={opts.nodes}", "--ntasks-per-node=1",
+             f"--output={log}", "--open-mode=append", "--requeue",
+             f"--signal=B:USR1@{opts.signal_seconds}"]
+    if opts.cpus_per_node:
+        lines.append(f"--cpus-per-task={opts.cpus_per_node}")
+    if opts.gpus_per_node:
+        lines.append(f"--gpus-per-node={opts.gpus_per_node}")
+    if opts.time:
+        lines.append(f"--time={opts.time}")
+    if opts.partition:
+        lines.append(f"--partition={opts.partition}")
+    lines += opts.sbatch_args
+    # sbatch reads "#SBATCH" lines verbatim: no quoting, so reject what could break a line.
+    for line in lines:
+        if "\n" in line or "\r" in line:
+            raise ConfigError(f"sbatch option {line!r} spans lines.")
+    return "\n".join(f"#SBATCH {line}" for line in lines)
+
+
+def render_job(study: str, storage: str, results: str | Path, opts: SlurmOptions,
+               python: str | None = None, workdir: str | Path | None = None) -> str:
+    """The job script for ``study`` (every interpolated value shell-quoted)."""
+    python = python or sys.executable
+    ray = Path(python).parent / "ray"
+    ray_bin = str(ray) if ray.exists() else (shutil.which("ray") or "ray")
+    results = Path(results).resolve()
+    actor = []
+    num_gpus = opts.num_gpus if opts.num_gpus is not None else (1.0 if opts.gpus_per_node else None)
+    if num_gpus is not None:
+        actor += ["--num-gpus", f"{num_gpus:g}"]
+    if opts.num_cpus is not None:
+        actor += ["--num-cpus", f"{opts.num_cpus:g}"]
+    q = shlex.quote
+    return _Template(TEMPLATE.read_text()).substitute(
+        directives=_directives(study, opts, results / study / "slurm" / "slurm-%j.out"),
+        signal_seconds=opts.signal_seconds, workdir=q(str(Path(workdir or os.getcwd()).resolve())),
+        python=q(python), ray=q(ray_bin), study=q(study), storage=q(storage),
+        results=q(str(results)), workers=opts.actors(), gpus=opts.gpus_per_node,
+        actor_options=" ".join(q(a) for a in actor))
+
+
+def _sbatch(script: Path) -> str:
+    if shutil.which("sbatch") is None:
+        raise ConfigError("sbatch was not found on PATH: run `evomerge slurm submit` on a Slurm "
+                          "login node (or install slurm-client).")
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise EvomergeError(f"sbatch refused the job: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def _prepare_study(space_path: str | None, study: str | None, storage: str | None,
+                   results: Path, trials: int | None) -> tuple[Any, str, str]:
+    """Create (from a space) or open the study; returns (study, name, storage URL)."""
+    from evomerge.search.driver import check_models
+    from evomerge.search.space import load_space
+    from evomerge.search.study import create_or_load, load_study, open_storage
+
+    if space_path is not None:
+        space = load_space(space_path)
+        name = study or space.name
+        url = storage or journal_storage(name, results)
+        num_layers = check_models(space)
+        st = create_or_load(open_storage(url), name, space, None, num_layers)
+    else:
+        if study is None:
+            raise ConfigError("Name the study to resume.")
+        name, url = study, storage or journal_storage(study, results)
+        st = load_study(open_storage(url), name)
+    if trials is not None:
+        st.set_user_attr("evomerge_trials", trials)
+    return st, name, url
+
+
+def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = None,
+           storage: str | None = None, results: str | Path = "results",
+           trials: int | None = None, python: str | None = None) -> SlurmJob:
+    """Validate, create the study, write the job script and ``sbatch`` it.
+
+    With ``space_path=None`` the existing ``study`` is resumed by a new job. Refuses while the
+    study already has a pending or running job.
+    """
+    results = Path(results).resolve()
+    st, name, url = _prepare_study(space_path, study, storage, results, trials)
+    launch = dict(st.user_attrs.get("evomerge_launch") or {})
+    for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
+        state = job_state(job_id)["JobState"]
+        if state in ACTIVE_STATES:
+            raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
+                              f"wait for it or `scancel {job_id}` first.")
+    folder = results / name / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
+    script.write_text(render_job(name, url, results, opts, python=python))
+    script.chmod(0o755)
+    job_id = _sbatch(script)
+    jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
+    st.set_user_attr("evomerge_launch", {
+        "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
+        "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
+    return SlurmJob(job_id, script, name, url)
+
+
+def job_state(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` fields (JobState, Reason, RunTime, Restarts, NodeList, ...);
+    ``{"JobState": "UNKNOWN"}`` once Slurm has forgotten the job."""
+    if shutil.which("scontrol") is None:
+        return {"JobState": "UNKNOWN", "Reason": "scontrol not found"}
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0 or "JobState=" not in proc.stdout:
+        return {"JobState": "UNKNOWN", "Reason": proc.stderr.strip() or "not known to Slurm"}
+    fields = {}
+    for token in proc.stdout.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def slurm_status(study: str, storage: str | None = None,
+                 results: str | Path = "results") -> dict[str, Any]:
+    """The study's Slurm jobs and their states, with the study's progress."""
+    from evomerge.studies import status
+
+    url = storage or journal_storage(study, results)
+    info = status(study, url, str(results))
+    from evomerge.search.study import load_study, open_storage
+
+    launch = load_study(open_storage(url), study).user_attrs.get("evomerge_launch") or {}
+    jobs = launch.get("jobs", []) if launch.get("via") == "slurm" else []
+    info["jobs"] = [{"job_id": j, **{k: v for k, v in job_state(j).items() if k in (
+        "JobState", "Reason", "RunTime", "Restarts", "NodeList", "ExitCode")}} for j in jobs]
+    return info

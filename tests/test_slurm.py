@@ -1,0 +1,196 @@
+"""Slurm launch: the job script, option checks, and real jobs on a single-node Slurm cluster.
+
+The e2e tests use the real thing: `slurm/local_cluster.sh start` (run by `.ci/run`, or here by
+the fixture when this user may) sets up munge, slurmctld and slurmd on this machine. Without
+Slurm they skip, unless EVOMERGE_REQUIRE_SLURM=1 (CI), where a missing cluster is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from evomerge.cli import main
+from evomerge.errors import ConfigError
+from evomerge.search.study import counted, load_study, open_storage
+from evomerge.slurm import SlurmOptions, job_state, journal_storage, render_job, submit
+
+from search.spaces import space_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- the job script -------------------------------------------------------------------------
+def test_job_script_quotes_every_value_and_parses(tmp_path):
+    name = "it's a study; rm -rf ~"
+    opts = SlurmOptions(nodes=2, gpus_per_node=4, time="01:00:00", partition="gpu",
+                        sbatch_args=["--account=proj"])
+    script = render_job(name, "journal:///x y/journal.log", tmp_path, opts, python="/opt/py thon")
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    lines = script.splitlines()
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert "#SBATCH --nodes=2" in directives and "#SBATCH --gpus-per-node=4" in directives
+    assert "#SBATCH --signal=B:USR1@120" in directives and "#SBATCH --requeue" in directives
+    assert "#SBATCH --account=proj" in directives
+    assert lines.index(directives[-1]) < next(i for i, line in enumerate(lines)
+                                              if line and not line.startswith("#"))
+    assert "STUDY='it'\"'\"'s a study; rm -rf ~'" in script
+    assert "PY='/opt/py thon'" in script
+    assert "--workers \"$WORKERS\"" in script and "WORKERS=8" in script  # one actor per GPU
+    assert "--num-gpus 1" in script
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("nodes", 0, "nodes"),
+    ("time", "1 day", "time"),
+    ("sbatch_args", ["--x\n#SBATCH --y"], "sbatch_args"),
+    ("sbatch_args", ["rm"], "sbatch_args"),
+])
+def test_bad_options_fail_in_one_sentence(field, value, needle, capsys, tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        SlurmOptions(**{field: value})
+    argv = ["slurm", "submit", str(tmp_path / "none.yaml")]
+    if field == "nodes":
+        assert main([*argv, "--nodes", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "nodes" in err and "0" in err
+
+
+def test_submit_without_sbatch_is_a_clear_error(mini_zoo, tmp_path, monkeypatch):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="sbatch was not found"):
+        submit(str(path), SlurmOptions(), results=tmp_path / "results")
+
+
+def test_bad_space_fails_before_anything_is_queued(tmp_path, capsys):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "base_model": str(tmp_path / "missing")}))
+    assert main(["slurm", "submit", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.sh"))
+
+
+# ---- a real cluster -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster() -> None:
+    def missing(reason: str) -> None:
+        if os.environ.get("EVOMERGE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"Slurm is required here: {reason}")
+        pytest.skip(reason)
+
+    if shutil.which("sbatch") is None:
+        missing("Slurm is not installed (bash slurm/local_cluster.sh install)")
+    up = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    if up.returncode != 0 or not up.stdout.strip():
+        if os.geteuid() != 0:
+            missing("no Slurm cluster is running and starting one needs root")
+        subprocess.run(["bash", str(REPO / "slurm" / "local_cluster.sh"), "start"], check=True)
+
+
+def _space(mini_zoo: Path, tmp_path: Path, name: str, trials: int) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo, name=name, budget={"trials": trials})))
+    return path
+
+
+def _wait(job: str, states: set[str], seconds: float = 300) -> dict:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        info = job_state(job)
+        if info["JobState"] in states:
+            return info
+        time.sleep(1)
+    raise AssertionError(f"job {job} did not reach {states}: {job_state(job)}")
+
+
+def _study(name: str, results: Path):
+    return load_study(open_storage(journal_storage(name, results)), name)
+
+
+def _no_ray_left(job: str) -> bool:
+    for p in psutil.process_iter(["cmdline"]):
+        if f"evomerge-ray-{job}" in " ".join(p.info["cmdline"] or []):
+            return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_submitted_search_completes_on_slurm(cluster, mini_zoo, tmp_path, capsys):
+    results = tmp_path / "results"
+    space = _space(mini_zoo, tmp_path, "slurm_small", 12)
+    assert main(["slurm", "submit", str(space), "--results", str(results), "--cpus-per-node", "2",
+                 "--workers", "1"]) == 0
+    job = capsys.readouterr().out.split("Slurm job ")[1].split()[0]
+    info = _wait(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"})
+    log = (results / "slurm_small" / "slurm" / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    study = _study("slurm_small", results)
+    trials = study.get_trials(deepcopy=False)
+    assert sum(counted(t) for t in trials) == 12
+    assert all(t.state == TrialState.COMPLETE for t in trials if counted(t))
+    assert study.user_attrs["evomerge_launch"]["jobs"] == [job]
+    assert study.user_attrs["evomerge_driver"]["state"] == "budget"
+    assert (results / "slurm_small" / "pareto.json").is_file()
+    assert main(["slurm", "status", "slurm_small", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "COMPLETED" in out and "12/12 evaluations" in out
+    assert _no_ray_left(job)
+    # a second job for a finished study is allowed; one for a queued study is refused
+    with pytest.raises(ConfigError, match="already has Slurm job"):
+        from evomerge.slurm import ACTIVE_STATES
+        ACTIVE_STATES.add("COMPLETED")
+        try:
+            submit(None, SlurmOptions(), study="slurm_small", results=results)
+        finally:
+            ACTIVE_STATES.discard("COMPLETED")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_preempted_job_requeues_and_finishes_the_budget(cluster, mini_zoo, tmp_path):
+    results = tmp_path / "results"
+    budget = 150
+    job = submit(str(_space(mini_zoo, tmp_path, "slurm_preempt", budget)),
+                 SlurmOptions(cpus_per_node=2, workers=1), results=results).job_id
+    _wait(job, {"RUNNING"}, 60)
+    end = time.monotonic() + 240
+    while time.monotonic() < end:  # part-way: some evaluations done, most still to do
+        done = sum(counted(t) for t in _study("slurm_preempt", results).get_trials(deepcopy=False))
+        if done >= 10:
+            break
+        time.sleep(0.5)
+    # what Slurm sends before a time limit or a preemption (#SBATCH --signal=B:USR1@...)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    info = _wait(job, {"PENDING", "COMPLETED", "FAILED"}, 120)
+    assert info["JobState"] == "PENDING" and info["Restarts"] == "1", info
+    stopped_at = sum(counted(t) for t in _study("slurm_preempt", results).get_trials(deepcopy=False))
+    assert 10 <= stopped_at < budget
+    # A requeued job waits ~2 minutes before it may start again; release it sooner, but not
+    # before its first run is cleaned up on the node (else: "Job credential revoked").
+    time.sleep(8)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    info = _wait(job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = (results / "slurm_preempt" / "slurm" / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert "requeueing job" in log and "(restart 1)" in log
+    trials = _study("slurm_preempt", results).get_trials(deepcopy=False)
+    evaluations = [t for t in trials if counted(t)]
+    assert len(evaluations) == budget  # nothing lost, no overshoot
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    hashes = [t.user_attrs["recipe_hash"] for t in evaluations]
+    assert len(set(hashes)) == len(hashes)  # no candidate evaluated twice
+    assert _no_ray_left(job)
