@@ -17,13 +17,12 @@ import psutil
 import pytest
 import yaml
 from optuna.trial import TrialState
+from search.spaces import space_dict
 
 from evomerge.cli import main
 from evomerge.errors import ConfigError
 from evomerge.search.study import counted, load_study, open_storage
 from evomerge.slurm import SlurmOptions, job_state, journal_storage, render_job, submit
-
-from search.spaces import space_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
