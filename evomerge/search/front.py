@@ -13,7 +13,7 @@ from evomerge.search.pareto import pareto_front
 from evomerge.search.space import SearchSpace
 from evomerge.search.study import counted
 
-__all__ = ["front_trials", "write_front", "best_trial"]
+__all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed"]
 
 
 def completed(study: Any) -> list[Any]:
@@ -82,12 +82,62 @@ def _best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[float]
     return xs, ys
 
 
+def front_figure(study: Any, space: SearchSpace, front: list[Any],
+                 hover: Any = None) -> Any:
+    """The interactive (plotly) plot: the front over all evaluated points (the first two
+    objectives; colour is the third), or best-so-far vs evaluations for one objective.
+    ``hover(trial)`` adds lines to a front point's hover text; points carry the trial number
+    as ``customdata``."""
+    import plotly.graph_objects as go
+
+    objs = space.objectives
+    if len(objs) == 1:
+        xs, ys = _best_so_far(study, space)
+        fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far"))
+        fig.update_layout(xaxis_title="evaluations", yaxis_title=f"best {objs[0].key}")
+        return fig
+    trials = completed(study)
+
+    def text(t: Any) -> str:
+        lines = [f"trial {t.number}", *(f"{o.key}={v:.4g}" for o, v in zip(objs, t.values))]
+        return "<br>".join(lines + (hover(t) if hover else []))
+
+    marker: dict[str, Any] = {"color": "crimson", "size": 9}
+    if len(objs) > 2:
+        marker = {"color": [t.values[2] for t in front], "colorscale": "Viridis", "size": 10,
+                  "reversescale": objs[2].direction == "minimize",
+                  "colorbar": {"title": objs[2].key}, "showscale": True}
+    fig = go.Figure([
+        go.Scatter(x=[t.values[0] for t in trials], y=[t.values[1] for t in trials],
+                   mode="markers", name="evaluated", marker={"color": "lightgray"},
+                   customdata=[t.number for t in trials], text=[f"trial {t.number}" for t in trials],
+                   hoverinfo="text"),
+        go.Scatter(x=[t.values[0] for t in front], y=[t.values[1] for t in front],
+                   mode="markers", name="Pareto front", text=[text(t) for t in front],
+                   customdata=[t.number for t in front], hoverinfo="text", marker=marker)])
+    fig.update_layout(xaxis_title=f"{objs[0].key} ({objs[0].direction})",
+                      yaxis_title=f"{objs[1].key} ({objs[1].direction})")
+    return fig
+
+
+def best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[float]]:
+    """Lowest weighted loss (the single-objective view) after each completed evaluation."""
+    from evomerge.search.objectives import weighted_loss
+
+    xs, ys, best = [], [], None
+    for n, t in enumerate(sorted(completed(study), key=lambda t: t.number), start=1):
+        loss = weighted_loss(t.values, space.objectives)
+        best = loss if best is None else min(best, loss)
+        xs.append(n)
+        ys.append(best)
+    return xs, ys
+
+
 def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
 
     objs = space.objectives
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
@@ -96,8 +146,7 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
         ax.plot(xs, ys, drawstyle="steps-post")
         ax.set_xlabel("evaluations")
         ax.set_ylabel(f"best {objs[0].key} ({objs[0].direction})")
-        html = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv"))
-        html.update_layout(xaxis_title="evaluations", yaxis_title=f"best {objs[0].key}")
+        html = front_figure(study, space, front)
     else:
         trials = completed(study)
         ax.scatter([t.values[0] for t in trials], [t.values[1] for t in trials], s=8,
@@ -113,15 +162,7 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
         ax.set_xlabel(f"{objs[0].key} ({objs[0].direction})")
         ax.set_ylabel(f"{objs[1].key} ({objs[1].direction})")
         ax.legend()
-        text = [f"trial {t.number}<br>" + "<br>".join(f"{o.key}={v:.4g}" for o, v in
-                                                      zip(objs, t.values)) for t in front]
-        html = go.Figure([
-            go.Scatter(x=[t.values[0] for t in trials], y=[t.values[1] for t in trials],
-                       mode="markers", name="evaluated", marker={"color": "lightgray"}),
-            go.Scatter(x=[t.values[0] for t in front], y=[t.values[1] for t in front],
-                       mode="markers+lines", name="Pareto front", text=text,
-                       hoverinfo="text", marker={"color": "crimson"})])
-        html.update_layout(xaxis_title=objs[0].key, yaxis_title=objs[1].key)
+        html = front_figure(study, space, front)
     ax.set_title(study.study_name)
     fig.tight_layout()
     fig.savefig(out_dir / "pareto.png")

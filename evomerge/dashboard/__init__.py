@@ -1,0 +1,1 @@
+"""The study dashboard: ``evomerge dashboard`` (see :mod:`evomerge.dashboard.server`)."""

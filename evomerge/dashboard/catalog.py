@@ -1,0 +1,159 @@
+"""What the dashboard shows, as plain data: the studies of some storages, and one study's
+front, best-so-far curve, trial table and per-layer view of a recipe.
+
+Everything here reads through Optuna's storage API (SQLite, JournalFileStorage, PostgreSQL
+alike); no pickle is ever loaded (trial values and attributes are JSON in every storage).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import ConfigError
+from evomerge.search.genome import Genome
+from evomerge.search.objectives import weighted_loss
+from evomerge.search.space import SWAP_MERGE
+from evomerge.search.study import counted, open_storage, space_of, summary
+
+__all__ = ["Catalog", "driver_state", "study_overview", "trial_rows", "layer_view"]
+
+STALE_SECONDS = 120.0  # a driver whose heartbeat is older than this is presumed dead
+
+
+def driver_state(study: Any, now: float | None = None) -> str:
+    """"running" (a live driver), "stopped (<reason>)", "dead" (a running driver stopped
+    reporting: killed) or "never" (no evomerge driver has run)."""
+    info = study.user_attrs.get("evomerge_driver")
+    if not info:
+        return "never"
+    if info.get("state") != "running":
+        return f"stopped ({info.get('state')})"
+    now = time.time() if now is None else now
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError):
+            return "dead"
+        except PermissionError:
+            pass
+    return "running" if now - float(info.get("heartbeat", 0)) < STALE_SECONDS else "dead"
+
+
+class Catalog:
+    """The storages the dashboard reads: the URLs given, or every study file under
+    ``results/`` (``<study>/study.db`` of local searches, ``<study>/journal.log`` of Slurm
+    jobs), found again on every request so new studies appear."""
+
+    def __init__(self, storages: list[str] | None = None, results: str | Path = "results"):
+        self.explicit = list(storages or [])
+        self.results = Path(results).resolve()
+        self._open: dict[str, Any] = {}
+
+    def urls(self) -> list[str]:
+        if self.explicit:
+            return self.explicit
+        found = [f"sqlite:///{p}" for p in sorted(self.results.glob("*/study.db"))]
+        found += [f"journal://{p}" for p in sorted(self.results.glob("*/journal.log"))]
+        return found
+
+    def storage(self, url: str) -> Any:
+        if url not in self._open:
+            self._open[url] = open_storage(url)
+        return self._open[url]
+
+    def studies(self) -> list[tuple[str, Any]]:
+        """(storage URL, study) for every evomerge study in every storage."""
+        import optuna
+
+        out = []
+        for url in self.urls():
+            storage = self.storage(url)
+            for s in storage.get_all_studies():
+                study = optuna.load_study(study_name=s.study_name, storage=storage)
+                if "evomerge_space" in study.user_attrs:
+                    out.append((url, study))
+        return out
+
+    def find(self, name: str, url: str | None = None) -> tuple[str, Any]:
+        for u, study in self.studies():
+            if study.study_name == name and (url is None or u == url):
+                return u, study
+        raise ConfigError(f"No study {name!r} in the dashboard's storages.")
+
+
+def _last_activity(trials: list[Any]) -> float | None:
+    stamps = [t.datetime_complete or t.datetime_start for t in trials]
+    stamps = [s.timestamp() for s in stamps if s is not None]
+    return max(stamps) if stamps else None
+
+
+def study_overview(url: str, study: Any) -> dict[str, Any]:
+    """One row of the study list."""
+    space = space_of(study)
+    trials = study.get_trials(deepcopy=False)
+    info = summary(study)
+    losses = [weighted_loss(t.values, space.objectives) for t in trials
+              if t.values is not None and counted(t)]
+    launch = study.user_attrs.get("evomerge_launch") or {}
+    return {
+        "name": study.study_name, "storage": url,
+        "objectives": [f"{o.key} ({o.direction})" for o in space.objectives],
+        "budget": study.user_attrs.get("evomerge_trials", space.budget.trials),
+        "done": info["evaluations"], "failed": info["failed"], "running": info["running"],
+        "best": min(losses) if losses else None, "last_activity": _last_activity(trials),
+        "driver": driver_state(study), "launched_via": launch.get("via", "unknown"),
+    }
+
+
+def trial_rows(study: Any) -> list[dict[str, Any]]:
+    """The trial table: every trial with its state, objective values, loss and reasons."""
+    space = space_of(study)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        rows.append({
+            "number": t.number, "state": t.state.name,
+            "values": list(t.values) if t.values is not None else None,
+            "loss": weighted_loss(t.values, space.objectives) if t.values is not None else None,
+            "method": t.params.get("method", space.methods[0].name if space.methods else "passthrough"),
+            "merge_s": a.get("merge_seconds"), "eval_s": a.get("eval_seconds"),
+            "note": a.get("fail_reason") or (f"same recipe as trial {a['duplicate_of']}"
+                                             if "duplicate_of" in a else ""),
+        })
+    return rows
+
+
+def layer_view(study: Any, number: int) -> dict[str, Any]:
+    """Per-layer coefficients of trial ``number``: for each layer, the source choice (layer
+    swap) and each searched parameter per model and part (attention / MLP)."""
+    space = space_of(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise ConfigError(f"Study {study.study_name!r} has no trial {number}.")
+    t = trials[number]
+    genome = Genome(space, int(study.user_attrs["evomerge_num_layers"]))
+    params = t.params
+    columns = [(p, alias, part) for p in space.searched
+               for alias in ([*space.models] if f"{p}.{next(iter(space.models))}.g0.{genome.parts[0]}"
+                             in params else [None])
+               for part in genome.parts]
+    header = [f"{p}[{alias}].{part}" if alias else f"{p}.{part}" for p, alias, part in columns]
+    rows = []
+    for g, (lo, hi) in enumerate(genome.groups):
+        source = params.get(f"swap.g{g}", SWAP_MERGE)
+        values = [params.get(f"{p}.{alias}.g{g}.{part}" if alias else f"{p}.g{g}.{part}")
+                  if source == SWAP_MERGE else None for p, alias, part in columns]
+        rows += [{"layer": i, "group": g, "source": source, "values": values}
+                 for i in range(lo, hi)]
+    io = [params.get(f"{p}.{alias}.io.all" if alias else f"{p}.io.all")
+          for p, alias, _ in columns]
+    if any(v is not None for v in io):  # embeddings, final norm and lm_head share one set
+        rows.append({"layer": "embed/head", "group": "io", "source": SWAP_MERGE, "values": io})
+    return {"trial": number, "method": params.get("method", space.methods[0].name
+                                                  if space.methods else "passthrough"),
+            "header": header, "rows": rows, "recipe": t.user_attrs.get("recipe", ""),
+            "values": list(t.values) if t.values is not None else None}

@@ -1,0 +1,179 @@
+"""``evomerge dashboard``: a local web page over the studies of one or more storages.
+
+    serve(results="results")            # http://127.0.0.1:8080
+
+Pages: the study list (``/``) and one study (``/study?storage=URL&name=NAME``): Pareto plot
+(hover shows the recipe, click selects the trial), best-so-far curve, sortable trial table,
+per-layer view of the selected recipe, and two POST actions, resume and export.
+
+Security: binds 127.0.0.1 by default and answers only requests whose Host is the address it
+serves (no DNS rebinding); POST actions need the per-process CSRF token embedded in the page
+(a cross-site page cannot read it) and a same-origin ``Origin`` when the browser sends one;
+storages come only from the server's own list, never from a request; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from evomerge.dashboard.catalog import Catalog, layer_view, study_overview, trial_rows
+from evomerge.errors import EvomergeError
+
+__all__ = ["create_app", "serve"]
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _hover(space: Any, study: Any):
+    """Hover lines of a front point: the recipe in brief (method, source per layer group)."""
+    from evomerge.search.genome import Genome
+
+    genome = Genome(space, int(study.user_attrs["evomerge_num_layers"]))
+
+    def lines(t: Any) -> list[str]:
+        method = t.params.get("method", space.methods[0].name if space.methods else "passthrough")
+        out = [f"method: {method}"]
+        for g, (lo, hi) in enumerate(genome.groups):
+            source = t.params.get(f"swap.g{g}", "merge")
+            weights = [f"{a}={t.params[k]:.2f}" for a in space.models
+                       if (k := f"weight.{a}.g{g}.{genome.parts[0]}") in t.params]
+            detail = " ".join(weights) if source == "merge" and weights else ""
+            out.append(f"layers {lo}-{hi - 1}: {source} {detail}".rstrip())
+        return out
+
+    return lines
+
+
+def study_payload(study: Any) -> dict[str, Any]:
+    """The JSON a study page draws: plots (plotly JSON), trial table, objectives."""
+    from evomerge.search.front import best_so_far, front_figure, front_trials
+    from evomerge.search.study import space_of
+
+    space = space_of(study)
+    front = front_trials(study, space)
+    fig = front_figure(study, space, front, hover=_hover(space, study))
+    fig.update_layout(margin={"t": 30}, height=420, clickmode="event")
+    xs, ys = best_so_far(study, space)
+    return {
+        "objectives": [o.key for o in space.objectives],
+        "front": json.loads(fig.to_json()),
+        "front_trials": [t.number for t in front],
+        "history": {"x": xs, "y": ys},
+        "trials": trial_rows(study),
+    }
+
+
+def create_app(catalog: Catalog, host: str = "127.0.0.1"):
+    """The Flask app over ``catalog``."""
+    from flask import Flask, Response, abort, jsonify, redirect, render_template, request
+
+    app = Flask(__name__)
+    token = secrets.token_urlsafe(32)
+    app.config["CSRF_TOKEN"] = token
+
+    @app.before_request
+    def _guard() -> None:
+        hostname = urlsplit(f"//{request.host}").hostname or ""
+        if host in LOOPBACK and hostname not in LOOPBACK:
+            abort(421, "This dashboard only answers requests addressed to localhost.")
+        if request.method == "POST":
+            origin = request.headers.get("Origin")
+            if origin and urlsplit(origin).netloc != request.host:
+                abort(403, "Cross-site request refused.")
+            if not secrets.compare_digest(request.form.get("csrf", ""), token):
+                abort(403, "Missing or wrong CSRF token: reload the page and try again.")
+
+    def find() -> tuple[str, Any]:
+        url, name = request.values.get("storage"), request.values.get("name")
+        if not name or url not in catalog.urls():
+            abort(404, "Unknown storage or study.")
+        try:
+            return catalog.find(name, url)
+        except EvomergeError as exc:
+            abort(404, str(exc))
+
+    @app.get("/")
+    def index():
+        rows = [study_overview(url, study) for url, study in catalog.studies()]
+        return render_template("index.html", rows=rows, urls=catalog.urls(),
+                               msg=request.args.get("msg"))
+
+    @app.get("/study")
+    def study_page():
+        url, study = find()
+        return render_template("study.html", info=study_overview(url, study), csrf=token,
+                               msg=request.args.get("msg"))
+
+    @app.get("/api/study")
+    def study_api():
+        return jsonify(study_payload(find()[1]))
+
+    @app.get("/api/layers")
+    def layers_api():
+        try:
+            return jsonify(layer_view(find()[1], int(request.args.get("trial", "-1"))))
+        except (EvomergeError, ValueError) as exc:
+            abort(404, str(exc))
+
+    @app.post("/export")
+    def export():
+        from evomerge.dashboard.actions import export_yaml
+
+        _, study = find()
+        try:
+            number = int(request.form.get("trial", ""))
+            text = export_yaml(study, number)
+        except (EvomergeError, ValueError) as exc:
+            abort(400, str(exc))
+        name = f"{study.study_name}-trial{number}.yaml".replace('"', "")
+        return Response(text, mimetype="application/x-yaml",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.post("/resume")
+    def resume():
+        from evomerge.dashboard.actions import resume_study
+
+        url, study = find()
+        try:
+            started = resume_study(study, url)
+            msg = (f"Submitted Slurm job {started['job_id']}." if started["via"] == "slurm"
+                   else f"Resumed locally (pid {started['pid']}, log {started['log']}).")
+        except EvomergeError as exc:
+            msg = f"Not resumed: {exc}"
+        return redirect("/study?" + urlencode({"storage": url, "name": study.study_name,
+                                               "msg": msg}), code=303)
+
+    @app.get("/static/plotly.min.js")
+    def plotly_js():
+        from plotly.offline import get_plotlyjs
+
+        return Response(get_plotlyjs(), mimetype="application/javascript",
+                        headers={"Cache-Control": "max-age=86400"})
+
+    @app.template_filter("ago")
+    def _ago(stamp: float | None) -> str:
+        import time
+
+        if stamp is None:
+            return "-"
+        s = time.time() - stamp
+        return f"{s:.0f} s ago" if s < 120 else f"{s / 60:.0f} min ago" if s < 7200 else \
+            f"{s / 3600:.1f} h ago"
+
+    return app
+
+
+def serve(storages: list[str] | None = None, results: str | Path = "results",
+          host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve the dashboard until interrupted (waitress, a pure-Python WSGI server)."""
+    from waitress import serve as waitress_serve
+
+    catalog = Catalog(storages, results)
+    print(f"evomerge dashboard on http://{host}:{port}/ ({len(catalog.urls())} storages; "
+          "Ctrl-C stops)", flush=True)
+    waitress_serve(create_app(catalog, host), host=host, port=port, threads=4,
+                   _quiet=True)

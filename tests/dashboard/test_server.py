@@ -1,0 +1,116 @@
+"""The dashboard app without a browser: catalog, CSRF, Host checks, export, layer view."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from evomerge.dashboard.catalog import Catalog, driver_state, layer_view, study_overview
+from evomerge.dashboard.server import create_app
+from evomerge.recipe import load_recipe
+
+
+@pytest.fixture()
+def client(stopped_study):
+    results, url = stopped_study
+    app = create_app(Catalog(results=results))
+    return app.test_client(), app.config["CSRF_TOKEN"], url
+
+
+def test_study_list_and_overview(stopped_study):
+    results, url = stopped_study
+    cat = Catalog(results=results)
+    assert cat.urls() == [url]
+    [(u, study)] = cat.studies()
+    row = study_overview(u, study)
+    assert (row["name"], row["done"], row["budget"], row["running"]) == ("dash", 5, 12, 0)
+    assert row["driver"] == "stopped (interrupted)" and row["launched_via"] == "local"
+    assert row["best"] is not None
+
+
+def test_driver_state_reads_heartbeats(stopped_study):
+    _, study = Catalog(results=stopped_study[0]).studies()[0]
+    info = dict(study.user_attrs["evomerge_driver"], state="running", host="elsewhere")
+    study.set_user_attr("evomerge_driver", info)
+    assert driver_state(study, now=info["heartbeat"] + 5) == "running"
+    assert driver_state(study, now=info["heartbeat"] + 3600) == "dead"
+
+
+def test_layer_view_shows_sources_and_coefficients(stopped_study):
+    _, study = Catalog(results=stopped_study[0]).studies()[0]
+    t = next(t for t in study.trials if t.values is not None)
+    view = layer_view(study, t.number)
+    layers = [r for r in view["rows"] if r["layer"] != "embed/head"]
+    assert [r["layer"] for r in layers] == list(range(study.user_attrs["evomerge_num_layers"]))
+    assert "weight[math].all" in view["header"] and "density[lang].all" in view["header"]
+    for r in layers:
+        assert r["source"] == t.params[f"swap.g{r['group']}"]
+        if r["source"] == "merge":
+            i = view["header"].index("weight[math].all")
+            assert r["values"][i] == t.params[f"weight.math.g{r['group']}.all"]
+        else:
+            assert all(v is None for v in r["values"])
+
+
+def test_pages_render(client):
+    c, _, url = client
+    page = c.get("/").get_data(as_text=True)
+    assert "dash" in page and "5 / 12" in page
+    r = c.get("/study", query_string={"storage": url, "name": "dash"})
+    assert r.status_code == 200 and 'name="csrf"' in r.get_data(as_text=True)
+    data = c.get("/api/study", query_string={"storage": url, "name": "dash"}).get_json()
+    assert len(data["trials"]) >= 5 and data["front"]["data"][1]["name"] == "Pareto front"
+    assert len(data["history"]["x"]) == 5
+
+
+def test_unknown_storage_is_refused(client):
+    c, _, _ = client
+    r = c.get("/api/study", query_string={"storage": "sqlite:////etc/other.db", "name": "dash"})
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize("case", ["no token", "wrong token", "cross origin"])
+def test_posts_need_token_and_same_origin(client, case):
+    c, token, url = client
+    form = {"storage": url, "name": "dash", "trial": "0", "csrf": token}
+    headers = {}
+    if case == "no token":
+        del form["csrf"]
+    elif case == "wrong token":
+        form["csrf"] = "x" * len(token)
+    else:
+        headers["Origin"] = "http://evil.example"
+    for path in ("/export", "/resume"):
+        assert c.post(path, data=form, headers=headers).status_code == 403
+
+
+def test_foreign_host_header_is_refused(client):
+    c, _, _ = client
+    assert c.get("/", headers={"Host": "attacker.example:8080"}).status_code == 421
+    assert c.get("/", headers={"Host": "localhost:8080"}).status_code == 200
+
+
+def test_export_returns_the_recipe(client, stopped_study):
+    c, token, url = client
+    _, study = Catalog(results=stopped_study[0]).studies()[0]
+    number = next(t.number for t in study.trials if t.values is not None)
+    r = c.post("/export", data={"storage": url, "name": "dash", "trial": str(number), "csrf": token})
+    assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"]
+    doc = yaml.safe_load(r.get_data(as_text=True))
+    assert doc["evomerge"]["trial"] == number
+    recipe = load_recipe(doc)
+    assert recipe == load_recipe(study.trials[number].user_attrs["recipe"]).model_copy(
+        update={"evomerge": recipe.evomerge})
+    bad = c.post("/export", data={"storage": url, "name": "dash", "trial": "999", "csrf": token})
+    assert bad.status_code == 400
+
+
+def test_resume_refused_while_a_driver_runs(client, stopped_study):
+    c, token, url = client
+    _, study = Catalog(results=stopped_study[0]).studies()[0]
+    study.set_user_attr("evomerge_driver", {"state": "running", "host": "elsewhere", "pid": 1,
+                                            "heartbeat": time.time()})
+    r = c.post("/resume", data={"storage": url, "name": "dash", "csrf": token})
+    assert r.status_code == 303 and "Not+resumed" in r.headers["Location"]
