@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite, slow and end-to-end tests included.
+# As root with apt-get (CI, a fresh machine) it also installs Slurm and Chromium from Debian
+# and starts a local Slurm cluster, so the Slurm and browser tests run for real.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${EVOMERGE_NO_SYSTEM_DEPS:-0}" != 1 ]; then
+    bash scripts/system_deps.sh
+    export EVOMERGE_REQUIRE_SLURM=1 EVOMERGE_REQUIRE_BROWSER=1
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest -q "$@"

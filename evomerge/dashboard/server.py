@@ -56,7 +56,8 @@ def study_payload(study: Any) -> dict[str, Any]:
     space = space_of(study)
     front = front_trials(study, space)
     fig = front_figure(study, space, front, hover=_hover(space, study))
-    fig.update_layout(margin={"t": 30}, height=420, clickmode="event")
+    fig.update_layout(margin={"t": 30}, height=420, clickmode="event",
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
     xs, ys = best_so_far(study, space)
     return {
         "objectives": [o.key for o in space.objectives],

@@ -96,7 +96,8 @@ def front_figure(study: Any, space: SearchSpace, front: list[Any],
         fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far"))
         fig.update_layout(xaxis_title="evaluations", yaxis_title=f"best {objs[0].key}")
         return fig
-    trials = completed(study)
+    on_front = {t.number for t in front}
+    trials = [t for t in completed(study) if t.number not in on_front]  # one hover per point
 
     def text(t: Any) -> str:
         lines = [f"trial {t.number}", *(f"{o.key}={v:.4g}" for o, v in zip(objs, t.values))]
