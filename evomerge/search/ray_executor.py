@@ -67,12 +67,15 @@ class RayExecutor:
         timeout: seconds a candidate may run before its actor is replaced.
         max_retries: re-dispatches of a candidate whose actor died.
         temp_dir: Ray's temp dir in embedded mode (default: a short dir beside the study).
+        prefetch: candidates queued beyond one per actor (default: one more per actor), so a
+            freed actor starts its next candidate at once instead of waiting while the driver
+            records the last result in the study.
     """
 
     def __init__(self, space: SearchSpace, workers: int = 2, ray_address: str | None = None,
                  num_cpus: float | None = None, num_gpus: float | None = None,
                  timeout: float | None = None, max_retries: int = 2,
-                 temp_dir: str | Path | None = None) -> None:
+                 temp_dir: str | Path | None = None, prefetch: int | None = None) -> None:
         import ray
 
         self._ray = ray
@@ -90,7 +93,8 @@ class RayExecutor:
         self._gpus = num_gpus or 0.0
         self._cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0)(_Actor)
         self._space = space.model_dump(mode="json")
-        self.capacity = workers
+        self.workers = workers
+        self.capacity = workers + (workers if prefetch is None else prefetch)
         self.timeout, self.max_retries = timeout, max_retries
         self._idle = [self._spawn() for _ in range(workers)]
         ray.get([a.pid.remote() for a in self._idle])  # models loaded before the clock starts
@@ -170,12 +174,13 @@ class RayExecutor:
             for ref in ready:
                 self._collect(ref)
             self._expire()
+        self._dispatch()  # before the driver spends time recording this result
         return self._results.popleft()
 
     def stats(self) -> dict[str, float]:
         """Actor utilisation (busy time / (actors x wall time)) and replacements so far."""
         wall = time.monotonic() - self._start
-        return {"actors": self.capacity, "utilisation": self._busy / max(wall * self.capacity, 1e-9),
+        return {"actors": self.workers, "utilisation": self._busy / max(wall * self.workers, 1e-9),
                 "replaced": self.replaced}
 
     def close(self) -> None:
