@@ -121,3 +121,27 @@ def test_callable(tmp_path, math_model):
         make_evaluator("callable", function=f"{tmp_path}/myeval.py:nope", metrics={"x": "maximize"})
     with pytest.raises(ConfigError, match="must look like 'module:function'"):
         make_evaluator("callable", function="nocolon", metrics={"x": "maximize"})
+
+
+@pytest.mark.slow
+def test_lm_eval_reused_requests_score_like_a_fresh_harness(mini_zoo, math_model):
+    """Requests and encodings are built once and reused across models: every call must match
+    a newly built evaluator's, and no response may leak from one model into the next."""
+    include = str(write_lm_eval_yamls(mini_zoo))
+    tasks = ["zoo_maxmin_l2_validation", "zoo_maxmin_l2_gen_validation"]
+
+    def fresh():
+        return make_evaluator("lm_eval", tasks=tasks, include_path=include, limit=24, batch_size=8)
+
+    base = (AutoModelForCausalLM.from_pretrained(mini_zoo / "lang").eval(),
+            AutoTokenizer.from_pretrained(mini_zoo / "lang"))
+    reused = fresh()
+    seq = [math_model, base, math_model, base]
+    got, loglik = [], []
+    for m in seq:
+        got.append(reused(*m))
+        task = dict(reused._tasks())["zoo_maxmin_l2_validation"]
+        assert all(len(inst.resps) == 1 for inst in task.instances)  # this model's only
+        loglik.append([inst.resps[0][0] for inst in task.instances])
+    assert got == [fresh()(*m) for m in seq]
+    assert loglik[0] == loglik[2] and loglik[1] == loglik[3] and loglik[0] != loglik[1]
