@@ -66,6 +66,9 @@ class EvolveStyle:
         return out
 
 
+CMA = {"sigma0": OptimizerConfig().sigma0, "x0": OptimizerConfig().x0}  # evomerge's defaults
+
+
 def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpoints):
     genome = Genome(space, worker.materializer.num_layers)
     objs = space.objectives
@@ -101,7 +104,8 @@ def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpo
             opt.es.tell(X, fs)
         return curve
     if method in ("cma", "tpe", "random"):
-        cfg = OptimizerConfig(name=method, popsize=8, sigma0=0.25, seed=seed)
+        cfg = OptimizerConfig(name=method, popsize=8, seed=seed,
+                              **(CMA if method == "cma" else {}))
         if method == "cma":
             opt = make_optimizer(cfg, genome, objs)
             while n < evals:
@@ -175,7 +179,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--only", default=None,
                     help="e.g. cma: rerun one optimizer and update its entry in the JSON")
+    ap.add_argument("--sigma0", type=float, default=None, help="CMA-ES sigma0 (unit cube)")
+    ap.add_argument("--x0", default=None, choices=["center", "uniform"], help="CMA-ES start")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "search_efficiency.json"))
     args = ap.parse_args()
+    if args.sigma0 is not None:
+        CMA["sigma0"] = args.sigma0
+    if args.x0 is not None:
+        CMA["x0"] = args.x0
     if args.only:
         return rerun_one(args)
     space = make_space(args.zoo, args.limit)
@@ -200,26 +211,27 @@ def main() -> None:
     res = {"evaluations": args.evals, "seeds": args.seeds, "examples_per_task": args.limit,
            "checkpoints": checkpoints, "median_test_loss": med, "per_seed_test_loss": curves,
            "best_uniform_test_loss": uniform,
-           "cma_evals_to_reach_evolve_final": cma_reach,
+           "cma_evals_to_reach_evolve_final": cma_reach, "cma_config": dict(CMA),
            "multi_objective_test_hypervolume": {m: {"median": float(np.median(v)), "seeds": v}
                                                 for m, v in hv.items()},
            "hypervolume_reference": ref}
-    out = ROOT / "results" / "bench" / "search_efficiency.json"
+    out = Path(args.out)
     out.write_text(json.dumps(res, indent=2))
     _plot(res, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in res.items() if k != "per_seed_test_loss"}, indent=2))
 
 
 def rerun_one(args) -> None:
-    """Re-measure one single-objective optimizer and update the stored results."""
-    out = ROOT / "results" / "bench" / "search_efficiency.json"
-    res = json.loads(out.read_text())
+    """Re-measure one single-objective optimizer and update the stored results (in --out)."""
+    res = json.loads((ROOT / "results" / "bench" / "search_efficiency.json").read_text())
+    out = Path(args.out)
     space = make_space(args.zoo, res["examples_per_task"])
     worker = Worker(space)
     tests = test_evaluators(space)
     curves = [run_single(space, worker, tests, args.only, s, res["evaluations"],
                          res["checkpoints"]) for s in range(res["seeds"])]
     res["per_seed_test_loss"][args.only] = curves
+    res["cma_config"] = dict(CMA)
     res["median_test_loss"][args.only] = np.median(curves, axis=0).tolist()
     final = res["median_test_loss"]["evolve"][-1]
     res["cma_evals_to_reach_evolve_final"] = next(
