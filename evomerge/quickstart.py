@@ -20,6 +20,7 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     from evomerge.search.export import export_recipe
     from evomerge.search.report import make_report
     from evomerge.search.space import load_space
+    from evomerge.studies import local_launch
     from evomerge.zoo.build import build_zoo
 
     c = Console(stderr=True)
@@ -33,7 +34,8 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     c.print(f"[bold]2/4[/] search {space} ({s.optimizer.name}, {trials or s.budget.trials} "
             "evaluations, validation split)")
     with search_bar(enabled=not quiet) as update:
-        outcome = run_search(s, trials=trials, results_root=results, progress=update)
+        outcome = run_search(s, trials=trials, results_root=results, progress=update,
+                             launch=local_launch(results, 0, {}))
     c.print("[bold]3/4[/] held-out report (test split): front vs sources vs uniform recipes")
     study, _ = _open(outcome)
     with stage_bar(enabled=not quiet, verb="scoring") as update:
@@ -44,6 +46,7 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     print_outcome(outcome)
     summary = doc["summary"]
     print(f"Best recipe: {recipe}  (build it: evomerge merge {recipe} merged_model)")
+    print(f"Browse it:   evomerge dashboard --results {results}   (http://127.0.0.1:8080/)")
     print(f"Hypervolume on test: search front {summary['hypervolume_search_front']:.4f} vs "
           f"uniform front {summary['hypervolume_uniform_front']:.4f}. "
           f"Total time {time.time() - t0:.0f} s.")

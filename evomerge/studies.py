@@ -11,7 +11,7 @@ from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.space import SearchSpace, load_space
 from evomerge.search.study import default_storage, load_study, open_storage, space_of, summary
 
-__all__ = ["open_study", "found_storage", "search", "resume", "status", "executor_factory"]
+__all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "status", "executor_factory"]
 
 
 def open_study(name: str, storage: str | None = None, results: str = "results") -> tuple[Any, SearchSpace]:
@@ -51,7 +51,7 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
-                      launch=_local_launch(results, workers, ray_options))
+                      launch=local_launch(results, workers, ray_options))
 
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
@@ -62,10 +62,10 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
                       trials=trials or study.user_attrs.get("evomerge_trials"),
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
-                      launch=_local_launch(results, workers, ray_options))
+                      launch=local_launch(results, workers, ray_options))
 
 
-def _local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:
+def local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:
     """How `evomerge resume` should start this study again on this machine."""
     import os
 
