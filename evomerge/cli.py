@@ -166,7 +166,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from evomerge.quickstart import quickstart
 
     return quickstart(zoo=args.zoo, space=args.space, results=args.results, quiet=args.quiet,
-                      trials=args.trials)
+                      trials=args.trials, seed=args.seed)
 
 
 def _slurm_options(args: argparse.Namespace):
@@ -309,6 +309,7 @@ def _add_study_commands(sub) -> None:
     q.add_argument("--space", default="search_spaces/zoo_mixed.yaml")
     q.add_argument("--results", default="results")
     q.add_argument("--trials", type=int, default=None, help="override the space's budget")
+    q.add_argument("--seed", type=int, default=0, help="zoo seed (default 0)")
     q.add_argument("-q", "--quiet", action="store_true")
     q.set_defaults(func=_cmd_quickstart)
 

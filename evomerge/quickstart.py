@@ -13,7 +13,7 @@ __all__ = ["quickstart"]
 
 def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
                results: str = "results", quiet: bool = False, trials: int | None = None,
-               profile: str = "full") -> int:
+               profile: str = "full", seed: int = 0) -> int:
     from rich.console import Console
 
     from evomerge.report import print_outcome
@@ -28,7 +28,7 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     t0 = time.time()
     c.print(f"[bold]1/4[/] model zoo in {zoo}/ (built on first use, ~4 min on 2 cores)")
     with stage_bar(enabled=not quiet) as update:
-        build_zoo(zoo, profile=profile, progress=update)
+        build_zoo(zoo, seed=seed, profile=profile, progress=update)
     s = load_space(space)
     if zoo != "zoo":  # the shipped spaces name ./zoo; point them at the chosen directory
         s = _rebase(s, zoo)
