@@ -114,3 +114,23 @@ def test_resume_refused_while_a_driver_runs(client, stopped_study):
                                             "heartbeat": time.time()})
     r = c.post("/resume", data={"storage": url, "name": "dash", "csrf": token})
     assert r.status_code == 303 and "Not+resumed" in r.headers["Location"]
+
+
+def test_journal_studies_are_found_and_served(mini_zoo, tmp_path):
+    """A study in a journal file (the Slurm default) is listed beside SQLite ones."""
+    from search.spaces import space_dict
+
+    from evomerge.studies import search
+
+    results = tmp_path / "results"
+    path = tmp_path / "j.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo, name="jour", budget={"trials": 3})))
+    url = f"journal://{(results / 'jour' / 'journal.log').resolve()}"
+    search(str(path), storage=url, results=str(results))
+    cat = Catalog(results=results)
+    assert cat.urls() == [url]
+    row = study_overview(*cat.find("jour"))
+    assert (row["name"], row["done"], row["driver"]) == ("jour", 3, "stopped (budget)")
+    app = create_app(cat)
+    data = app.test_client().get("/api/study", query_string={"storage": url, "name": "jour"})
+    assert data.status_code == 200 and len(data.get_json()["trials"]) >= 3
