@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from evomerge.dashboard.catalog import Catalog, layer_view, study_overview, trial_rows
-from evomerge.errors import EvomergeError
+from evomerge.errors import ConfigError, EvomergeError
 
 __all__ = ["create_app", "serve"]
 
@@ -176,5 +176,9 @@ def serve(storages: list[str] | None = None, results: str | Path = "results",
     catalog = Catalog(storages, results)
     print(f"evomerge dashboard on http://{host}:{port}/ ({len(catalog.urls())} storages; "
           "Ctrl-C stops)", flush=True)
-    waitress_serve(create_app(catalog, host), host=host, port=port, threads=4,
-                   _quiet=True)
+    try:
+        waitress_serve(create_app(catalog, host), host=host, port=port, threads=4,
+                       _quiet=True)
+    except OSError as exc:  # port taken, address not on this machine
+        raise ConfigError(f"Cannot serve on {host}:{port}: {exc.strerror or exc}; choose "
+                          "another --port or --host.") from None

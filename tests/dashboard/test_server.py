@@ -134,3 +134,17 @@ def test_journal_studies_are_found_and_served(mini_zoo, tmp_path):
     app = create_app(cat)
     data = app.test_client().get("/api/study", query_string={"storage": url, "name": "jour"})
     assert data.status_code == 200 and len(data.get_json()["trials"]) >= 3
+
+
+def test_taken_port_is_one_clear_error(tmp_path, capsys):
+    import socket
+
+    from evomerge.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["dashboard", "--results", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot serve on 127.0.0.1:{port}" in err and err.count("\n") == 1
