@@ -148,6 +148,21 @@ def test_submitted_search_completes_on_slurm(cluster, mini_zoo, tmp_path, capsys
     out = capsys.readouterr().out
     assert "COMPLETED" in out and "12/12 evaluations" in out
     assert _no_ray_left(job)
+    # the dashboard's Resume submits a new job for a Slurm study (with the recorded options)
+    from evomerge.dashboard.catalog import Catalog
+    from evomerge.dashboard.server import create_app
+
+    app = create_app(Catalog(results=results))
+    url = journal_storage("slurm_small", results)
+    r = app.test_client().post("/resume", data={"storage": url, "name": "slurm_small",
+                                                "csrf": app.config["CSRF_TOKEN"]})
+    from urllib.parse import parse_qs, urlsplit
+
+    msg = parse_qs(urlsplit(r.headers["Location"]).query)["msg"][0]
+    assert msg.startswith("Submitted Slurm job "), msg
+    second = msg.split()[-1].rstrip(".")
+    assert _wait(second, {"COMPLETED", "FAILED", "CANCELLED"})["JobState"] == "COMPLETED"
+    assert _study("slurm_small", results).user_attrs["evomerge_launch"]["jobs"] == [job, second]
     # a second job for a finished study is allowed; one for a queued study is refused
     with pytest.raises(ConfigError, match="already has Slurm job"):
         from evomerge.slurm import ACTIVE_STATES
