@@ -121,8 +121,6 @@ def main() -> None:
     out = ROOT / "results" / "bench" / "worker_scaling.json"
     if "--lm-eval-only" in sys.argv:
         res = json.loads(out.read_text())
-        for key in ("lm_eval_seconds", "raw_forward_seconds", "lm_eval_overhead"):
-            res.pop(key, None)
         res["lm_eval_vs_raw"] = lm_eval_vs_raw_both(zoo)
     else:
         work = ROOT / "build" / "bench_workers"

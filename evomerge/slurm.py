@@ -223,11 +223,8 @@ def slurm_status(study: str, storage: str | None = None,
     """The study's Slurm jobs and their states, with the study's progress."""
     from evomerge.studies import status
 
-    url = storage or journal_storage(study, results)
-    info = status(study, url, str(results))
-    from evomerge.search.study import load_study, open_storage
-
-    launch = load_study(open_storage(url), study).user_attrs.get("evomerge_launch") or {}
+    info = status(study, storage or journal_storage(study, results), str(results))
+    launch = info["launch"]
     jobs = launch.get("jobs", []) if launch.get("via") == "slurm" else []
     info["jobs"] = [{"job_id": j, **{k: v for k, v in job_state(j).items() if k in (
         "JobState", "Reason", "RunTime", "Restarts", "NodeList", "ExitCode")}} for j in jobs]

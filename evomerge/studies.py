@@ -80,6 +80,7 @@ def status(name: str, storage: str | None = None, results: str = "results") -> d
     study, space = open_study(name, storage, results)
     info = summary(study)
     info["budget"] = study.user_attrs.get("evomerge_trials", space.budget.trials)
+    info["launch"] = study.user_attrs.get("evomerge_launch") or {}
     best = best_trial(study, space)
     if best is not None:
         info["best_trial"] = best.number

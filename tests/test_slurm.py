@@ -49,22 +49,23 @@ def test_job_script_quotes_every_value_and_parses(tmp_path):
     assert "--num-gpus 1" in script
 
 
-@pytest.mark.parametrize(("field", "value", "needle"), [
-    ("nodes", 0, "nodes"),
-    ("time", "1 day", "time"),
-    ("sbatch_args", ["--x\n#SBATCH --y"], "sbatch_args"),
-    ("sbatch_args", ["rm"], "sbatch_args"),
+@pytest.mark.parametrize(("field", "value"), [
+    ("nodes", 0),
+    ("time", "1 day"),
+    ("sbatch_args", ["--x\n#SBATCH --y"]),
+    ("sbatch_args", ["rm"]),
 ])
-def test_bad_options_fail_in_one_sentence(field, value, needle, capsys, tmp_path):
+def test_bad_options_are_refused(field, value):
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match=field):
         SlurmOptions(**{field: value})
-    argv = ["slurm", "submit", str(tmp_path / "none.yaml")]
-    if field == "nodes":
-        assert main([*argv, "--nodes", "0"]) == 2
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "nodes" in err and "0" in err
+
+
+def test_bad_option_on_the_cli_is_one_sentence(capsys, tmp_path):
+    assert main(["slurm", "submit", str(tmp_path / "none.yaml"), "--nodes", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nodes" in err and "0" in err
 
 
 def test_submit_without_sbatch_is_a_clear_error(mini_zoo, tmp_path, monkeypatch):

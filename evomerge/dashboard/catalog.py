@@ -79,8 +79,19 @@ class Catalog:
         return out
 
     def find(self, name: str, url: str | None = None) -> tuple[str, Any]:
-        for u, study in self.studies():
-            if study.study_name == name and (url is None or u == url):
+        """(storage URL, study) of the evomerge study ``name``, in ``url`` (which must be one
+        of the catalog's) or in any of them."""
+        from evomerge.search.study import load_study
+
+        urls = self.urls()
+        for u in [url] if url is not None else urls:
+            if u not in urls:
+                break
+            try:
+                study = load_study(self.storage(u), name)
+            except ConfigError:
+                continue
+            if "evomerge_space" in study.user_attrs:
                 return u, study
         raise ConfigError(f"No study {name!r} in the dashboard's storages.")
 
@@ -95,7 +106,7 @@ def study_overview(url: str, study: Any) -> dict[str, Any]:
     """One row of the study list."""
     space = space_of(study)
     trials = study.get_trials(deepcopy=False)
-    info = summary(study)
+    info = summary(study, trials)
     losses = [weighted_loss(t.values, space.objectives) for t in trials
               if t.values is not None and counted(t)]
     launch = study.user_attrs.get("evomerge_launch") or {}

@@ -58,7 +58,10 @@ def study_payload(study: Any) -> dict[str, Any]:
     fig = front_figure(study, space, front, hover=_hover(space, study))
     fig.update_layout(margin={"t": 30}, height=420, clickmode="event",
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
-    xs, ys = best_so_far(study, space)
+    from evomerge.search.objectives import weighted_loss
+
+    xs, best = best_so_far(study, space)
+    ys = [weighted_loss(t.values, space.objectives) for t in best]
     return {
         "objectives": [o.key for o in space.objectives],
         "front": json.loads(fig.to_json()),
@@ -90,7 +93,7 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1"):
 
     def find() -> tuple[str, Any]:
         url, name = request.values.get("storage"), request.values.get("name")
-        if not name or url not in catalog.urls():
+        if not name or not url:
             abort(404, "Unknown storage or study.")
         try:
             return catalog.find(name, url)

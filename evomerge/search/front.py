@@ -70,16 +70,19 @@ def write_front(study: Any, space: SearchSpace, out_dir: Path) -> list[Any]:
     return front
 
 
-def _best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[float]]:
-    trials = completed(study)
-    maximize = space.objectives[0].direction == "maximize"
-    xs, ys, best = [], [], None
-    for n, t in enumerate(sorted(trials, key=lambda t: t.number), start=1):
-        v = t.values[0]
-        best = v if best is None else (max(best, v) if maximize else min(best, v))
+def best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[Any]]:
+    """The best completed trial so far (lowest weighted loss; with one objective, its best
+    value) after each evaluation: ``(evaluation counts, trials)``."""
+    from evomerge.search.objectives import weighted_loss
+
+    xs, best, current = [], [], None
+    for n, t in enumerate(completed(study), start=1):
+        loss = weighted_loss(t.values, space.objectives)
+        if current is None or loss < current[0]:
+            current = (loss, t)
         xs.append(n)
-        ys.append(best)
-    return xs, ys
+        best.append(current[1])
+    return xs, best
 
 
 def front_figure(study: Any, space: SearchSpace, front: list[Any],
@@ -92,7 +95,8 @@ def front_figure(study: Any, space: SearchSpace, front: list[Any],
 
     objs = space.objectives
     if len(objs) == 1:
-        xs, ys = _best_so_far(study, space)
+        xs, best = best_so_far(study, space)
+        ys = [t.values[0] for t in best]
         fig = go.Figure(go.Scatter(x=xs, y=ys, mode="lines", line_shape="hv", name="best so far"))
         fig.update_layout(xaxis_title="evaluations", yaxis_title=f"best {objs[0].key}")
         return fig
@@ -121,19 +125,6 @@ def front_figure(study: Any, space: SearchSpace, front: list[Any],
     return fig
 
 
-def best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[float]]:
-    """Lowest weighted loss (the single-objective view) after each completed evaluation."""
-    from evomerge.search.objectives import weighted_loss
-
-    xs, ys, best = [], [], None
-    for n, t in enumerate(sorted(completed(study), key=lambda t: t.number), start=1):
-        loss = weighted_loss(t.values, space.objectives)
-        best = loss if best is None else min(best, loss)
-        xs.append(n)
-        ys.append(best)
-    return xs, ys
-
-
 def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> None:
     import matplotlib
 
@@ -143,8 +134,8 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
     objs = space.objectives
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     if len(objs) == 1:
-        xs, ys = _best_so_far(study, space)
-        ax.plot(xs, ys, drawstyle="steps-post")
+        xs, best = best_so_far(study, space)
+        ax.plot(xs, [t.values[0] for t in best], drawstyle="steps-post")
         ax.set_xlabel("evaluations")
         ax.set_ylabel(f"best {objs[0].key} ({objs[0].direction})")
         html = front_figure(study, space, front)
