@@ -130,7 +130,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "number": t.number, "state": t.state.name,
             "values": list(t.values) if t.values is not None else None,
             "loss": weighted_loss(t.values, space.objectives) if t.values is not None else None,
-            "method": t.params.get("method", space.methods[0].name if space.methods else "passthrough"),
+            "method": space.method_name(t.params),
             "merge_s": a.get("merge_seconds"), "eval_s": a.get("eval_seconds"),
             "note": a.get("fail_reason") or (f"same recipe as trial {a['duplicate_of']}"
                                              if "duplicate_of" in a else ""),
@@ -164,7 +164,6 @@ def layer_view(study: Any, number: int) -> dict[str, Any]:
           for p, alias, _ in columns]
     if any(v is not None for v in io):  # embeddings, final norm and lm_head share one set
         rows.append({"layer": "embed/head", "group": "io", "source": SWAP_MERGE, "values": io})
-    return {"trial": number, "method": params.get("method", space.methods[0].name
-                                                  if space.methods else "passthrough"),
+    return {"trial": number, "method": space.method_name(params),
             "header": header, "rows": rows, "recipe": t.user_attrs.get("recipe", ""),
             "values": list(t.values) if t.values is not None else None}

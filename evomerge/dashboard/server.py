@@ -35,8 +35,7 @@ def _hover(space: Any, study: Any):
     genome = Genome(space, int(study.user_attrs["evomerge_num_layers"]))
 
     def lines(t: Any) -> list[str]:
-        method = t.params.get("method", space.methods[0].name if space.methods else "passthrough")
-        out = [f"method: {method}"]
+        out = [f"method: {space.method_name(t.params)}"]
         for g, (lo, hi) in enumerate(genome.groups):
             source = t.params.get(f"swap.g{g}", "merge")
             weights = [f"{a}={t.params[k]:.2f}" for a in space.models

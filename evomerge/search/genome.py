@@ -209,8 +209,7 @@ class Genome:
             doc["slices"] = [{"sources": [{"model": self._path(c), "layer_range": list(r)}]}
                              for c, r in zip(swaps, self.groups)]
             return load_recipe(doc)
-        method = next(m for m in space.methods
-                      if m.name == params.get("method", space.methods[0].name))
+        method = next(m for m in space.methods if m.name == space.method_name(params))
         slices = [self._slice(params, method, g, swaps[g]) for g in range(len(self.groups))]
         fixed = {k: v for k, v in space.fixed.items() if k in method.param_names}
         doc.update(merge_method=method.name, slices=slices)

@@ -153,6 +153,13 @@ class SearchSpace(_Strict):
         names = [self.method] if isinstance(self.method, str) else list(self.method or [])
         return [get_method(n) for n in names]
 
+    def method_name(self, params: dict[str, Any]) -> str:
+        """The merge method a candidate's parameters select: its ``method`` gene, the only
+        method, or ``passthrough`` for a pure layer-swap space."""
+        if not self.methods:
+            return "passthrough"
+        return params.get("method", self.methods[0].name)
+
     @property
     def swap_choices(self) -> list[str]:
         if not self.layer_swap:
