@@ -140,12 +140,22 @@ class _Loop:
 
     def propose(self) -> bool:
         """Start one candidate (or record a duplicate); False when nothing can be proposed."""
+        from optuna.trial import TrialState
+
         prop = self.optimizer.ask()
         if prop is None:
             return False
         if prop.params is not None:
             self.study.enqueue_trial(prop.params, user_attrs=prop.attrs)
         trial = self.study.ask(self.genome.distributions())
+        while prop.params is not None and any(
+                trial.user_attrs.get(k) != prop.attrs.get(k) for k in ("cma_gen", "cma_index")):
+            # Optuna pops the oldest waiting trial: one enqueued but never asked (a driver
+            # killed in between) is not this proposal. Retire it, then take ours.
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr("fail_reason", INTERRUPTED)
+            self.study.tell(trial, state=TrialState.FAIL)
+            trial = self.study.ask(self.genome.distributions())
         attrs = {**prop.attrs, **{k: v for k, v in trial.user_attrs.items()
                                   if k in ("cma_gen", "cma_index", "x")}}
         recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
