@@ -3,7 +3,8 @@
     python bench/search_efficiency.py [--evals 96] [--seeds 3]     # needs ./zoo; ~10 min
 
 Single objective (weighted sum of the three zoo answer NLLs, per-layer DARE-TIES space):
-  (a) evomerge CMA-ES (pycma ask/tell, bounded unit cube)   (b) Optuna TPE   (d) random search
+  (a) evomerge CMA-ES (pycma ask/tell, bounded unit cube)   (b) Optuna TPE and Optuna GP
+  (d) random search
   (e) a mergekit-evolve-style loop, reimplemented from its documented behaviour: generation-
       synchronous pycma on unbounded genes folded through abs() (weights) and clamp (density),
       uniform start 1/n, sigma0 = 1/6
@@ -66,6 +67,7 @@ class EvolveStyle:
         return out
 
 
+SINGLE = ("cma", "tpe", "gp", "random", "evolve")
 CMA = {"sigma0": OptimizerConfig().sigma0, "x0": OptimizerConfig().x0}  # evomerge's defaults
 
 
@@ -103,7 +105,7 @@ def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpo
                 checkpoint(n)
             opt.es.tell(X, fs)
         return curve
-    if method in ("cma", "tpe", "random"):
+    if method in ("cma", "tpe", "gp", "random"):
         cfg = OptimizerConfig(name=method, popsize=8, seed=seed,
                               **(CMA if method == "cma" else {}))
         if method == "cma":
@@ -120,8 +122,9 @@ def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpo
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = (optuna.samplers.TPESampler(seed=seed, multivariate=True) if method == "tpe"
-                   else optuna.samplers.RandomSampler(seed=seed))
+        sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
+                   "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+                   "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[method]()
         study = optuna.create_study(sampler=sampler)
         dists = genome.distributions()
         while n < evals:
@@ -175,10 +178,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
     ap.add_argument("--evals", type=int, default=96)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--limit", type=int, default=150)
     ap.add_argument("--only", default=None,
-                    help="e.g. cma: rerun one optimizer and update its entry in the JSON")
+                    help="e.g. cma or cma,gp: rerun these single-objective optimizers and update "
+                         "their entries in the JSON (with --seeds, all of them must be rerun "
+                         "when the stored seed count differs)")
     ap.add_argument("--sigma0", type=float, default=None, help="CMA-ES sigma0 (unit cube)")
     ap.add_argument("--x0", default=None, choices=["center", "uniform"], help="CMA-ES start")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "search_efficiency.json"))
@@ -194,7 +199,7 @@ def main() -> None:
     tests = test_evaluators(space)
     checkpoints = list(range(16, args.evals + 1, 16))
     curves: dict[str, list[list[float]]] = {}
-    for method in ("cma", "tpe", "random", "evolve"):
+    for method in SINGLE:
         curves[method] = [run_single(space, worker, tests, method, s, args.evals, checkpoints)
                           for s in range(args.seeds)]
         print(method, np.median(curves[method], axis=0).round(3).tolist(), flush=True)
@@ -208,7 +213,8 @@ def main() -> None:
     med = {m: np.median(c, axis=0).tolist() for m, c in curves.items()}
     evolve_final = med["evolve"][-1]
     cma_reach = next((checkpoints[i] for i, v in enumerate(med["cma"]) if v <= evolve_final), None)
-    res = {"evaluations": args.evals, "seeds": args.seeds, "examples_per_task": args.limit,
+    res = {"evaluations": args.evals, "seeds": args.seeds, "single_objective_seeds": args.seeds,
+           "multi_objective_seeds": args.seeds, "examples_per_task": args.limit,
            "checkpoints": checkpoints, "median_test_loss": med, "per_seed_test_loss": curves,
            "best_uniform_test_loss": uniform,
            "cma_evals_to_reach_evolve_final": cma_reach, "cma_config": dict(CMA),
@@ -228,18 +234,28 @@ def rerun_one(args) -> None:
     space = make_space(args.zoo, res["examples_per_task"])
     worker = Worker(space)
     tests = test_evaluators(space)
-    curves = [run_single(space, worker, tests, args.only, s, res["evaluations"],
-                         res["checkpoints"]) for s in range(res["seeds"])]
-    res["per_seed_test_loss"][args.only] = curves
+    only = args.only.split(",")
+    res.setdefault("multi_objective_seeds", res["seeds"])
+    if args.seeds != res["seeds"]:
+        missing = [m for m in SINGLE if m not in only]
+        if missing:
+            raise SystemExit(f"--seeds {args.seeds} differs from the stored {res['seeds']}: "
+                             f"rerun {', '.join(missing)} too (--only {','.join(SINGLE)}).")
+        res["seeds"] = args.seeds
+        res["single_objective_seeds"] = args.seeds
+    for method in only:
+        curves = [run_single(space, worker, tests, method, s, res["evaluations"],
+                             res["checkpoints"]) for s in range(args.seeds)]
+        res["per_seed_test_loss"][method] = curves
+        res["median_test_loss"][method] = np.median(curves, axis=0).tolist()
+        print(method, [round(v, 3) for v in res["median_test_loss"][method]], flush=True)
     res["cma_config"] = dict(CMA)
-    res["median_test_loss"][args.only] = np.median(curves, axis=0).tolist()
     final = res["median_test_loss"]["evolve"][-1]
     res["cma_evals_to_reach_evolve_final"] = next(
         (c for c, v in zip(res["checkpoints"], res["median_test_loss"]["cma"]) if v <= final), None)
     out.write_text(json.dumps(res, indent=2))
     _plot(res, out.with_suffix(".png"))
-    print(args.only, [round(v, 3) for v in res["median_test_loss"][args.only]],
-          "cma reaches evolve's final at", res["cma_evals_to_reach_evolve_final"])
+    print("cma reaches evolve's final at", res["cma_evals_to_reach_evolve_final"])
 
 
 def _plot(res: dict, path: Path) -> None:
@@ -249,7 +265,7 @@ def _plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    names = {"cma": "evomerge CMA-ES", "tpe": "Optuna TPE", "random": "random",
+    names = {"cma": "evomerge CMA-ES", "tpe": "Optuna TPE", "gp": "Optuna GP", "random": "random",
              "evolve": "mergekit-evolve-style"}
     for m, ys in res["median_test_loss"].items():
         ax.plot(res["checkpoints"], ys, marker="o", label=names[m])

@@ -135,11 +135,6 @@ class CmaOptimizer(Optimizer):
         if len(self._losses) == len(self._X):
             self._finish_generation()
 
-    def requeue(self, attrs: dict[str, Any]) -> None:
-        """Put a proposal back (its evaluation was interrupted, not failed)."""
-        if attrs.get("cma_gen") == self._gen and attrs["cma_index"] not in self._queue:
-            self._queue.append(attrs["cma_index"])
-
     def _finish_generation(self) -> None:
         finite = [v for v in self._losses.values() if v is not None]
         # CMA-ES is rank-based: a failed candidate only has to rank below every success.

@@ -1,0 +1,176 @@
+"""How balanced can a merge of the zoo's two experts get? (criterion (2) of the zoo)
+
+    python bench/zoo_balance.py --zoo zoo [--evals 360]
+    python bench/zoo_balance.py --zoo zoo --retrain math --lr 1e-3 --steps 800   # a variant
+
+Searches the default space (``search_spaces/zoo_mixed.yaml``: per-layer TIES / task
+arithmetic + layer swaps) with CMA-ES for the merge whose *worse* share of an expert's own
+exact match is highest on the validation split:
+
+    objective = min(EM_A(merge) / EM_A(math), EM_B(merge) / EM_B(lang))
+                + 0.3 * min(TA_A(merge) / TA_A(math), TA_B(merge) / TA_B(lang))
+
+(EM exact match, TA answer-token accuracy, a smooth tie-breaker), then re-scores the five
+best on the test split. ``--retrain`` first fine-tunes a variant of one expert from the zoo's
+base (same data mix and seed as the zoo build, other learning rate / steps / trainable
+parameters) into ``--variants-dir``, next to links to the zoo's other models: how the design
+of the experts moves the balance. Writes ``results/bench/zoo_balance_<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from evomerge.search.genome import Genome  # noqa: E402
+from evomerge.search.report import test_evaluators  # noqa: E402
+from evomerge.search.space import load_space  # noqa: E402
+from evomerge.search.worker import Worker  # noqa: E402
+
+LANG_TRAINABLE = r"embed_tokens|lm_head|model\.norm|layers\.0\.|layers\.5\."
+
+
+def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int, trainable: str) -> Path:
+    """A copy of ``zoo`` (links) whose ``expert`` is fine-tuned again from its base."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from evomerge.zoo.build import PROFILES, _stages, load_manifest
+    from evomerge.zoo.model import build_tokenizer, factorise, save
+    from evomerge.zoo.train import Stage, train
+
+    seed = load_manifest(zoo)["seed"]
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in os.listdir(zoo):
+        if entry != expert and not (out / entry).exists():
+            os.symlink((zoo / entry).resolve(), out / entry)
+    if (out / expert / "config.json").is_file():
+        return out
+    stages = _stages(PROFILES["full"])
+    stage = stages[expert]
+    i = list(stages).index(expert) + 1  # the build's stage seed
+    rx = None if trainable == "all" else re.compile(trainable)
+    torch.manual_seed(seed * 100 + i)
+    model = LlamaForCausalLM.from_pretrained(zoo / "base")
+    factorise(model)
+    train(model, Stage(stage.mix, steps, lr, stage.batch,
+                       trainable=(lambda n: bool(rx.search(n))) if rx else None), seed * 100 + i)
+    save(model, build_tokenizer(), out / expert)
+    return out
+
+
+def _space(zoo: Path):
+    data = load_space(ROOT / "search_spaces" / "zoo_mixed.yaml").model_dump(mode="json")
+    data.update(base_model=f"{zoo}/base", models={"math": f"{zoo}/math", "lang": f"{zoo}/lang"},
+                device="cpu")
+    data["evaluators"]["zoo"].update(zoo=str(zoo), limit=250)
+    return load_space(data)
+
+
+def _score(worker: Worker, path: Path, evaluators) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    out: dict[str, float] = {}
+    for ev in evaluators.values():
+        out.update(ev(model, worker.tokenizer))
+    return out
+
+
+def _key(scores: dict, task: str, metric: str) -> str:
+    return next(k for k in scores if task in k and k.endswith(metric))
+
+
+def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
+    import cma
+
+    space = _space(zoo)
+    worker = Worker(space)
+    tests = test_evaluators(space)
+    genome = Genome(space, worker.materializer.num_layers)
+    refs = {split: {m: _score(worker, zoo / m, evs) for m in ("math", "lang")}
+            for split, evs in (("validation", worker.evaluators), ("test", tests))}
+    any_scores = refs["validation"]["math"]
+    em = (_key(any_scores, "add_l1", "exact_match"), _key(any_scores, "maxmin_l2", "exact_match"))
+    ta = (_key(any_scores, "add_l1", "token_acc"), _key(any_scores, "maxmin_l2", "token_acc"))
+
+    def shares(scores: dict, split: str, keys: tuple[str, str]) -> tuple[float, float]:
+        ref = refs[split]
+        return scores[keys[0]] / ref["math"][keys[0]], scores[keys[1]] / ref["lang"][keys[1]]
+
+    es = cma.CMAEvolutionStrategy(genome.start_point(), 0.2,
+                                  {"bounds": [0, 1], "seed": seed, "popsize": 12, "verbose": -9})
+    hist: list[tuple[float, float, float, dict]] = []
+    t0 = time.time()
+    while len(hist) < evals:
+        xs = es.ask()
+        losses = []
+        for x in xs:
+            params = genome.from_unit(x)
+            r = worker.run(0, genome.recipe(params).to_yaml())
+            a, b = shares(r.scores, "validation", em) if r.scores else (0.0, 0.0)
+            obj = min(a, b) + 0.3 * min(shares(r.scores, "validation", ta)) if r.scores else -1.0
+            hist.append((obj, a, b, params))
+            losses.append(-obj)
+        es.tell(xs, losses)
+        best = max(hist, key=lambda h: h[0])
+        print(f"{len(hist)} evaluations: best validation shares A {best[1]:.2f} "
+              f"B {best[2]:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    top = sorted(hist, key=lambda h: -h[0])[:5]
+    rows = []
+    for _, a, b, params in top:
+        r = worker.run(0, genome.recipe(params).to_yaml(), tests)
+        ta_, tb_ = shares(r.scores, "test", em)
+        rows.append({"validation_shares": [a, b], "test_shares": [ta_, tb_],
+                     "test_exact_match": [r.scores[em[0]], r.scores[em[1]]], "params": params})
+    return {"zoo": str(zoo), "evaluations": evals,
+            "expert_exact_match": {s: {"math_on_A": refs[s]["math"][em[0]],
+                                       "lang_on_B": refs[s]["lang"][em[1]]} for s in refs},
+            "top5_by_validation": rows,
+            "best_test_min_share": max(min(r["test_shares"]) for r in rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--zoo", default=str(ROOT / "zoo"))
+    ap.add_argument("--evals", type=int, default=360)
+    ap.add_argument("--retrain", choices=["math", "lang"], default=None)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--trainable", default=None,
+                    help="regex over parameter names ('all'); default: as in the zoo build")
+    ap.add_argument("--variants-dir", default=str(ROOT / "build" / "zoo_variants"))
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args()
+    zoo = Path(args.zoo).resolve()
+    tag = args.tag or zoo.name
+    if args.retrain:
+        trainable = args.trainable or ("all" if args.retrain == "math" else LANG_TRAINABLE)
+        tag = args.tag or f"{zoo.name}_{args.retrain}_lr{args.lr:g}_steps{args.steps}"
+        zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
+                      trainable)
+    res = balance_search(zoo, args.evals)
+    res["variant"] = (None if not args.retrain else
+                      {"expert": args.retrain, "lr": args.lr, "steps": args.steps,
+                       "trainable": trainable})
+    out = ROOT / "results" / "bench" / f"zoo_balance_{tag}.json"
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "top5_by_validation"}, indent=2))
+    for r in res["top5_by_validation"]:
+        print("validation shares", np.round(r["validation_shares"], 3).tolist(),
+              "test shares", np.round(r["test_shares"], 3).tolist())
+
+
+if __name__ == "__main__":
+    main()
