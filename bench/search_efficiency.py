@@ -213,8 +213,8 @@ def main() -> None:
     med = {m: np.median(c, axis=0).tolist() for m, c in curves.items()}
     evolve_final = med["evolve"][-1]
     cma_reach = next((checkpoints[i] for i, v in enumerate(med["cma"]) if v <= evolve_final), None)
-    res = {"evaluations": args.evals, "seeds": args.seeds, "single_objective_seeds": args.seeds,
-           "multi_objective_seeds": args.seeds, "examples_per_task": args.limit,
+    res = {"evaluations": args.evals, "seeds": args.seeds, "multi_objective_seeds": args.seeds,
+           "examples_per_task": args.limit,
            "checkpoints": checkpoints, "median_test_loss": med, "per_seed_test_loss": curves,
            "best_uniform_test_loss": uniform,
            "cma_evals_to_reach_evolve_final": cma_reach, "cma_config": dict(CMA),
@@ -242,7 +242,6 @@ def rerun_one(args) -> None:
             raise SystemExit(f"--seeds {args.seeds} differs from the stored {res['seeds']}: "
                              f"rerun {', '.join(missing)} too (--only {','.join(SINGLE)}).")
         res["seeds"] = args.seeds
-        res["single_objective_seeds"] = args.seeds
     for method in only:
         curves = [run_single(space, worker, tests, method, s, res["evaluations"],
                              res["checkpoints"]) for s in range(args.seeds)]

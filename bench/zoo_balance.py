@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from evomerge.quickstart import rebase_zoo  # noqa: E402
+from evomerge.scoring import load_model, score  # noqa: E402
 from evomerge.search.genome import Genome  # noqa: E402
 from evomerge.search.report import test_evaluators  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
@@ -71,21 +73,11 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int, trainable:
 
 
 def _space(zoo: Path):
-    data = load_space(ROOT / "search_spaces" / "zoo_mixed.yaml").model_dump(mode="json")
-    data.update(base_model=f"{zoo}/base", models={"math": f"{zoo}/math", "lang": f"{zoo}/lang"},
-                device="cpu")
-    data["evaluators"]["zoo"].update(zoo=str(zoo), limit=250)
-    return load_space(data)
+    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_mixed.yaml"), str(zoo))
 
 
-def _score(worker: Worker, path: Path, evaluators) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path)
-    out: dict[str, float] = {}
-    for ev in evaluators.values():
-        out.update(ev(model, worker.tokenizer))
-    return out
+def _score(path: Path, evaluators: dict) -> dict[str, float]:
+    return score(*load_model(path), list(evaluators.values()))
 
 
 def _key(scores: dict, task: str, metric: str) -> str:
@@ -99,7 +91,7 @@ def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
     worker = Worker(space)
     tests = test_evaluators(space)
     genome = Genome(space, worker.materializer.num_layers)
-    refs = {split: {m: _score(worker, zoo / m, evs) for m in ("math", "lang")}
+    refs = {split: {m: _score(zoo / m, evs) for m in ("math", "lang")}
             for split, evs in (("validation", worker.evaluators), ("test", tests))}
     any_scores = refs["validation"]["math"]
     em = (_key(any_scores, "add_l1", "exact_match"), _key(any_scores, "maxmin_l2", "exact_match"))
@@ -119,8 +111,11 @@ def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
         for x in xs:
             params = genome.from_unit(x)
             r = worker.run(0, genome.recipe(params).to_yaml())
-            a, b = shares(r.scores, "validation", em) if r.scores else (0.0, 0.0)
-            obj = min(a, b) + 0.3 * min(shares(r.scores, "validation", ta)) if r.scores else -1.0
+            if r.scores:
+                a, b = shares(r.scores, "validation", em)
+                obj = min(a, b) + 0.3 * min(shares(r.scores, "validation", ta))
+            else:  # a failed candidate ranks below every success
+                a, b, obj = 0.0, 0.0, -1.0
             hist.append((obj, a, b, params))
             losses.append(-obj)
         es.tell(xs, losses)

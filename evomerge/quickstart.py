@@ -31,7 +31,7 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
         build_zoo(zoo, seed=seed, profile=profile, progress=update)
     s = load_space(space)
     if zoo != "zoo":  # the shipped spaces name ./zoo; point them at the chosen directory
-        s = _rebase(s, zoo)
+        s = rebase_zoo(s, zoo)
     c.print(f"[bold]2/4[/] search {space} ({s.optimizer.name}, {trials or s.budget.trials} "
             "evaluations, validation split)")
     with search_bar(enabled=not quiet) as update:
@@ -54,7 +54,8 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     return 0
 
 
-def _rebase(space, zoo: str):
+def rebase_zoo(space, zoo: str):
+    """``space`` with its ``zoo/...`` model paths and zoo evaluators pointed at ``zoo``."""
     from evomerge.search.space import load_space
 
     data = space.model_dump(mode="json")

@@ -141,11 +141,10 @@ def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]
 def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
+    from evomerge.scoring import score
+
     model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
-    scores: dict[str, float] = {}
-    for ev in tests.values():
-        scores.update(ev(model, worker.tokenizer))
-    return scores
+    return score(model, worker.tokenizer, list(tests.values()))
 
 
 def _describe(params: dict[str, Any]) -> str:
