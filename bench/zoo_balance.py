@@ -141,8 +141,8 @@ def main() -> None:
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
     ap.add_argument("--evals", type=int, default=360)
     ap.add_argument("--retrain", choices=["math", "lang"], default=None)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=None, help="default: as in the zoo build")
+    ap.add_argument("--steps", type=int, default=None, help="default: as in the zoo build")
     ap.add_argument("--trainable", default=None,
                     help="regex over parameter names ('all'); default: as in the zoo build")
     ap.add_argument("--variants-dir", default=str(ROOT / "build" / "zoo_variants"))
@@ -151,7 +151,11 @@ def main() -> None:
     zoo = Path(args.zoo).resolve()
     tag = args.tag or zoo.name
     if args.retrain:
+        from evomerge.zoo.build import PROFILES
+
         trainable = args.trainable or ("all" if args.retrain == "math" else LANG_TRAINABLE)
+        args.lr = args.lr or PROFILES["full"].expert_lr[args.retrain]
+        args.steps = args.steps or PROFILES["full"].expert_steps[args.retrain]
         tag = args.tag or f"{zoo.name}_{args.retrain}_lr{args.lr:g}_steps{args.steps}"
         zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
                       trainable)

@@ -56,6 +56,18 @@ def test_finished_zoo_is_reused(mini_zoo):
         build_zoo(mini_zoo, seed=1, profile="mini")
 
 
+def test_zoo_built_with_other_settings_is_not_reused(mini_zoo, tmp_path):
+    import shutil
+
+    old = tmp_path / "zoo"
+    shutil.copytree(mini_zoo, old)
+    manifest = json.loads((old / "zoo.json").read_text())
+    manifest["profile_settings"]["expert_lr"]["math"] = 2e-3  # as an older evomerge built it
+    (old / "zoo.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"built with expert_lr=.*'math': 0\.002.*delete"):
+        build_zoo(old, seed=0, profile="mini")
+
+
 def test_deterministic_and_clean_restart_after_interrupt(mini_zoo, tmp_path):
     def stop(stage, done, total):
         if stage == "lang" and done == 3:
