@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.genome import Genome  # noqa: E402
 from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
 from evomerge.search.optimizers import make_optimizer  # noqa: E402
@@ -40,11 +41,9 @@ from evomerge.search.worker import Worker  # noqa: E402
 
 
 def make_space(zoo: str, limit: int):
-    data = load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml").model_dump(mode="json")
-    data.update(base_model=f"{zoo}/base", models={"math": f"{zoo}/math", "lang": f"{zoo}/lang"},
-                device="cpu")
-    data["evaluators"]["zoo"].update(zoo=zoo, limit=limit)
-    return load_space(data)
+    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml"), zoo,
+                      device="cpu", evaluators={"zoo": {"type": "zoo", "zoo": "zoo",
+                                                        "split": "validation", "limit": limit}})
 
 
 class EvolveStyle:

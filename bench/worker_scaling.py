@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.driver import run_search  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.studies import executor_factory  # noqa: E402
@@ -37,14 +38,9 @@ N = 48
 
 
 def space(zoo: str):
-    data = load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml").model_dump(mode="json")
-    data["base_model"] = f"{zoo}/base"
-    data["models"] = {"math": f"{zoo}/math", "lang": f"{zoo}/lang"}
-    data["evaluators"]["zoo"]["zoo"] = zoo
-    data["optimizer"] = {"name": "random", "seed": 0}
-    data["budget"] = {"trials": N}
-    data["device"] = "cpu"
-    return load_space(data)
+    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml"), zoo,
+                      optimizer={"name": "random", "seed": 0}, budget={"trials": N},
+                      device="cpu")
 
 
 def one(zoo: str, workers: int, work: Path) -> dict:

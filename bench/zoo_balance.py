@@ -11,10 +11,10 @@ exact match is highest on the validation split:
                 + 0.3 * min(TA_A(merge) / TA_A(math), TA_B(merge) / TA_B(lang))
 
 (EM exact match, TA answer-token accuracy, a smooth tie-breaker), then re-scores the five
-best on the test split. ``--retrain`` first fine-tunes a variant of one expert from the zoo's
-base (same data mix and seed as the zoo build, other learning rate / steps / trainable
-parameters) into ``--variants-dir``, next to links to the zoo's other models: how the design
-of the experts moves the balance. Writes ``results/bench/zoo_balance_<tag>.json``.
+best on the whole test split (500 examples per task). ``--retrain`` first fine-tunes a
+variant of one expert from the zoo's base (same data mix and seed as the zoo build, other
+learning rate / steps / trainable parameters) into ``--variants-dir``, next to links to
+the zoo's other models: how the design of the experts moves the balance. Writes ``results/bench/zoo_balance_<tag>.json``.
 """
 
 from __future__ import annotations
@@ -73,7 +73,12 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int, trainable:
 
 
 def _space(zoo: Path):
-    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_mixed.yaml"), str(zoo))
+    """The default space on ``zoo``; its report re-scores on the whole test split (500
+    examples per task, not the 250 the search scores on validation)."""
+    space = rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_mixed.yaml"), str(zoo))
+    data = space.model_dump(mode="json")
+    data["evaluators"]["zoo"]["test"] = {"split": "test", "limit": None}
+    return load_space(data)
 
 
 def _score(path: Path, evaluators: dict) -> dict[str, float]:

@@ -54,11 +54,12 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     return 0
 
 
-def rebase_zoo(space, zoo: str):
-    """``space`` with its ``zoo/...`` model paths and zoo evaluators pointed at ``zoo``."""
+def rebase_zoo(space, zoo: str, **fields):
+    """``space`` with its ``zoo/...`` model paths and zoo evaluators pointed at ``zoo``, and
+    top-level ``fields`` (``device``, ``budget`` …) replaced."""
     from evomerge.search.space import load_space
 
-    data = space.model_dump(mode="json")
+    data = {**space.model_dump(mode="json"), **fields}
     fix = lambda p: str(Path(zoo) / Path(p).relative_to("zoo")) if p.startswith("zoo/") else p  # noqa: E731
     data["base_model"] = fix(data["base_model"])
     data["models"] = {k: fix(v) for k, v in data["models"].items()}
