@@ -14,7 +14,8 @@ exact match is highest on the validation split:
 best on the whole test split (500 examples per task). ``--retrain`` first fine-tunes a
 variant of one expert from the zoo's base (same data mix and seed as the zoo build, other
 learning rate / steps / trainable parameters) into ``--variants-dir``, next to links to
-the zoo's other models: how the design of the experts moves the balance. Writes ``results/bench/zoo_balance_<tag>.json``.
+the zoo's other models: how the design of the experts moves the balance. Writes
+``results/bench/zoo_balance_<tag>.json``.
 """
 
 from __future__ import annotations
