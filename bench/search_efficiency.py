@@ -1,6 +1,6 @@
 """Search efficiency on the zoo: best held-out score vs evaluations, same budget and seeds.
 
-    python bench/search_efficiency.py [--evals 96] [--seeds 3]     # needs ./zoo; ~10 min
+    python bench/search_efficiency.py [--evals 96] [--seeds 5]     # needs ./zoo; ~27 min
 
 Single objective (weighted sum of the three zoo answer NLLs, per-layer DARE-TIES space):
   (a) evomerge CMA-ES (pycma ask/tell, bounded unit cube)   (b) Optuna TPE and Optuna GP
