@@ -41,9 +41,11 @@ from evomerge.search.worker import Worker  # noqa: E402
 
 
 def make_space(zoo: str, limit: int):
-    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml"), zoo,
-                      device="cpu", evaluators={"zoo": {"type": "zoo", "zoo": "zoo",
-                                                        "split": "validation", "limit": limit}})
+    space = rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml"), zoo,
+                       device="cpu")
+    data = space.model_dump(mode="json")
+    data["evaluators"]["zoo"]["limit"] = limit
+    return load_space(data)
 
 
 class EvolveStyle:

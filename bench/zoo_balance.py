@@ -26,6 +26,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +42,15 @@ from evomerge.search.report import test_evaluators  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
-LANG_TRAINABLE = r"embed_tokens|lm_head|model\.norm|layers\.0\.|layers\.5\."
 
-
-def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int, trainable: str) -> Path:
-    """A copy of ``zoo`` (links) whose ``expert`` is fine-tuned again from its base."""
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from evomerge.zoo.build import PROFILES, _stages, load_manifest
-    from evomerge.zoo.model import build_tokenizer, factorise, save
-    from evomerge.zoo.train import Stage, train
+def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
+            trainable: str | None) -> Path:
+    """A copy of ``zoo`` (links) whose ``expert`` is fine-tuned again from its base, with the
+    build's data and seed; ``trainable`` is a regex over parameter names, "all", or None for
+    the build's choice."""
+    from evomerge.zoo.build import PROFILES, _stages, expert_seed, expert_start, load_manifest
+    from evomerge.zoo.model import build_tokenizer, save
+    from evomerge.zoo.train import train
 
     seed = load_manifest(zoo)["seed"]
     out.mkdir(parents=True, exist_ok=True)
@@ -60,15 +59,12 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int, trainable:
             os.symlink((zoo / entry).resolve(), out / entry)
     if (out / expert / "config.json").is_file():
         return out
-    stages = _stages(PROFILES["full"])
-    stage = stages[expert]
-    i = list(stages).index(expert) + 1  # the build's stage seed
-    rx = None if trainable == "all" else re.compile(trainable)
-    torch.manual_seed(seed * 100 + i)
-    model = LlamaForCausalLM.from_pretrained(zoo / "base")
-    factorise(model)
-    train(model, Stage(stage.mix, steps, lr, stage.batch,
-                       trainable=(lambda n: bool(rx.search(n))) if rx else None), seed * 100 + i)
+    stage = replace(_stages(PROFILES["full"])[expert], lr=lr, steps=steps)
+    if trainable is not None:
+        rx = None if trainable == "all" else re.compile(trainable)
+        stage = replace(stage, trainable=(lambda n: bool(rx.search(n))) if rx else None)
+    model = expert_start(zoo / "base", seed, expert)
+    train(model, stage, expert_seed(seed, expert))
     save(model, build_tokenizer(), out / expert)
     return out
 
@@ -159,16 +155,15 @@ def main() -> None:
     if args.retrain:
         from evomerge.zoo.build import PROFILES
 
-        trainable = args.trainable or ("all" if args.retrain == "math" else LANG_TRAINABLE)
         args.lr = args.lr or PROFILES["full"].expert_lr[args.retrain]
         args.steps = args.steps or PROFILES["full"].expert_steps[args.retrain]
         tag = args.tag or f"{zoo.name}_{args.retrain}_lr{args.lr:g}_steps{args.steps}"
         zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
-                      trainable)
+                      args.trainable)
     res = balance_search(zoo, args.evals)
     res["variant"] = (None if not args.retrain else
                       {"expert": args.retrain, "lr": args.lr, "steps": args.steps,
-                       "trainable": trainable})
+                       "trainable": args.trainable or "as in the build"})
     out = ROOT / "results" / "bench" / f"zoo_balance_{tag}.json"
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "top5_by_validation"}, indent=2))

@@ -40,7 +40,8 @@ from evomerge.zoo.model import ZooModelConfig, build_tokenizer, factorise, new_m
 from evomerge.zoo.tasks import sample
 from evomerge.zoo.train import Stage, train
 
-__all__ = ["Profile", "PROFILES", "EVAL_TASKS", "build_zoo", "load_manifest", "ZOO_MODELS"]
+__all__ = ["Profile", "PROFILES", "EVAL_TASKS", "build_zoo", "load_manifest", "ZOO_MODELS",
+           "expert_seed", "expert_start"]
 
 EVAL_TASKS = {"add_l1": "A: addition in L1 (math expert)",
               "maxmin_l2": "B: max/min in L2 (lang expert)",
@@ -142,6 +143,22 @@ def load_manifest(zoo: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def expert_seed(seed: int, name: str) -> int:
+    """The seed of expert ``name``'s fine-tune in a zoo built with ``seed``."""
+    return seed * 100 + ZOO_MODELS.index(name)  # math 1, lang 2, sub 3
+
+
+def expert_start(base_dir: Path, seed: int, name: str):
+    """The model expert ``name``'s fine-tune starts from: the base, seeded as the build seeds
+    it (so a re-fine-tune with the same stage reproduces the zoo's expert)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(expert_seed(seed, name))
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    factorise(model)
+    return model
+
+
 def _check_settings(out: Path, manifest: dict, p: Profile) -> None:
     """A zoo built with other training settings (an older evomerge) is not silently reused."""
     want = json.loads(json.dumps(asdict(p)))
@@ -194,12 +211,8 @@ def build_zoo(out: str | Path, seed: int = 0, profile: str = "full",
     base = new_model(p.model, seed)
     factorise(base)
     run("base", base, Stage(_BASE_MIX, p.base_steps, p.base_lr, p.batch), seed)
-    from transformers import LlamaForCausalLM
-    for i, (name, stage) in enumerate(_stages(p).items(), start=1):
-        torch.manual_seed(seed * 100 + i)
-        expert = LlamaForCausalLM.from_pretrained(tmp / "base")
-        factorise(expert)
-        run(name, expert, stage, seed * 100 + i)
+    for name, stage in _stages(p).items():
+        run(name, expert_start(tmp / "base", seed, name), stage, expert_seed(seed, name))
     manifest = {"seed": seed, "profile": profile, "models": list(ZOO_MODELS),
                 "base": "base", "tasks": {t: {"description": d, "files": files[t]}
                                           for t, d in EVAL_TASKS.items()},
