@@ -69,7 +69,7 @@ class EvolveStyle:
 
 
 SINGLE = ("cma", "tpe", "gp", "random", "evolve")
-CMA = {"sigma0": OptimizerConfig().sigma0, "x0": OptimizerConfig().x0}  # evomerge's defaults
+CMA = {k: getattr(OptimizerConfig(), k) for k in ("sigma0", "x0", "diagonal")}  # the defaults
 
 
 def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpoints):
@@ -187,12 +187,16 @@ def main() -> None:
                          "when the stored seed count differs)")
     ap.add_argument("--sigma0", type=float, default=None, help="CMA-ES sigma0 (unit cube)")
     ap.add_argument("--x0", default=None, choices=["center", "uniform"], help="CMA-ES start")
+    ap.add_argument("--diagonal", default=None, choices=["true", "false"],
+                    help="CMA-ES separable (diagonal covariance) or full")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "search_efficiency.json"))
     args = ap.parse_args()
     if args.sigma0 is not None:
         CMA["sigma0"] = args.sigma0
     if args.x0 is not None:
         CMA["x0"] = args.x0
+    if args.diagonal is not None:
+        CMA["diagonal"] = args.diagonal == "true"
     if args.only:
         return rerun_one(args)
     space = make_space(args.zoo, args.limit)

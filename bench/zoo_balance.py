@@ -1,6 +1,6 @@
 """How balanced can a merge of the zoo's two experts get? (criterion (2) of the zoo)
 
-    python bench/zoo_balance.py --zoo zoo [--evals 360]
+    python bench/zoo_balance.py --zoo zoo [--evals 360] [--cma-seeds 1,2]
     python bench/zoo_balance.py --zoo zoo --retrain math --lr 1e-3 --steps 800   # a variant
 
 Searches the default space (``search_spaces/zoo_mixed.yaml``: per-layer TIES / task
@@ -86,9 +86,35 @@ def _key(scores: dict, task: str, metric: str) -> str:
     return next(k for k in scores if task in k and k.endswith(metric))
 
 
-def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
+def _cma_run(seed: int, evals: int, genome: Genome, worker: Worker, em_shares, ta_shares,
+             hist: list, t0: float) -> None:
+    """One CMA-ES run of ``evals`` candidates maximizing the balance objective (appends to
+    ``hist``: objective, validation shares A and B, params)."""
     import cma
 
+    es = cma.CMAEvolutionStrategy(genome.start_point(), 0.2,
+                                  {"bounds": [0, 1], "seed": seed, "popsize": 12, "verbose": -9})
+    stop = len(hist) + evals
+    while len(hist) < stop:
+        xs = es.ask()
+        losses = []
+        for x in xs:
+            params = genome.from_unit(x)
+            r = worker.run(0, genome.recipe(params).to_yaml())
+            if r.scores:
+                a, b = em_shares(r.scores)
+                obj = min(a, b) + 0.3 * min(ta_shares(r.scores))
+            else:  # a failed candidate ranks below every success
+                a, b, obj = 0.0, 0.0, -1.0
+            hist.append((obj, a, b, params))
+            losses.append(-obj)
+        es.tell(xs, losses)
+        best = max(hist, key=lambda h: h[0])
+        print(f"seed {seed}, {len(hist)} evaluations: best validation shares A {best[1]:.2f} "
+              f"B {best[2]:.2f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,)) -> dict:
     space = _space(zoo)
     worker = Worker(space)
     tests = test_evaluators(space)
@@ -103,27 +129,11 @@ def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
         ref = refs[split]
         return scores[keys[0]] / ref["math"][keys[0]], scores[keys[1]] / ref["lang"][keys[1]]
 
-    es = cma.CMAEvolutionStrategy(genome.start_point(), 0.2,
-                                  {"bounds": [0, 1], "seed": seed, "popsize": 12, "verbose": -9})
     hist: list[tuple[float, float, float, dict]] = []
     t0 = time.time()
-    while len(hist) < evals:
-        xs = es.ask()
-        losses = []
-        for x in xs:
-            params = genome.from_unit(x)
-            r = worker.run(0, genome.recipe(params).to_yaml())
-            if r.scores:
-                a, b = shares(r.scores, "validation", em)
-                obj = min(a, b) + 0.3 * min(shares(r.scores, "validation", ta))
-            else:  # a failed candidate ranks below every success
-                a, b, obj = 0.0, 0.0, -1.0
-            hist.append((obj, a, b, params))
-            losses.append(-obj)
-        es.tell(xs, losses)
-        best = max(hist, key=lambda h: h[0])
-        print(f"{len(hist)} evaluations: best validation shares A {best[1]:.2f} "
-              f"B {best[2]:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    for seed in seeds:  # independent CMA-ES runs of ``evals`` each, one pooled history
+        _cma_run(seed, evals, genome, worker, lambda s: shares(s, "validation", em),
+                 lambda s: shares(s, "validation", ta), hist, t0)
     top = sorted(hist, key=lambda h: -h[0])[:5]
     rows = []
     for _, a, b, params in top:
@@ -131,7 +141,7 @@ def balance_search(zoo: Path, evals: int, seed: int = 1) -> dict:
         ta_, tb_ = shares(r.scores, "test", em)
         rows.append({"validation_shares": [a, b], "test_shares": [ta_, tb_],
                      "test_exact_match": [r.scores[em[0]], r.scores[em[1]]], "params": params})
-    return {"zoo": str(zoo), "evaluations": evals,
+    return {"zoo": str(zoo), "evaluations": evals * len(seeds),
             "expert_exact_match": {s: {"math_on_A": refs[s]["math"][em[0]],
                                        "lang_on_B": refs[s]["lang"][em[1]]} for s in refs},
             "top5_by_validation": rows,
@@ -142,6 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
     ap.add_argument("--evals", type=int, default=360)
+    ap.add_argument("--cma-seeds", default="1",
+                    help="comma-separated CMA-ES seeds: one run of --evals each, pooled")
     ap.add_argument("--retrain", choices=["math", "lang"], default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: as in the zoo build")
     ap.add_argument("--steps", type=int, default=None, help="default: as in the zoo build")
@@ -160,7 +172,9 @@ def main() -> None:
         tag = args.tag or f"{zoo.name}_{args.retrain}_lr{args.lr:g}_steps{args.steps}"
         zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
                       args.trainable)
-    res = balance_search(zoo, args.evals)
+    seeds = tuple(int(v) for v in args.cma_seeds.split(","))
+    res = balance_search(zoo, args.evals, seeds)
+    res["cma_seeds"] = list(seeds)
     res["variant"] = (None if not args.retrain else
                       {"expert": args.retrain, "lr": args.lr, "steps": args.steps,
                        "trainable": args.trainable or "as in the build"})

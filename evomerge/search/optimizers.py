@@ -105,6 +105,8 @@ class CmaOptimizer(Optimizer):
         opts = {"bounds": [0.0, 1.0], "seed": self.config.seed + 1, "verbose": -9}
         if self.config.popsize:
             opts["popsize"] = self.config.popsize
+        if self.config.diagonal:
+            opts["CMA_diagonal"] = True
         x0 = (self.genome.start_point() if self.config.x0 == "uniform"
               else np.full(self.genome.dim, 0.5))
         return cma.CMAEvolutionStrategy(x0, self.config.sigma0, opts)

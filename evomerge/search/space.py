@@ -99,6 +99,10 @@ class OptimizerConfig(_Strict):
     # 0.15 uniform 4.20; 0.12 uniform was best after 48 (4.46).
     sigma0: float = Field(0.12, gt=0, le=1)
     x0: Literal["center", "uniform"] = "uniform"
+    # Separable CMA-ES (pycma ``CMA_diagonal``): learn only per-gene step sizes. Its
+    # covariance learning rate is ~dim times larger, which pays off when the budget is a
+    # few generations of a 28+-gene per-layer genome (see README, search efficiency).
+    diagonal: bool = False
     seed: int = 0
 
     @model_validator(mode="after")

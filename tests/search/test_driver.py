@@ -62,6 +62,27 @@ def test_single_objective_optuna_cmaes_and_best_so_far_plot(mini_zoo, tmp_path):
     assert (tmp_path / "t" / "pareto.png").is_file()
 
 
+def test_diagonal_cma_resumes_to_the_same_candidates(mini_zoo, tmp_path):
+    """Separable CMA-ES proposes other points than full CMA-ES (the option reaches pycma),
+    and a study stopped after 6 evaluations resumes to the candidates of a 10-evaluation run."""
+    def hashes(root):
+        return [(t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["recipe_hash"])
+                for t in _study("t", root).get_trials()]
+
+    def space(diagonal, trials):
+        opt = {"name": "cma", "popsize": 4, "seed": 0, "diagonal": diagonal}
+        return load_space(space_dict(mini_zoo, optimizer=opt, budget={"trials": trials}))
+
+    run_search(space(True, 10), results_root=tmp_path / "ref")
+    run_search(space(False, 10), results_root=tmp_path / "full")
+    ref, full = hashes(tmp_path / "ref"), hashes(tmp_path / "full")
+    assert len(ref) == len(full) == 10
+    assert {h for *_, h in ref}.isdisjoint(h for *_, h in full)
+    run_search(space(True, 10), trials=6, results_root=tmp_path / "r")
+    assert run_search(space(True, 10), results_root=tmp_path / "r").evaluations == 10
+    assert hashes(tmp_path / "r") == ref
+
+
 def test_identical_genomes_are_not_evaluated_twice(mini_zoo, tmp_path):
     # 2 layer groups x 3 sources = 9 distinct recipes; ask for 12 evaluations.
     space = load_space(space_dict(mini_zoo, method=None, parameters={}, layer_swap=True,
