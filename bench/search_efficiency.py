@@ -11,8 +11,9 @@ Single objective (weighted sum of the three zoo answer NLLs, per-layer DARE-TIES
   (f) the best uniform recipe of a small grid (one weight / density per expert for all layers)
 Multi-objective (the same three objectives): NSGA-II vs TPE vs random by test hypervolume.
 
-"Held-out" = the test split: at checkpoints the best-so-far candidate (by validation) is
-re-scored on test. Medians over seeds. Writes results/bench/search_efficiency.{json,png}.
+"Held-out" = the test split: at checkpoints the best-so-far candidate (by validation, --limit
+examples per task) is re-scored on the whole test split (500 per task). Medians over seeds.
+Writes results/bench/search_efficiency.{json,png}.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def main() -> None:
     evolve_final = med["evolve"][-1]
     cma_reach = next((checkpoints[i] for i, v in enumerate(med["cma"]) if v <= evolve_final), None)
     res = {"evaluations": args.evals, "seeds": args.seeds, "multi_objective_seeds": args.seeds,
-           "examples_per_task": args.limit,
+           "examples_per_task": args.limit, "test_examples_per_task": "all (500)",
            "checkpoints": checkpoints, "median_test_loss": med, "per_seed_test_loss": curves,
            "best_uniform_test_loss": uniform,
            "cma_evals_to_reach_evolve_final": cma_reach, "cma_config": dict(CMA),
