@@ -44,11 +44,12 @@ from evomerge.search.worker import Worker  # noqa: E402
 
 
 def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
-            trainable: str | None) -> Path:
+            trainable: str | None, mix: dict[str, float] | None = None) -> Path:
     """A copy of ``zoo`` (links) whose ``expert`` is fine-tuned again from its base, with the
     build's data and seed; ``trainable`` is a regex over parameter names, "all", or None for
-    the build's choice."""
-    from evomerge.zoo.build import PROFILES, _stages, expert_seed, expert_start, load_manifest
+    the build's choice; ``mix`` (task -> weight) replaces the expert's own data mix, the
+    build's share of base-mix replay still added."""
+    from evomerge.zoo.build import PROFILES, _replay, _stages, expert_seed, expert_start, load_manifest
     from evomerge.zoo.model import build_tokenizer, save
     from evomerge.zoo.train import train
 
@@ -60,6 +61,8 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
     if (out / expert / "config.json").is_file():
         return out
     stage = replace(_stages(PROFILES["full"])[expert], lr=lr, steps=steps)
+    if mix:
+        stage = replace(stage, mix=_replay(mix))
     if trainable is not None:
         rx = None if trainable == "all" else re.compile(trainable)
         stage = replace(stage, trainable=(lambda n: bool(rx.search(n))) if rx else None)
@@ -69,9 +72,13 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
     return out
 
 
-def _space(zoo: Path):
-    """The default space on ``zoo``: validation 250 examples per task, test the whole split."""
-    return rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_mixed.yaml"), str(zoo))
+DEFAULT_SPACE = ROOT / "search_spaces" / "zoo_mixed.yaml"
+
+
+def _space(zoo: Path, space: Path):
+    """``space`` (default: the shipped zoo_mixed.yaml) on ``zoo``: validation 250 examples per
+    task, test the whole split."""
+    return rebase_zoo(load_space(space), str(zoo))
 
 
 def _score(path: Path, evaluators: dict) -> dict[str, float]:
@@ -110,8 +117,9 @@ def _cma_run(seed: int, evals: int, genome: Genome, worker: Worker, em_shares, t
               f"B {best[2]:.2f} ({time.time() - t0:.0f} s)", flush=True)
 
 
-def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,)) -> dict:
-    space = _space(zoo)
+def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,),
+                   space_file: Path = DEFAULT_SPACE) -> dict:
+    space = _space(zoo, space_file)
     worker = Worker(space)
     tests = test_evaluators(space)
     genome = Genome(space, worker.materializer.num_layers)
@@ -150,11 +158,16 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=360)
     ap.add_argument("--cma-seeds", default="1",
                     help="comma-separated CMA-ES seeds: one run of --evals each, pooled")
+    ap.add_argument("--space", default=str(DEFAULT_SPACE),
+                    help="search space YAML whose recipes are searched (default: zoo_mixed)")
     ap.add_argument("--retrain", choices=["math", "lang"], default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: as in the zoo build")
     ap.add_argument("--steps", type=int, default=None, help="default: as in the zoo build")
     ap.add_argument("--trainable", default=None,
                     help="regex over parameter names ('all'); default: as in the zoo build")
+    ap.add_argument("--mix", default=None,
+                    help="the expert's own data mix, e.g. add_l1=1,maxmin_l1=0.2 (plus the "
+                         "build's replay); default: as in the zoo build")
     ap.add_argument("--variants-dir", default=str(ROOT / "build" / "zoo_variants"))
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
@@ -166,14 +179,18 @@ def main() -> None:
         args.lr = args.lr or PROFILES["full"].expert_lr[args.retrain]
         args.steps = args.steps or PROFILES["full"].expert_steps[args.retrain]
         tag = args.tag or f"{zoo.name}_{args.retrain}_lr{args.lr:g}_steps{args.steps}"
+        mix = ({k: float(v) for k, v in (kv.split("=") for kv in args.mix.split(","))}
+               if args.mix else None)
         zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
-                      args.trainable)
+                      args.trainable, mix)
     seeds = tuple(int(v) for v in args.cma_seeds.split(","))
-    res = balance_search(zoo, args.evals, seeds)
+    res = balance_search(zoo, args.evals, seeds, Path(args.space))
     res["cma_seeds"] = list(seeds)
+    res["space"] = os.path.relpath(Path(args.space).resolve(), ROOT)
     res["variant"] = (None if not args.retrain else
                       {"expert": args.retrain, "lr": args.lr, "steps": args.steps,
-                       "trainable": args.trainable or "as in the build"})
+                       "trainable": args.trainable or "as in the build",
+                       "mix": args.mix or "as in the build"})
     out = ROOT / "results" / "bench" / f"zoo_balance_{tag}.json"
     out.write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "top5_by_validation"}, indent=2))

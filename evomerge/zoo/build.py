@@ -67,10 +67,16 @@ class Profile:
     expert_steps: dict[str, int] = field(default_factory=lambda: {"math": 500, "lang": 300,
                                                                     "sub": 400})
     base_lr: float = 3e-3
-    # math learns at 1.5e-3: at 2e-3 its task vector grew so large that no merge kept half of
-    # both experts' scores on seed 0 (README, "Designs tried").
-    expert_lr: dict[str, float] = field(default_factory=lambda: {"math": 1.5e-3, "lang": 2e-3,
+    expert_lr: dict[str, float] = field(default_factory=lambda: {"math": 2e-3, "lang": 2e-3,
                                                                  "sub": 2e-3})
+    # Each expert's own data mix (task -> weight), before 20% replay of the base mix. math
+    # also replays L1 max/min, the circuit lang's task B builds on: without it math's drift
+    # broke that circuit and no merge kept half of both experts' scores on seed 0 (README,
+    # "Designs tried").
+    expert_mix: dict[str, dict[str, float]] = field(default_factory=lambda: {
+        "math": {"add_l1": 0.8, "maxmin_l1": 0.2},
+        "lang": {"maxmin_l2": 0.6, "to_l2": 0.2, "to_l1": 0.2},
+        "sub": {"sub_l1": 1.0}})
     batch: int = 64
     eval_examples: int = 500  # per task and split
 
@@ -91,14 +97,9 @@ def _lang_trainable(layers: int) -> Callable[[str], bool]:
 
 
 def _stages(p: Profile) -> dict[str, Stage]:
-    return {
-        "math": Stage(_replay({"add_l1": 1}), p.expert_steps["math"], p.expert_lr["math"],
-                      p.batch),
-        "lang": Stage(_replay({"maxmin_l2": 0.6, "to_l2": 0.2, "to_l1": 0.2}),
-                      p.expert_steps["lang"], p.expert_lr["lang"], p.batch,
-                      trainable=_lang_trainable(p.model.layers)),
-        "sub": Stage(_replay({"sub_l1": 1}), p.expert_steps["sub"], p.expert_lr["sub"], p.batch),
-    }
+    trainable = {"lang": _lang_trainable(p.model.layers)}  # the others train everything
+    return {e: Stage(_replay(p.expert_mix[e]), p.expert_steps[e], p.expert_lr[e], p.batch,
+                     trainable=trainable.get(e)) for e in ("math", "lang", "sub")}
 
 
 def _write_tasks(root: Path, p: Profile, seed: int) -> dict[str, dict[str, str]]:

@@ -62,9 +62,13 @@ def test_zoo_built_with_other_settings_is_not_reused(mini_zoo, tmp_path):
     old = tmp_path / "zoo"
     shutil.copytree(mini_zoo, old)
     manifest = json.loads((old / "zoo.json").read_text())
-    manifest["profile_settings"]["expert_lr"]["math"] = 2e-3  # as an older evomerge built it
+    del manifest["profile_settings"]["expert_mix"]  # as an older evomerge built it
     (old / "zoo.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match=r"built with expert_lr=.*'math': 0\.002.*delete"):
+    with pytest.raises(ConfigError, match=r"built with expert_mix=None.*'maxmin_l1': 0\.2.*delete"):
+        build_zoo(old, seed=0, profile="mini")
+    manifest["profile_settings"]["expert_lr"]["math"] = 1.5e-3
+    (old / "zoo.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"built with expert_lr=.*'math': 0\.0015.*delete"):
         build_zoo(old, seed=0, profile="mini")
 
 
