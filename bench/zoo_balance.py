@@ -2,9 +2,11 @@
 
     python bench/zoo_balance.py --zoo zoo [--evals 360] [--cma-seeds 1,2]
     python bench/zoo_balance.py --zoo zoo --retrain math --lr 1e-3 --steps 800   # a variant
+    python bench/zoo_balance.py --zoo zoo --retrain math --mix add_l1=1            # other data
+    python bench/zoo_balance.py --zoo zoo --space bench/spaces/zoo_mixed_per_layer.yaml
 
 Searches the default space (``search_spaces/zoo_mixed.yaml``: per-layer TIES / task
-arithmetic + layer swaps) with CMA-ES for the merge whose *worse* share of an expert's own
+arithmetic + layer swaps; ``--space`` another) with CMA-ES for the merge whose *worse* share of an expert's own
 exact match is highest on the validation split:
 
     objective = min(EM_A(merge) / EM_A(math), EM_B(merge) / EM_B(lang))
