@@ -6,8 +6,8 @@
     python bench/zoo_balance.py --zoo zoo --space bench/spaces/zoo_mixed_per_layer.yaml
 
 Searches the default space (``search_spaces/zoo_mixed.yaml``: per-layer TIES / task
-arithmetic + layer swaps; ``--space`` another) with CMA-ES for the merge whose *worse* share of an expert's own
-exact match is highest on the validation split:
+arithmetic + layer swaps; ``--space`` another) with CMA-ES for the merge whose *worse*
+share of an expert's own exact match is highest on the validation split:
 
     objective = min(EM_A(merge) / EM_A(math), EM_B(merge) / EM_B(lang))
                 + 0.3 * min(TA_A(merge) / TA_A(math), TA_B(merge) / TA_B(lang))
