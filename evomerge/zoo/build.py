@@ -8,7 +8,9 @@ Layout of a finished zoo::
     DIR/tasks/zoo_<task>[_gen]_<split>.yaml        lm-eval tasks (log-likelihood / generation)
 
 The base is pretrained on counting, copying, the L1<->L2 dictionary and L1 max/min (no
-arithmetic). Experts fine-tune the base: ``math`` learns L1 addition (task A); ``lang`` learns
+arithmetic). Experts fine-tune the base: ``math`` learns L1 addition (task A) and replays L1
+max/min, the circuit ``lang`` builds on (without it no merge kept half of both experts' scores
+on seed 0); ``lang`` learns
 L2 max/min and translation (task B) with only its embeddings, head, first and last blocks
 trainable (a partial fine-tune, as practitioners often do: its change sits in particular
 layers, which layer-swap genes can find); ``sub`` learns L1 subtraction (a third expert for
