@@ -9,15 +9,15 @@ Layout of a finished zoo::
 
 The base is pretrained on counting, copying, the L1<->L2 dictionary and L1 max/min (no
 arithmetic). Experts fine-tune the base: ``math`` learns L1 addition (task A) and replays L1
-max/min, the circuit ``lang`` builds on (without it no merge kept half of both experts' scores
-on seed 0); ``lang`` learns
-L2 max/min and translation (task B) with only its embeddings, head, first and last blocks
-trainable (a partial fine-tune, as practitioners often do: its change sits in particular
-layers, which layer-swap genes can find); ``sub`` learns L1 subtraction (a third expert for
-3-way merges). A math expert restricted to the middle blocks was tried: it reached 11.8%
-exact match on A instead of 59.6%, and swapping its middle into lang then equals task
-arithmetic (the changes are disjoint) at 3.8% A / 23.6% B, so math trains everything. Nobody sees L2
-addition (task C), the composite a merge has to discover.
+max/min, the circuit ``lang`` builds on (without it no merge kept half of both experts'
+scores on seed 0); ``lang`` learns L2 max/min and translation (task B) with only its
+embeddings, head, first and last blocks trainable (a partial fine-tune, as practitioners
+often do: its change sits in particular layers, which layer-swap genes can find); ``sub``
+learns L1 subtraction (a third expert for 3-way merges). A math expert restricted to the
+middle blocks was tried: it reached 11.8% exact match on A instead of 59.6%, and swapping
+its middle into lang then equals task arithmetic (the changes are disjoint) at 3.8% A /
+23.6% B, so math trains everything. Nobody sees L2 addition (task C), the composite a merge
+has to discover.
 
 The build happens in ``DIR.partial`` and is renamed into place when complete: an interrupted
 build leaves no zoo behind and the next call starts over cleanly; a finished zoo with the same
