@@ -3,7 +3,7 @@
     python bench/zoo_balance.py --zoo zoo [--evals 360] [--cma-seeds 1,2]
     python bench/zoo_balance.py --zoo zoo --retrain math --lr 1e-3 --steps 800   # a variant
     python bench/zoo_balance.py --zoo zoo --retrain math --mix add_l1=1            # other data
-    python bench/zoo_balance.py --zoo zoo --space bench/spaces/zoo_mixed_per_layer.yaml
+    python bench/zoo_balance.py --zoo zoo --layers-per-group 1                   # finer space
 
 Searches the default space (``search_spaces/zoo_mixed.yaml``: per-layer TIES / task
 arithmetic + layer swaps; ``--space`` another) with CMA-ES for the merge whose *worse*
@@ -51,7 +51,7 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
     build's data and seed; ``trainable`` is a regex over parameter names, "all", or None for
     the build's choice; ``mix`` (task -> weight) replaces the expert's own data mix, the
     build's share of base-mix replay still added."""
-    from evomerge.zoo.build import PROFILES, _replay, _stages, expert_seed, expert_start, load_manifest
+    from evomerge.zoo.build import PROFILES, _stages, expert_seed, expert_start, load_manifest
     from evomerge.zoo.model import build_tokenizer, save
     from evomerge.zoo.train import train
 
@@ -62,9 +62,11 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
             os.symlink((zoo / entry).resolve(), out / entry)
     if (out / expert / "config.json").is_file():
         return out
-    stage = replace(_stages(PROFILES["full"])[expert], lr=lr, steps=steps)
-    if mix:
-        stage = replace(stage, mix=_replay(mix))
+    full = PROFILES["full"]  # the build's profile, with this expert's settings replaced
+    variant = replace(full, expert_lr={**full.expert_lr, expert: lr},
+                      expert_steps={**full.expert_steps, expert: steps},
+                      expert_mix={**full.expert_mix, expert: mix or full.expert_mix[expert]})
+    stage = _stages(variant)[expert]
     if trainable is not None:
         rx = None if trainable == "all" else re.compile(trainable)
         stage = replace(stage, trainable=(lambda n: bool(rx.search(n))) if rx else None)
@@ -75,12 +77,6 @@ def retrain(zoo: Path, out: Path, expert: str, lr: float, steps: int,
 
 
 DEFAULT_SPACE = ROOT / "search_spaces" / "zoo_mixed.yaml"
-
-
-def _space(zoo: Path, space: Path):
-    """``space`` (default: the shipped zoo_mixed.yaml) on ``zoo``: validation 250 examples per
-    task, test the whole split."""
-    return rebase_zoo(load_space(space), str(zoo))
 
 
 def _score(path: Path, evaluators: dict) -> dict[str, float]:
@@ -120,8 +116,14 @@ def _cma_run(seed: int, evals: int, genome: Genome, worker: Worker, em_shares, t
 
 
 def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,),
-                   space_file: Path = DEFAULT_SPACE) -> dict:
-    space = _space(zoo, space_file)
+                   space_file: Path = DEFAULT_SPACE, layers_per_group: int | None = None) -> dict:
+    """``space_file`` on ``zoo`` (its evaluators as the YAML says: the shipped spaces search
+    250 validation examples per task and report on the whole test split), optionally with
+    one coefficient set per ``layers_per_group`` layers."""
+    space = load_space(space_file)
+    gran = ({} if layers_per_group is None else
+            {"granularity": {**space.granularity.model_dump(), "layers_per_group": layers_per_group}})
+    space = rebase_zoo(space, str(zoo), **gran)
     worker = Worker(space)
     tests = test_evaluators(space)
     genome = Genome(space, worker.materializer.num_layers)
@@ -162,6 +164,8 @@ def main() -> None:
                     help="comma-separated CMA-ES seeds: one run of --evals each, pooled")
     ap.add_argument("--space", default=str(DEFAULT_SPACE),
                     help="search space YAML whose recipes are searched (default: zoo_mixed)")
+    ap.add_argument("--layers-per-group", type=int, default=None,
+                    help="override the space's granularity (e.g. 1: a set per layer)")
     ap.add_argument("--retrain", choices=["math", "lang"], default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: as in the zoo build")
     ap.add_argument("--steps", type=int, default=None, help="default: as in the zoo build")
@@ -186,9 +190,10 @@ def main() -> None:
         zoo = retrain(zoo, Path(args.variants_dir) / tag, args.retrain, args.lr, args.steps,
                       args.trainable, mix)
     seeds = tuple(int(v) for v in args.cma_seeds.split(","))
-    res = balance_search(zoo, args.evals, seeds, Path(args.space))
+    res = balance_search(zoo, args.evals, seeds, Path(args.space), args.layers_per_group)
     res["cma_seeds"] = list(seeds)
     res["space"] = os.path.relpath(Path(args.space).resolve(), ROOT)
+    res["layers_per_group"] = args.layers_per_group or "as in the space"
     res["variant"] = (None if not args.retrain else
                       {"expert": args.retrain, "lr": args.lr, "steps": args.steps,
                        "trainable": args.trainable or "as in the build",
