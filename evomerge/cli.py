@@ -96,7 +96,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         **_ray_options(args))
+                         offload=args.offload, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -106,7 +106,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = resume(args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         **_ray_options(args))
+                         offload=args.offload, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -272,6 +272,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds per candidate")
     p.add_argument("--max-retries", type=int, default=None,
                    help="re-dispatches of a candidate whose actor died")
+    p.add_argument("--offload", action="store_true",
+                   help="keep source models in host memory, stream them to the device per "
+                        "tensor (device memory ~ one model)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -1,39 +1,47 @@
-"""Fused task-vector kernel for the resident materializer (torch.compile / Inductor).
+"""Per-tensor merge engine shared by the streaming merge and the resident materializer.
 
-Eager TIES makes ~30 full passes over memory per tensor (abs, compare, multiply, sign, ...),
-about 80x the cost of copying the output. Given thresholds read from magnitudes sorted once
-per task vector, everything else is element-wise, so one compiled loop reads base + M task
-vectors and writes the output once: the memory-bound floor of (M + 2) / 2 copies.
+Both paths hand every output tensor to one :class:`TensorEngine`, so a recipe evaluated in
+memory during the search and the same recipe built by ``evomerge merge`` run the same
+arithmetic: inputs are cast to the recipe's ``dtype`` (the compute dtype, mergekit's meaning),
+merged, and cast once to the output dtype when written.
 
-The kernel computes, per entry (same math as :func:`evomerge.methods.task_arithmetic.
-merge_task_vectors` for sparsify in {none, magnitude, magnitude_outliers}, consensus in
-{none, sum}, rescale off)::
+Task arithmetic, TIES and breadcrumbs run through one fused element-wise kernel (compiled with
+``torch.compile`` where the engine is told to compile), which reads the base and the M experts
+once and computes, per entry (TIES steps 1-3, Yadav et al. 2023)::
 
-    k_i    = w_i d_i  if lo_i <= |d_i| <= hi_i  else 0          trim (TIES step 1)
-    pos    = sum_i k_i >= 0                                       elect (TIES step 2)
+    d_i    = e_i - b                                              task vector, compute dtype
+    k_i    = w_i d_i  if lo_i <= |d_i| <= hi_i  else 0           trim (step 1)
+    pos    = sum_i k_i >= 0                                       elect (step 2)
     a_i    = (k_i > 0) if pos else (k_i < 0)                      agreement (zeros never agree)
     mixed  = sum_i a_i k_i,  div = sum_i a_i w_i                  disjoint merge (step 3)
-    out    = base + lambda * mixed / div (div = 1 where 0)
+    out    = b + lambda * mixed / div (div = 1 where 0; no division unless normalize)
 
-Models are unrolled at trace time, so Inductor emits a single vectorized loop; shapes are
-dynamic (inputs are flattened), so one compilation serves every tensor of a model.
+The trim thresholds lo_i/hi_i are exact order statistics of |d_i| (:mod:`evomerge.select`);
+entries equal to a threshold are kept. When compiled, the kernel takes a sampled bracket of
+each threshold instead, counts the entries below it and marks the entries inside it with NaN;
+only those few are recomputed with the exact thresholds (same element-wise code, eagerly).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
 from evomerge.methods import MergeMethod
+from evomerge.select import (EXACT_BELOW, MagnitudeSample, kth_smallest, select_in_bracket,
+                             threshold_ranks)
 
-__all__ = ["fusable", "thresholds", "task_vector_kernel", "linear_kernel", "FusedKernel"]
+__all__ = ["fusable", "task_vector_kernel", "linear_kernel", "FusedKernel", "TensorEngine"]
 
 log = logging.getLogger(__name__)
 
 _SPARSIFY = (None, "magnitude", "magnitude_outliers")
 _CONSENSUS = (None, "sum")
+_INF = math.inf
+Fetch = Callable[[str, str], torch.Tensor]
 
 
 def fusable(method: MergeMethod, shared: dict) -> str | None:
@@ -48,40 +56,32 @@ def fusable(method: MergeMethod, shared: dict) -> str | None:
     return "task_vectors" if ok else None
 
 
-def thresholds(sparsify: str | None, sorted_mag: torch.Tensor, density: float,
-               gamma: float = 0.01) -> tuple[float, float]:
-    """Kept magnitude range [lo, hi] of one task vector, from its ascending sorted magnitudes.
-
-    Matches :mod:`evomerge.methods.sparsify`: magnitude keeps k = max(1, int(density n))
-    largest; breadcrumbs keeps ranks [n_bot, n_bot + int(density n)).
-    """
-    inf = float("inf")
-    if sparsify is None or density >= 1:
-        return 0.0, inf
-    n = sorted_mag.numel()
-    if sparsify == "magnitude":
-        if density <= 0:
-            return inf, inf
-        return float(sorted_mag[n - max(1, int(density * n))]), inf
-    target = int(density * n)
-    if target <= 0:
-        return inf, inf
-    n_bot = max(0, n - target - int(gamma * n))
-    return float(sorted_mag[n_bot]), float(sorted_mag[n_bot + target - 1])
-
-
-def task_vector_kernel(out: torch.Tensor, base: torch.Tensor, deltas: Sequence[torch.Tensor],
-                       lo: torch.Tensor, hi: torch.Tensor, w: torch.Tensor, lam: torch.Tensor,
-                       normalize: bool, consensus: bool) -> None:
-    """Write the merge into ``out`` (all tensors flat, shape (N,); lo/hi/w shape (M,))."""
-    kept = []
-    for i, d in enumerate(deltas):
+def task_vector_kernel(out: torch.Tensor, counts: torch.Tensor, base: torch.Tensor,
+                       experts: Sequence[torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
+                       br: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, normalize: bool,
+                       consensus: bool) -> None:
+    """Write the merge into ``out`` (module docstring). Flat tensors: out, base, experts (N,);
+    lo, hi, w (M,) and lam () in the compute dtype; br (4M,) brackets [a_lo, b_lo, a_hi, b_hi]
+    per expert (inf: none). Entries inside a bracket are written as NaN, and ``counts`` (4M,)
+    receives, per expert, [#|d| < a_lo, #in lo bracket, #|d| < a_hi, #in hi bracket]."""
+    cd = w.dtype
+    b = base.to(cd)
+    kept, cnt = [], []
+    undecided = None
+    for i, e in enumerate(experts):
+        d = e.to(cd) - b
         mag = d.abs()
         kept.append(torch.where((mag >= lo[i]) & (mag <= hi[i]), d * w[i], 0.0))
+        in_lo = (mag >= br[4 * i]) & (mag <= br[4 * i + 1])
+        in_hi = (mag >= br[4 * i + 2]) & (mag <= br[4 * i + 3])
+        u = in_lo | in_hi
+        undecided = u if undecided is None else undecided | u
+        cnt += [(mag < br[4 * i]).sum(), in_lo.sum(), (mag < br[4 * i + 2]).sum(), in_hi.sum()]
+    counts.copy_(torch.stack(cnt))
     if consensus:
         pos = sum(kept) >= 0
-        mixed = torch.zeros_like(base)
-        div = torch.zeros_like(base)
+        mixed = torch.zeros_like(b)
+        div = torch.zeros_like(b)
         for i, k in enumerate(kept):
             agree = torch.where(pos, k > 0, k < 0)
             mixed = mixed + torch.where(agree, k, 0.0)
@@ -93,15 +93,17 @@ def task_vector_kernel(out: torch.Tensor, base: torch.Tensor, deltas: Sequence[t
         div = torch.where(total.abs() < 1e-8, 1.0, total)
     if normalize:
         mixed = mixed / div
-    out.copy_(base + lam * mixed)
+    out.copy_(torch.where(undecided, math.nan, b + lam * mixed))
 
 
 def linear_kernel(out: torch.Tensor, tensors: Sequence[torch.Tensor], w: torch.Tensor,
                   normalize: bool) -> None:
-    """Weighted soup into ``out``: sum_i w_i x_i (/ sum_i w_i); flat tensors, w shape (M,)."""
-    acc = tensors[0] * w[0]
+    """Weighted soup into ``out``: sum_i w_i x_i (/ sum_i w_i); flat tensors, w (M,) in the
+    compute dtype."""
+    cd = w.dtype
+    acc = tensors[0].to(cd) * w[0]
     for i in range(1, len(tensors)):
-        acc = acc + tensors[i] * w[i]
+        acc = acc + tensors[i].to(cd) * w[i]
     if normalize:
         acc = acc / w.sum()
     out.copy_(acc)
@@ -118,9 +120,11 @@ class FusedKernel:
 
     def __init__(self, compile: bool = True, fn=task_vector_kernel) -> None:
         self._fn = fn
-        self._compiled = None
-        if compile:
-            self._compiled = torch.compile(fn, dynamic=True)
+        self._compiled = torch.compile(fn, dynamic=True) if compile else None
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
 
     def __call__(self, *args: object, **kwargs: object) -> None:
         if self._compiled is not None:
@@ -130,3 +134,127 @@ class FusedKernel:
                 log.warning("torch.compile failed (%s); using the eager kernel.", exc)
                 self._compiled = None
         return self._fn(*args, **kwargs)
+
+
+class TensorEngine:
+    """Computes one output tensor of a plan into a preallocated ``out``.
+
+    Args:
+        compile: compile the fused kernels; with it, magnitude thresholds are found from
+            sampled brackets (cached per source tensor for the engine's life) instead of a
+            full selection per tensor. Results are identical either way (tested).
+    """
+
+    def __init__(self, compile: bool = True) -> None:
+        self._tv = FusedKernel(compile, task_vector_kernel)
+        self._linear = FusedKernel(compile, linear_kernel)
+        self._samples: dict[tuple[str, str, str], MagnitudeSample] = {}
+
+    def run(self, task, method: MergeMethod, fetch: Fetch, compute_dtype: torch.dtype | None,
+            out: torch.Tensor) -> None:
+        """Merge ``task`` into ``out`` (cast once to ``out.dtype``). ``fetch(model, name)``
+        returns a source tensor as stored, on the compute device."""
+        from evomerge.plan import execute
+
+        kind = fusable(method, task.shared) if task.inputs else None
+        if kind == "task_vectors" and task.base is not None:
+            self._task_vectors(task, method, fetch, compute_dtype, out.view(-1))
+        elif kind == "linear":
+            tensors = [fetch(*r).reshape(-1) for r in task.inputs]
+            w = torch.tensor(task.per_model["weight"], device=out.device,
+                             dtype=compute_dtype or tensors[0].dtype)
+            self._linear(out.view(-1), tensors, w, bool(task.shared.get("normalize")))
+        else:
+            def cast(model: str, name: str) -> torch.Tensor:
+                t = fetch(model, name)
+                return t if compute_dtype is None else t.to(compute_dtype)
+            out.copy_(execute(task, method, cast))
+
+    def _task_vectors(self, task, method: MergeMethod, fetch: Fetch,
+                      compute_dtype: torch.dtype | None, out: torch.Tensor) -> None:
+        sparsify, consensus = method.composition
+        base = fetch(*task.base).reshape(-1)
+        experts = [fetch(*r).reshape(-1) for r in task.inputs]
+        cd, dev, n, m = compute_dtype or base.dtype, out.device, base.numel(), len(experts)
+        density = task.per_model.get("density", (1.0,) * m)
+        gamma = task.per_model.get("gamma", (0.01,) * m)
+        ranks = [threshold_ranks(sparsify, n, density[i], gamma[i]) for i in range(m)]
+        w = torch.tensor(task.per_model["weight"], device=dev, dtype=cd)
+        lam = torch.tensor(task.shared.get("lambda", 1.0), device=dev, dtype=cd)
+        flags = (w, lam, bool(task.shared.get("normalize")), consensus is not None)
+        counts = torch.empty(4 * m, dtype=torch.int64, device=dev)
+        no_br = torch.full((4 * m,), _INF, device=dev, dtype=cd)
+        sparse = any(r != (None, None) for r in ranks)
+        if not (self._tv.compiled and sparse and n >= EXACT_BELOW):
+            lo, hi = self._exact(ranks, base, experts, cd)
+            self._tv(out, counts, base, experts, lo, hi, no_br, *flags)
+            return
+        samples = [self._sample(task, i, experts[i], base, cd) for i in range(m)]
+        brackets = [[s.bracket(r) if r else (_INF, _INF) for r in rk]
+                    for s, rk in zip(samples, ranks)]
+        br = torch.tensor([v for pair in brackets for ab in pair for v in ab], device=dev, dtype=cd)
+        lo = torch.tensor([_bound(rk[0], ab[0][0], 0.0) for rk, ab in zip(ranks, brackets)],
+                          device=dev, dtype=cd)
+        hi = torch.tensor([_bound(rk[1], ab[1][1], _INF) for rk, ab in zip(ranks, brackets)],
+                          device=dev, dtype=cd)
+        self._tv(out, counts, base, experts, lo, hi, br, *flags)
+        idx = torch.isnan(out).nonzero().squeeze(1)
+        sub_base, sub_experts = base[idx], [e[idx] for e in experts]
+        exact = self._refine(ranks, brackets, counts.tolist(), sub_base, sub_experts, cd)
+        if exact is None:  # a bracket missed (or NaNs): select over the whole tensor instead
+            lo, hi = self._exact(ranks, base, experts, cd)
+            self._tv(out, counts, base, experts, lo, hi, no_br, *flags)
+            return
+        sub_out = torch.empty(idx.numel(), dtype=out.dtype, device=dev)
+        task_vector_kernel(sub_out, counts, sub_base, sub_experts, *exact, no_br, *flags)
+        out[idx] = sub_out
+
+    def _sample(self, task, i: int, expert: torch.Tensor, base: torch.Tensor,
+                cd: torch.dtype) -> MagnitudeSample:
+        key = (task.inputs[i][0], task.base[0], task.inputs[i][1], str(cd))
+        if key not in self._samples:
+            self._samples[key] = MagnitudeSample(expert, base, cd, task.inputs[i][1])
+        return self._samples[key]
+
+    @staticmethod
+    def _exact(ranks, base: torch.Tensor, experts: Sequence[torch.Tensor],
+               cd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact thresholds by selection over each full |d_i| (one tensor of workspace)."""
+        lo, hi = [], []
+        b = base.to(cd)
+        for (r_lo, r_hi), e in zip(ranks, experts):
+            mag = (e.to(cd) - b).abs() if r_lo else None
+            lo.append(_INF if r_lo == 0 else kth_smallest(mag, r_lo) if r_lo else 0.0)
+            hi.append(_INF if r_hi == 0 else kth_smallest(mag, r_hi) if r_hi else _INF)
+        return (torch.tensor(lo, device=base.device, dtype=cd),
+                torch.tensor(hi, device=base.device, dtype=cd))
+
+    @staticmethod
+    def _refine(ranks, brackets, counts: list[int], sub_base: torch.Tensor,
+                sub_experts: Sequence[torch.Tensor], cd: torch.dtype):
+        """Exact thresholds from the flagged entries, or None if a bracket missed."""
+        lo, hi = [], []
+        b = sub_base.to(cd)
+        for i, ((r_lo, r_hi), pair, e) in enumerate(zip(ranks, brackets, sub_experts)):
+            mag = (e.to(cd) - b).abs()
+            found = []
+            for j, (r, (a, bb)) in enumerate(zip((r_lo, r_hi), pair)):
+                if not r:
+                    found.append((_INF if r == 0 else 0.0) if j == 0 else _INF)
+                    continue
+                v = select_in_bracket(mag, a, bb, counts[4 * i + 2 * j],
+                                      counts[4 * i + 2 * j + 1], r)
+                if v is None:
+                    return None
+                found.append(v)
+            lo.append(found[0])
+            hi.append(found[1])
+        dev = sub_base.device
+        return torch.tensor(lo, device=dev, dtype=cd), torch.tensor(hi, device=dev, dtype=cd)
+
+
+def _bound(rank: int | None, inside: float, unbounded: float) -> float:
+    """A provisional threshold: any value inside the bracket decides every entry outside it."""
+    if rank is None:
+        return unbounded
+    return _INF if rank == 0 else inside

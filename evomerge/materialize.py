@@ -1,27 +1,36 @@
 """In-memory materializer: the search calls this thousands of times, so it never touches disk.
 
-It loads every source model once onto a device, keeps task vectors (and their sorted
-magnitudes, for magnitude-based trimming) when the method uses them, and writes each new
-recipe's merged weights into one resident ``PreTrainedModel`` in place::
+It reads every source model once and keeps, per worker, exactly (M + 2) model copies for a
+base and M experts: the base, each expert (as stored: an expert is base + task vector, and the
+task vector is computed per tensor inside the merge kernel, never kept), and one output model
+that each recipe's merged weights are written into in place::
 
     mat = Materializer(["zoo/base", "zoo/expert_a", "zoo/expert_b"], base_model="zoo/base")
     model = mat.materialize(recipe)      # same object every call, new weights
     logits = model(input_ids).logits
+
+The output model is built from its config with parameters on the meta device and then given
+storage once, so it never costs a second load of the base. With ``offload`` the sources stay in
+host memory (pinned when CUDA is present) and stream tensor by tensor to the device, where only
+the output model and one tensor's workspace live. Every tensor goes through the same
+:class:`~evomerge.fused.TensorEngine` as ``evomerge merge``, in the recipe's compute ``dtype``
+and cast once to the resident dtype, so the weights scored here are the weights export builds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.fused import FusedKernel, fusable, linear_kernel, thresholds
-from evomerge.plan import MergePlan, TensorTask, build_plan, execute
+from evomerge.fused import TensorEngine
+from evomerge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
-from evomerge.sources import ModelSource
+from evomerge.sources import ModelSource, torch_dtype
 
-__all__ = ["Materializer", "resolve_device"]
+__all__ = ["Materializer", "resolve_device", "empty_model"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -31,64 +40,94 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+@contextmanager
+def _parameters_on_meta():
+    """Create parameters on the meta device (no memory) and buffers for real: rotary
+    frequencies and other non-persistent buffers are computed at construction and are not in
+    any checkpoint, so they must not be left empty."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":  # tying re-registers a meta one
+            module._parameters[name] = torch.nn.Parameter(
+                param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def empty_model(path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The model of ``path``'s config with uninitialised parameters of ``dtype`` on ``device``
+    (tied parameters stay one tensor) and real buffers; one model's bytes, no weights read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with _parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    storage: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in module._parameters.items():
+            if p is not None:
+                if id(p) not in storage:
+                    storage[id(p)] = torch.nn.Parameter(
+                        torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False)
+                module._parameters[name] = storage[id(p)]
+        for name, b in module._buffers.items():
+            if b is not None:
+                module._buffers[name] = b.to(device)
+    return model.eval()
+
+
 class Materializer:
     """Resident source weights + one resident model, overwritten per recipe.
 
     Args:
         models: every model a recipe may reference (paths as written in recipes).
         base_model: the shared base; also the template for the resident model's config.
-        device: "cpu", "cuda", "cuda:N" or "auto".
-        dtype: dtype for resident weights (default: as stored).
-        cache_task_vectors: keep ``model - base`` for task-vector methods (memory for speed).
-        fused: run task arithmetic / TIES / breadcrumbs through the fused kernel
-            (:mod:`evomerge.fused`), compiled with ``torch.compile`` when ``compile`` is true.
+        device: where merges run and the resident model lives: "cpu", "cuda", "cuda:N", "auto".
+        dtype: the resident (output) model's dtype; default: the base's stored dtype. A recipe
+            whose output dtype (``out_dtype``, else ``dtype``, else the sources') differs is
+            refused, since the model it scores would not be the model export builds.
+        offload: keep the sources in host memory (pinned with CUDA) and stream them to
+            ``device`` per tensor; device memory is then one model plus a tensor's workspace.
+        compile: compile the fused kernels with ``torch.compile``.
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
-                 cache_task_vectors: bool = True, fused: bool = True,
-                 compile: bool = True) -> None:
-        from transformers import AutoModelForCausalLM  # heavy import, only when used
-
+                 offload: bool = False, compile: bool = True) -> None:
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
         self.device = resolve_device(device)
-        self.dtype = dtype
         self.base_model = base_model
+        self.offload = offload
         self.sources = {ref: ModelSource(ref) for ref in refs}
-        self._weights = {ref: {n: src.get(n, self.device, dtype) for n in src.names}
-                         for ref, src in self.sources.items()}
         template = self.sources[refs[0]]
-        self.model = AutoModelForCausalLM.from_pretrained(
-            template.path, dtype=dtype or "auto").to(self.device).eval()
+        self.dtype = dtype or template.stored_dtype
+        store = torch.device("cpu") if offload else self.device
+        pin = offload and self.device.type == "cuda"
+        self._weights = {ref: self._load(src, store, pin) for ref, src in self.sources.items()}
+        self.model = empty_model(str(template.path), self.dtype, self.device)
         self._params = self.model.state_dict(keep_vars=True)
         self._expected = set(template.names)  # what every recipe must write, no more, no less
         self.num_layers = template.num_layers
-        self._cache = cache_task_vectors
-        self._deltas: dict[tuple[str, str, str], torch.Tensor] = {}
-        self._sorted: dict[tuple[str, str, str], torch.Tensor] = {}
-        self._kernels = ({"task_vectors": FusedKernel(compile),
-                          "linear": FusedKernel(compile, fn=linear_kernel)} if fused else {})
+        self._engine = TensorEngine(compile)
+
+    @staticmethod
+    def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
+        weights = {}
+        for name in src.names:
+            t = src.get(name, store)
+            weights[name] = t.pin_memory() if pin else t
+        src.close()  # unmap the files: their pages must not count twice
+        return weights
 
     def _fetch(self, model: str, name: str) -> torch.Tensor:
-        return self._weights[model][name]
-
-    def _delta(self, ref: tuple[str, str], base: tuple[str, str]) -> torch.Tensor:
-        key = (*ref, base[0])
-        if key not in self._deltas:
-            delta = self._fetch(*ref) - self._fetch(*base)
-            if not self._cache:
-                return delta
-            self._deltas[key] = delta
-        return self._deltas[key]
-
-    def _sorted_mag(self, ref: tuple[str, str], base: tuple[str, str]) -> torch.Tensor:
-        key = (*ref, base[0])
-        if key not in self._sorted:
-            values = self._delta(ref, base).abs().reshape(-1).sort().values
-            if not self._cache:
-                return values
-            self._sorted[key] = values
-        return self._sorted[key]
+        t = self._weights[model][name]
+        return t.to(self.device, non_blocking=True) if self.offload else t
 
     def plan(self, recipe: Recipe) -> MergePlan:
         """Plan ``recipe`` against the resident sources; ConfigError if it does not fit."""
@@ -104,51 +143,28 @@ class Materializer:
                 f"Recipe output does not fit the resident model: the recipe builds "
                 f"{plan.num_layers} layers, the resident model has {self.num_layers}; merge "
                 f"recipes that change the depth to disk with `evomerge merge`.")
+        out = torch_dtype(recipe.out_dtype or recipe.dtype) or self.sources[
+            recipe.referenced_models()[0]].stored_dtype
+        if out != self.dtype:
+            raise ConfigError(
+                f"Recipe writes {str(out).removeprefix('torch.')} weights (out_dtype/dtype) but "
+                f"the resident model holds {str(self.dtype).removeprefix('torch.')}; set the "
+                f"recipe's out_dtype to match, or the materializer's dtype.")
         return plan
-
-    def _fused(self, task: TensorTask, plan: MergePlan, out: torch.Tensor) -> None:
-        sparsify, consensus = plan.method.composition
-        n = len(task.inputs)
-        bounds = [thresholds(sparsify, self._sorted_mag(r, task.base) if sparsify else None,
-                             task.per_model.get("density", (1.0,) * n)[i],
-                             task.per_model.get("gamma", (0.01,) * n)[i])
-                  for i, r in enumerate(task.inputs)]
-        lo, hi = (torch.tensor(v, device=self.device, dtype=out.dtype) for v in zip(*bounds))
-        w = torch.tensor(task.per_model["weight"], device=self.device, dtype=out.dtype)
-        lam = torch.tensor(task.shared.get("lambda", 1.0), device=self.device, dtype=out.dtype)
-        deltas = [self._delta(r, task.base).view(-1) for r in task.inputs]
-        self._kernels["task_vectors"](
-            out.view(-1), self._fetch(*task.base).view(-1), deltas, lo, hi, w, lam,
-            bool(task.shared.get("normalize")), consensus is not None)
-
-    def _fused_linear(self, task: TensorTask, out: torch.Tensor) -> None:
-        w = torch.tensor(task.per_model["weight"], device=self.device, dtype=torch.float32)
-        tensors = [self._fetch(*r).view(-1) for r in task.inputs]
-        self._kernels["linear"](out.view(-1), tensors, w, bool(task.shared.get("normalize")))
-
-    def _compute(self, task: TensorTask, plan: MergePlan) -> torch.Tensor:
-        method = plan.method
-        if method.delta_fn is None or task.base is None:
-            return execute(task, method, self._fetch)
-        params = {**task.shared, **task.per_model}
-        if method.stochastic:
-            params["generator"] = torch.Generator(device=self.device).manual_seed(task.seed)
-        if "density" in method.param_names and not method.stochastic:
-            params["sorted_magnitudes"] = [self._sorted_mag(r, task.base) for r in task.inputs]
-        deltas = [self._delta(r, task.base) for r in task.inputs]
-        return method.delta_fn(deltas, self._fetch(*task.base), **params)
 
     @torch.no_grad()
     def materialize(self, recipe: Recipe) -> torch.nn.Module:
         """Write ``recipe``'s merged weights into the resident model and return it."""
         plan = self.plan(recipe)
         for task in plan.tasks:
-            out = self._params[task.out_name]
-            kind = fusable(plan.method, task.shared) if self._kernels and task.inputs else None
-            if kind == "task_vectors" and task.base is not None:
-                self._fused(task, plan, out)
-            elif kind == "linear" and out.dtype == torch.float32:
-                self._fused_linear(task, out)
-            else:
-                out.copy_(self._compute(task, plan))
+            self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
+                             self._params[task.out_name].data)
         return self.model
+
+    def resident_bytes(self) -> dict[str, int]:
+        """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output)."""
+        def size(ts) -> int:
+            return sum(t.numel() * t.element_size() for t in ts)
+        unique = {p.data_ptr(): p for p in self._params.values()}
+        return {"sources": size(t for w in self._weights.values() for t in w.values()),
+                "model": size(unique.values())}

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.plan import MergePlan, build_plan, execute
+from evomerge.fused import TensorEngine
+from evomerge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
 from evomerge.sources import ModelSource, torch_dtype
 from evomerge.writer import ShardedWriter, TensorMeta
@@ -104,15 +105,19 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
 
 def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Path, device: str,
                    max_shard_bytes: int, progress: Callable[[int, int], None] | None) -> None:
-    dtype = plan.compute_dtype
-
     def fetch(model: str, name: str) -> torch.Tensor:
-        return sources[model].get(name, device=device, dtype=dtype)
+        return sources[model].get(name, device=device)
 
+    # The same engine as the resident materializer: compiled on CUDA, where the materializer
+    # compiles too (Triton may contract mul+add into FMA, so both sides must run one kernel);
+    # eager on CPU, whose compiled kernels compute the same bits (tested).
+    engine = TensorEngine(compile=torch.device(device).type == "cuda")
     metas = _output_metas(plan, sources)
     with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
-        for i, task in enumerate(plan.tasks):
-            writer.write(task.out_name, execute(task, plan.method, fetch))
+        for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
+            out = torch.empty(task.shape, dtype=meta.dtype, device=device)
+            engine.run(task, plan.method, fetch, plan.compute_dtype, out)
+            writer.write(task.out_name, out)
             if progress:
                 progress(i + 1, len(plan.tasks))
         writer.finish()

@@ -96,6 +96,16 @@ class ModelSource:
         archs = self.config.get("architectures") or [self.config.get("model_type", "?")]
         return str(archs[0])
 
+    @cached_property
+    def stored_dtype(self) -> torch.dtype:
+        """The dtype most of the model's weights are stored in (headers only)."""
+        counts: dict[torch.dtype, int] = {}
+        for name in self.names:
+            dt = self.dtype(name)
+            if dt.is_floating_point:
+                counts[dt] = counts.get(dt, 0) + 1
+        return max(counts, key=counts.get) if counts else torch.float32
+
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handle(self._files[name]).get_slice(name).get_shape())
 

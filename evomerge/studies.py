@@ -46,8 +46,9 @@ def executor_factory(workers: int, **ray_options: Any) -> Callable[[SearchSpace]
 
 def search(space_path: str, study: str | None = None, storage: str | None = None,
            trials: int | None = None, workers: int = 0, results: str = "results",
-           progress: Callable[[dict], None] | None = None, **ray_options: Any) -> SearchOutcome:
-    space = load_space(space_path)
+           progress: Callable[[dict], None] | None = None, offload: bool = False,
+           **ray_options: Any) -> SearchOutcome:
+    space = _with_offload(load_space(space_path), offload)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
@@ -56,13 +57,19 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
            results: str = "results", progress: Callable[[dict], None] | None = None,
-           **ray_options: Any) -> SearchOutcome:
+           offload: bool = False, **ray_options: Any) -> SearchOutcome:
     study, space = open_study(name, storage, results)
+    space = _with_offload(space, offload)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or study.user_attrs.get("evomerge_trials"),
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
+
+
+def _with_offload(space: SearchSpace, offload: bool) -> SearchSpace:
+    """``--offload`` turns the space's ``offload`` on for this run (no result changes)."""
+    return space.model_copy(update={"offload": True}) if offload else space
 
 
 def local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:

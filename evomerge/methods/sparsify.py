@@ -29,14 +29,14 @@ def _kth_largest(abs_flat: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def magnitude(
-    delta: torch.Tensor, density: float, rescale: bool = False,
-    sorted_magnitude: torch.Tensor | None = None, **_: object
+    delta: torch.Tensor, density: float, rescale: bool = False, **_: object
 ) -> torch.Tensor:
     """TIES trim (Yadav et al. 2023, step 1): keep the ``density`` fraction of largest |delta|.
 
-    k = max(1, int(density * n)) entries survive; entries tied with the k-th largest magnitude
-    are kept too (ties between non-zero floats do not occur in practice; zero ties change
-    nothing since zeros carry no sign and no value).
+    k = max(1, int(density * n)) entries survive, and so does every entry tied with the k-th
+    largest magnitude: one deterministic rule for both merge paths. Ties are common in real
+    checkpoints (bf16 has 8 significant bits, so |delta| repeats), and mergekit keeps exactly
+    k (by sort order), so the two differ only on entries whose magnitude equals the threshold.
     """
     if density >= 1:
         return delta
@@ -44,17 +44,14 @@ def magnitude(
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))
     mag = delta.abs()
-    if sorted_magnitude is not None:  # ascending: the k-th largest sits at n - k
-        threshold = sorted_magnitude[delta.numel() - k]
-    else:
-        threshold = _kth_largest(mag.reshape(-1), k)
+    threshold = _kth_largest(mag.reshape(-1), k)
     out = delta * (mag >= threshold)
     return _l1_rescale(out, delta) if rescale else out
 
 
 def magnitude_outliers(
     delta: torch.Tensor, density: float, gamma: float = 0.01, rescale: bool = False,
-    sorted_magnitude: torch.Tensor | None = None, **_: object
+    **_: object
 ) -> torch.Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2023): drop the top ``gamma`` fraction of |delta|
     (outliers) and the smallest entries, keeping ``int(density * n)`` in between.
@@ -71,13 +68,10 @@ def magnitude_outliers(
     n_top = int(gamma * n)
     n_bot = max(0, n - target - n_top)
     mag = delta.abs()
-    if sorted_magnitude is not None:
-        lo, hi = sorted_magnitude[n_bot], sorted_magnitude[n_bot + target - 1]
-    else:
-        flat = mag.reshape(-1)
-        work = flat if flat.device.type != "cpu" else flat.float()
-        lo = torch.kthvalue(work, n_bot + 1).values.to(flat.dtype)
-        hi = torch.kthvalue(work, n_bot + target).values.to(flat.dtype)
+    flat = mag.reshape(-1)
+    work = flat if flat.device.type != "cpu" else flat.float()
+    lo = torch.kthvalue(work, n_bot + 1).values.to(flat.dtype)
+    hi = torch.kthvalue(work, n_bot + target).values.to(flat.dtype)
     out = delta * ((mag >= lo) & (mag <= hi))
     return _l1_rescale(out, delta) if rescale else out
 

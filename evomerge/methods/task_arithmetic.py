@@ -40,16 +40,12 @@ def merge_task_vectors(
     generator: torch.Generator | None = None,
     sparsify: str | None = None,
     consensus: str | None = None,
-    sorted_magnitudes: Sequence[torch.Tensor] | None = None,
     **kwargs: float,
 ) -> torch.Tensor:
     """Merge precomputed task vectors ``deltas`` (each shaped like ``base``) into ``base``.
 
     ``lambda`` arrives through ``kwargs`` because it is a Python keyword. ``int8_mask`` is
     accepted for mergekit compatibility (a memory optimisation there) and has no effect.
-    ``sorted_magnitudes[i]`` (ascending ``|deltas[i]|``, flattened) lets magnitude-based
-    sparsifiers read their thresholds instead of selecting them again on every call; a
-    resident materializer sorts once per task vector.
     """
     lam = float(kwargs.pop("lambda", 1.0))
     if kwargs:
@@ -61,8 +57,6 @@ def merge_task_vectors(
     for i, delta in enumerate(deltas):
         if sparsify is not None:
             extra = {"gamma": gamma[i] if gamma else 0.01, "epsilon": epsilon[i] if epsilon else 0}
-            if sorted_magnitudes is not None:
-                extra["sorted_magnitude"] = sorted_magnitudes[i]
             delta = SPARSIFIERS[sparsify](
                 delta, density[i] if density else 1.0, rescale=rescale, generator=generator,
                 **extra,

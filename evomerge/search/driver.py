@@ -36,7 +36,7 @@ from evomerge.search.study import (
 )
 from evomerge.search.worker import CandidateResult
 
-__all__ = ["SearchOutcome", "run_search", "check_models"]
+__all__ = ["SearchOutcome", "run_search", "check_models", "space_genome"]
 
 MAX_DUPLICATES_IN_A_ROW = 200
 HEARTBEAT_SECONDS = 30.0
@@ -64,6 +64,15 @@ def check_models(space: SearchSpace) -> int:
         detail = ", ".join(f"{r!r} has {d}" for r, d in depths.items())
         raise ConfigError(f"The search needs models with the same layer count ({detail}).")
     return next(iter(depths.values()))
+
+
+def space_genome(space: SearchSpace) -> Genome:
+    """The genome of ``space`` over its models (headers only: depth and stored dtype)."""
+    from evomerge.sources import ModelSource
+
+    num_layers = check_models(space)
+    stored = ModelSource(space.base_model, field="base_model").stored_dtype
+    return Genome(space, num_layers, str(stored).removeprefix("torch."))
 
 
 class _Stop:
@@ -275,8 +284,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     name = study or space.name
     url = storage or default_storage(name, results_root)
-    num_layers = check_models(space)
-    genome = Genome(space, num_layers)
+    genome = space_genome(space)
     store = open_storage(url)
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, budget, progress)

@@ -88,9 +88,10 @@ def _round(obj: Any) -> Any:
 class Genome:
     """Genes of ``space`` over models of ``num_layers`` layers, and the decoding to recipes."""
 
-    def __init__(self, space: SearchSpace, num_layers: int) -> None:
+    def __init__(self, space: SearchSpace, num_layers: int, source_dtype: str | None = None) -> None:
         self.space = space
         self.num_layers = num_layers
+        self.source_dtype = source_dtype  # stored dtype of the sources, e.g. "bfloat16"
         k = space.granularity.layers_per_group
         self.groups = [(s, min(s + k, num_layers)) for s in range(0, num_layers, k)]
         self.parts = ["attn", "mlp"] if space.granularity.split_attn_mlp else ["all"]
@@ -202,8 +203,11 @@ class Genome:
         swaps = [params.get(f"swap.g{g}", SWAP_MERGE) for g in range(len(self.groups))]
         meta = {"seed": space.seed, **(extras or {})}
         doc: dict[str, Any] = {"evomerge": meta}
-        if space.dtype:
-            doc["dtype"] = space.dtype
+        dtype, out_dtype = space.recipe_dtypes(self.source_dtype)
+        if dtype:
+            doc["dtype"] = dtype
+        if out_dtype:
+            doc["out_dtype"] = out_dtype
         if not space.methods:  # pure layer swap: each group copied from one model
             doc["merge_method"] = "passthrough"
             doc["slices"] = [{"sources": [{"model": self._path(c), "layer_range": list(r)}]}

@@ -79,10 +79,10 @@ def uniform_params(genome: Genome, levels: int = 3) -> list[dict[str, Any]]:
 def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Score models, front and uniform recipes on the test split; write report.md/json."""
-    from evomerge.search.driver import check_models
+    from evomerge.search.driver import space_genome
     from evomerge.search.worker import Worker
 
-    genome = Genome(space, check_models(space))
+    genome = space_genome(space)
     worker = Worker(space)
     tests = test_evaluators(space)
     objs = space.objectives

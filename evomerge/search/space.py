@@ -128,7 +128,14 @@ class SearchSpace(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
     device: str = "auto"          # where merges and evaluation run: auto, cpu, cuda, cuda:N
-    dtype: str | None = None      # resident dtype (default: as stored)
+    # The dtype merges compute in (mergekit's ``dtype``); default: float32 for bf16/fp16
+    # sources, else as stored. ``out_dtype``: the resident model's and the exported recipe's
+    # output dtype; default: the sources' stored dtype.
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    out_dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    # Keep base and experts in host memory (pinned with CUDA) and stream them to the device
+    # per tensor: device memory ~ one model. Also `--offload` on search/resume.
+    offload: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -180,6 +187,19 @@ class SearchSpace(_Strict):
     @property
     def fixed(self) -> dict[str, float | bool]:
         return {k: v for k, v in self.parameters.items() if not isinstance(v, tuple)}
+
+    def recipe_dtypes(self, stored: str | None) -> tuple[str | None, str | None]:
+        """(dtype, out_dtype) of the recipes this space writes for sources stored as
+        ``stored``: 16-bit sources merge in float32 and are written back in their own dtype,
+        so the search scores the same bits that export builds."""
+        dtype = self.dtype or ("float32" if stored in ("bfloat16", "float16") else None)
+        out = self.out_dtype or (stored if dtype and dtype != stored else None)
+        return dtype, out
+
+    def same_search(self, other: SearchSpace) -> bool:
+        """Equal apart from run-time options that do not change any result (``offload``)."""
+        skip = {"offload"}
+        return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     def model_paths(self) -> list[str]:
         return [self.base_model, *self.models.values()]

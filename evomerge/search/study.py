@@ -99,7 +99,7 @@ def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_lay
     if stored is None:
         study.set_user_attr("evomerge_space", space.model_dump(mode="json"))
         study.set_user_attr("evomerge_num_layers", num_layers)
-    elif load_space(stored) != space:
+    elif not load_space(stored).same_search(space):
         raise ConfigError(f"Study {name!r} exists with a different search space; resume it with "
                           f"`evomerge resume {name}` or choose another --study name.")
     return study

@@ -80,7 +80,8 @@ class Worker:
         self.space = space
         self.materializer = Materializer(list(space.models.values()), base_model=space.base_model,
                                          device=device or space.device,
-                                         dtype=torch_dtype(space.dtype))
+                                         dtype=torch_dtype(space.out_dtype),
+                                         offload=space.offload)
         self.device = self.materializer.device
         self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
         self.evaluators = {name: make_evaluator(cfg.type, **{
