@@ -17,9 +17,9 @@ once and computes, per entry (TIES steps 1-3, Yadav et al. 2023)::
     out    = b + lambda * mixed / div (div = 1 where 0; no division unless normalize)
 
 The trim thresholds lo_i/hi_i are exact order statistics of |d_i| (:mod:`evomerge.select`);
-entries equal to a threshold are kept. When compiled, the kernel takes a sampled bracket of
-each threshold instead, counts the entries below it and marks the entries inside it with NaN;
-only those few are recomputed with the exact thresholds (same element-wise code, eagerly).
+entries equal to a threshold are kept. On large tensors the kernel first takes a sampled
+bracket of each threshold instead, counts the entries below it and marks those inside with NaN;
+only those few are recomputed with the exact thresholds (same element-wise code).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 _SPARSIFY = (None, "magnitude", "magnitude_outliers")
 _CONSENSUS = (None, "sum")
 _INF = math.inf
+CHUNK = 1 << 20  # entries per kernel call: bounds the eager kernel's fp32 temporaries (4 MB each)
 Fetch = Callable[[str, str], torch.Tensor]
 
 
@@ -74,7 +75,9 @@ def task_vector_kernel(out: torch.Tensor, counts: torch.Tensor, base: torch.Tens
         kept.append(torch.where((mag >= lo[i]) & (mag <= hi[i]), d * w[i], 0.0))
         in_lo = (mag >= br[4 * i]) & (mag <= br[4 * i + 1])
         in_hi = (mag >= br[4 * i + 2]) & (mag <= br[4 * i + 3])
-        u = in_lo | in_hi
+        # A bracket [v, v] (many entries tied at v, e.g. an untouched tensor's zeros) needs no
+        # recomputation: its threshold is v itself once the counts confirm it.
+        u = (in_lo & (br[4 * i] < br[4 * i + 1])) | (in_hi & (br[4 * i + 2] < br[4 * i + 3]))
         undecided = u if undecided is None else undecided | u
         cnt += [(mag < br[4 * i]).sum(), in_lo.sum(), (mag < br[4 * i + 2]).sum(), in_hi.sum()]
     counts.copy_(torch.stack(cnt))
@@ -139,10 +142,12 @@ class FusedKernel:
 class TensorEngine:
     """Computes one output tensor of a plan into a preallocated ``out``.
 
+    Magnitude thresholds of tensors of at least ``EXACT_BELOW`` entries come from sampled
+    brackets (samples cached per source tensor for the engine's life), smaller ones from a
+    full selection; the values are the exact order statistics either way.
+
     Args:
-        compile: compile the fused kernels; with it, magnitude thresholds are found from
-            sampled brackets (cached per source tensor for the engine's life) instead of a
-            full selection per tensor. Results are identical either way (tested).
+        compile: compile the fused kernels (the eager ones compute the same bits; tested).
     """
 
     def __init__(self, compile: bool = True) -> None:
@@ -182,12 +187,11 @@ class TensorEngine:
         w = torch.tensor(task.per_model["weight"], device=dev, dtype=cd)
         lam = torch.tensor(task.shared.get("lambda", 1.0), device=dev, dtype=cd)
         flags = (w, lam, bool(task.shared.get("normalize")), consensus is not None)
-        counts = torch.empty(4 * m, dtype=torch.int64, device=dev)
         no_br = torch.full((4 * m,), _INF, device=dev, dtype=cd)
         sparse = any(r != (None, None) for r in ranks)
-        if not (self._tv.compiled and sparse and n >= EXACT_BELOW):
+        if not (sparse and n >= EXACT_BELOW):
             lo, hi = self._exact(ranks, base, experts, cd)
-            self._tv(out, counts, base, experts, lo, hi, no_br, *flags)
+            self._kernel(out, base, experts, lo, hi, no_br, flags)
             return
         samples = [self._sample(task, i, experts[i], base, cd) for i in range(m)]
         brackets = [[s.bracket(r) if r else (_INF, _INF) for r in rk]
@@ -197,17 +201,28 @@ class TensorEngine:
                           device=dev, dtype=cd)
         hi = torch.tensor([_bound(rk[1], ab[1][1], _INF) for rk, ab in zip(ranks, brackets)],
                           device=dev, dtype=cd)
-        self._tv(out, counts, base, experts, lo, hi, br, *flags)
+        counts = self._kernel(out, base, experts, lo, hi, br, flags)
         idx = torch.isnan(out).nonzero().squeeze(1)
         sub_base, sub_experts = base[idx], [e[idx] for e in experts]
-        exact = self._refine(ranks, brackets, counts.tolist(), sub_base, sub_experts, cd)
+        exact = self._refine(ranks, brackets, counts, sub_base, sub_experts, cd)
         if exact is None:  # a bracket missed (or NaNs): select over the whole tensor instead
             lo, hi = self._exact(ranks, base, experts, cd)
-            self._tv(out, counts, base, experts, lo, hi, no_br, *flags)
+            self._kernel(out, base, experts, lo, hi, no_br, flags)
             return
         sub_out = torch.empty(idx.numel(), dtype=out.dtype, device=dev)
-        task_vector_kernel(sub_out, counts, sub_base, sub_experts, *exact, no_br, *flags)
+        self._kernel(sub_out, sub_base, sub_experts, *exact, no_br, flags)
         out[idx] = sub_out
+
+    def _kernel(self, out: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor],
+                lo: torch.Tensor, hi: torch.Tensor, br: torch.Tensor, flags: tuple) -> list[int]:
+        """The task-vector kernel over CHUNK-sized slices; returns the summed counts."""
+        counts = torch.zeros(br.numel(), dtype=torch.int64, device=out.device)
+        part = torch.empty_like(counts)
+        for s in range(0, out.numel(), CHUNK):
+            sl = slice(s, s + CHUNK)
+            self._tv(out[sl], part, base[sl], [e[sl] for e in experts], lo, hi, br, *flags)
+            counts += part
+        return counts.tolist()
 
     def _sample(self, task, i: int, expert: torch.Tensor, base: torch.Tensor,
                 cd: torch.dtype) -> MagnitudeSample:
@@ -219,11 +234,15 @@ class TensorEngine:
     @staticmethod
     def _exact(ranks, base: torch.Tensor, experts: Sequence[torch.Tensor],
                cd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact thresholds by selection over each full |d_i| (one tensor of workspace)."""
+        """Exact thresholds by selection over each full |d_i| (small tensors, and the rare
+        missed bracket): one tensor of workspace, filled chunk by chunk."""
         lo, hi = [], []
-        b = base.to(cd)
+        mag = torch.empty(base.numel(), dtype=cd, device=base.device)
         for (r_lo, r_hi), e in zip(ranks, experts):
-            mag = (e.to(cd) - b).abs() if r_lo else None
+            if r_lo:
+                for s in range(0, mag.numel(), CHUNK):
+                    sl = slice(s, s + CHUNK)
+                    torch.abs(e[sl].to(cd) - base[sl].to(cd), out=mag[sl])
             lo.append(_INF if r_lo == 0 else kth_smallest(mag, r_lo) if r_lo else 0.0)
             hi.append(_INF if r_hi == 0 else kth_smallest(mag, r_hi) if r_hi else _INF)
         return (torch.tensor(lo, device=base.device, dtype=cd),
