@@ -98,7 +98,31 @@ def _check_models(recipe: Recipe, sources: Mapping[str, ModelSource]) -> None:
                              f"{ref!r} is {other.architecture}.")
         if other.vocab_size != first.vocab_size:
             raise ModelError(f"Vocabulary size mismatch: {first.ref!r} has {first.vocab_size} "
-                             f"tokens but {ref!r} has {other.vocab_size}.")
+                             f"tokens but {ref!r} has {other.vocab_size}; evomerge merges "
+                             f"embeddings of one size only (a padded vocabulary included): "
+                             f"resize one model's embeddings to the other's and save it first.")
+        if other.tied_embeddings != first.tied_embeddings:
+            tied, untied = (first, other) if first.tied_embeddings else (other, first)
+            raise ModelError(f"Tied-embedding mismatch: {tied.ref!r} ties its LM head to the "
+                             f"input embedding but {untied.ref!r} has its own lm_head; merging "
+                             f"them would drop one head. Untie {tied.ref!r} (save it with "
+                             f"tie_word_embeddings false and an lm_head) or tie the other.")
+        _check_tokenizers(first, other)
+
+
+def _check_tokenizers(first: ModelSource, other: ModelSource) -> None:
+    """Same vocabulary size is not the same tokenizer: token ids must mean the same text."""
+    a, b = first.tokenizer, other.tokenizer
+    if a is None or b is None or a == b:
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        i = next((i for i in sorted(set(a) | set(b)) if a.get(i) != b.get(i)), None)
+        detail = f"token {i} is {a.get(i)!r} in one and {b.get(i)!r} in the other"
+    else:
+        detail = "their tokenizer files differ"
+    raise ModelError(f"Tokenizer mismatch: {first.ref!r} and {other.ref!r} have different "
+                     f"tokenizers ({detail}); merged weights would mix unrelated tokens. Merge "
+                     f"only fine-tunes that share the base's tokenizer.")
 
 
 def _check_ranges(slices: list[Slice], sources: Mapping[str, ModelSource]) -> None:

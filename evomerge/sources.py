@@ -197,6 +197,29 @@ class ModelSource:
         return tied or not any(n.endswith("lm_head.weight") for n in self._entries)
 
     @cached_property
+    def tokenizer(self) -> dict[int, str] | str | None:
+        """The tokenizer as id -> token (``tokenizer.json`` or ``vocab.json``), a digest of
+        ``tokenizer.model`` (SentencePiece), or None if the directory has no tokenizer."""
+        import hashlib
+
+        tj, vj, spm = (self.path / n for n in ("tokenizer.json", "vocab.json", "tokenizer.model"))
+        try:
+            if tj.is_file():
+                data = json.loads(tj.read_text())
+                vocab = (data.get("model") or {}).get("vocab")
+                table = ({int(i): str(t) for t, i in vocab.items()} if isinstance(vocab, dict)
+                         else {i: str(v[0]) for i, v in enumerate(vocab or [])})
+                for tok in data.get("added_tokens") or []:
+                    table[int(tok["id"])] = str(tok["content"])
+                return table
+            if vj.is_file():
+                return {int(i): str(t) for t, i in json.loads(vj.read_text()).items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError) as exc:
+            raise ModelError(f"{self.ref!r}: unreadable tokenizer file ({exc}).") from None
+        return hashlib.sha256(spm.read_bytes()).hexdigest() if spm.is_file() else None
+
+    @cached_property
     def stored_dtype(self) -> torch.dtype:
         """The dtype most of the model's floating-point weights are stored in."""
         counts: dict[torch.dtype, int] = {}

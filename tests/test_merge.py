@@ -108,17 +108,33 @@ def test_bf16_out_dtype(tiny, tmp_path):
     assert all(t.dtype == torch.bfloat16 for t in load_dir(tmp_path / "bf").values())
 
 
-def _copy_of_b(tiny, path, arch=None, reshape=False):
-    """A copy of model b with another architecture name or one tensor of another shape."""
+def _copy_of_b(tiny, path, arch=None, reshape=False, tokenizer=False, tied=False, corrupt=None):
+    """A copy of model b with another architecture name, one tensor of another shape, another
+    tokenizer of the same size, a tied LM head, or a damaged weight file."""
     path.mkdir()
     tensors = load_dir(tiny["b"])
     if reshape:
         tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    if tied:
+        del tensors["lm_head.weight"]
     save_file(tensors, path / "model.safetensors")
     config = json.loads((Path(tiny["b"]) / "config.json").read_text())
     if arch:
         config["architectures"] = [arch]
+    config["tie_word_embeddings"] = tied
     (path / "config.json").write_text(json.dumps(config))
+    for f in Path(tiny["b"]).glob("tokenizer*.json"):
+        (path / f.name).write_text(f.read_text())
+    if tokenizer:  # same 48 ids, two tokens swapped
+        tok = json.loads((path / "tokenizer.json").read_text())
+        vocab = tok["model"]["vocab"]
+        vocab["w1"], vocab["w2"] = vocab["w2"], vocab["w1"]
+        (path / "tokenizer.json").write_text(json.dumps(tok))
+    weights = path / "model.safetensors"
+    if corrupt == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif corrupt == "garbage":
+        weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])
     return str(path)
 
 
@@ -140,6 +156,10 @@ def _run_cli(tmp_path, text, capsys):
     ("unknown_method", r"Unknown merge method 'soup'\. Available: linear"),
     ("bad_param", r"density = 2\.0 is above the maximum 1\.0"),
     ("shape", r"Shape mismatch for tensor"),
+    ("tokenizer", r"Tokenizer mismatch: .*token 1 is 'w1' in one and 'w2' in the other"),
+    ("tied", r"Tied-embedding mismatch: .*/tied' ties its LM head .* has its own lm_head"),
+    ("truncated", r"model\.safetensors: truncated: tensor .* ends at byte \d+ but the file has"),
+    ("garbage", r"model\.safetensors: corrupt safetensors header"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, message, tiny, tmp_path, capsys):
     texts = {
@@ -153,6 +173,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, message, tiny,
         "bad_param": _ties(tiny, density_a=2.0),
         "arch": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "arch", arch="MistralForCausalLM")),
         "shape": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "odd", reshape=True)),
+        "tokenizer": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "tok", tokenizer=True)),
+        "tied": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "tied", tied=True)),
+        "truncated": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "trunc", corrupt="truncated")),
+        "garbage": _ties(tiny, b=_copy_of_b(tiny, tmp_path / "garb", corrupt="garbage")),
     }
     code, err = _run_cli(tmp_path, texts[case], capsys)
     assert code == 2
