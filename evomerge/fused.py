@@ -158,15 +158,19 @@ class TensorEngine:
 
     def run(self, task, method: MergeMethod, fetch: Fetch, compute_dtype: torch.dtype | None,
             out: torch.Tensor) -> None:
-        """Merge ``task`` into ``out`` (cast once to ``out.dtype``). ``fetch(model, name)``
-        returns a source tensor as stored, on the compute device."""
+        """Merge ``task`` into ``out`` (cast once to ``out.dtype``), on ``out``'s device.
+
+        ``fetch(model, name)`` returns a source tensor as stored, on ``out``'s device or in
+        host memory (offload): task-vector merges then stream it to the device chunk by chunk,
+        so device memory holds ``out`` plus a few chunks; other methods copy whole tensors."""
         from evomerge.plan import execute
 
+        dev = out.device
         kind = fusable(method, task.shared) if task.inputs else None
         if kind == "task_vectors" and task.base is not None:
             self._task_vectors(task, method, fetch, compute_dtype, out.view(-1))
         elif kind == "linear":
-            tensors = [fetch(*r).reshape(-1) for r in task.inputs]
+            tensors = [fetch(*r).reshape(-1).to(dev, non_blocking=True) for r in task.inputs]
             w = torch.tensor(task.per_model["weight"], device=out.device,
                              dtype=compute_dtype or tensors[0].dtype)
             kernel = self._linear if _compiles_exactly(w.dtype) else linear_kernel
@@ -174,7 +178,7 @@ class TensorEngine:
             kernel(out.view(-1), tensors, w, div)
         else:
             def cast(model: str, name: str) -> torch.Tensor:
-                t = fetch(model, name)
+                t = fetch(model, name).to(dev, non_blocking=True)
                 return t if compute_dtype is None else t.to(compute_dtype)
             out.copy_(execute(task, method, cast))
 
@@ -195,7 +199,7 @@ class TensorEngine:
         no_br = torch.full((4 * m,), _INF, device=dev, dtype=cd)
         sparse = any(r != (None, None) for r in ranks)
         if not (sparse and n >= EXACT_BELOW):
-            lo, hi = self._exact(ranks, base, experts, cd)
+            lo, hi = self._exact(ranks, base, experts, cd, dev)
             self._kernel(out, base, experts, lo, hi, no_br, flags)
             return
         samples = [self._sample(task, i, experts[i], base, cd) for i in range(m)]
@@ -208,10 +212,12 @@ class TensorEngine:
                           device=dev, dtype=cd)
         counts = self._kernel(out, base, experts, lo, hi, br, flags)
         idx = torch.isnan(out).nonzero().squeeze(1)
-        sub_base, sub_experts = base[idx], [e[idx] for e in experts]
+        at = idx if base.device == dev else idx.to(base.device)
+        sub_base = base[at].to(dev, non_blocking=True)
+        sub_experts = [e[at].to(dev, non_blocking=True) for e in experts]
         exact = self._refine(ranks, brackets, counts, sub_base, sub_experts, cd)
         if exact is None:  # a bracket missed (or NaNs): select over the whole tensor instead
-            lo, hi = self._exact(ranks, base, experts, cd)
+            lo, hi = self._exact(ranks, base, experts, cd, dev)
             self._kernel(out, base, experts, lo, hi, no_br, flags)
             return
         sub_out = torch.empty(idx.numel(), dtype=out.dtype, device=dev)
@@ -220,13 +226,19 @@ class TensorEngine:
 
     def _kernel(self, out: torch.Tensor, base: torch.Tensor, experts: Sequence[torch.Tensor],
                 lo: torch.Tensor, hi: torch.Tensor, br: torch.Tensor, flags: tuple) -> list[int]:
-        """The task-vector kernel over CHUNK-sized slices; returns the summed counts."""
-        counts = torch.zeros(br.numel(), dtype=torch.int64, device=out.device)
+        """The task-vector kernel; returns its counts. Eager runs and host-held inputs go in
+        CHUNK-sized slices (bounded temporaries, bounded device copies); a compiled kernel
+        over device inputs keeps no temporaries and runs in one call."""
+        dev = out.device
+        compiled = _compiles_exactly(lo.dtype)
+        kernel = self._tv if compiled else task_vector_kernel
+        step = out.numel() if compiled and base.device == dev else CHUNK
+        counts = torch.zeros(br.numel(), dtype=torch.int64, device=dev)
         part = torch.empty_like(counts)
-        kernel = self._tv if _compiles_exactly(lo.dtype) else task_vector_kernel
-        for s in range(0, out.numel(), CHUNK):
-            sl = slice(s, s + CHUNK)
-            kernel(out[sl], part, base[sl], [e[sl] for e in experts], lo, hi, br, *flags)
+        for s in range(0, out.numel(), max(step, 1)):
+            sl = slice(s, s + step)
+            kernel(out[sl], part, base[sl].to(dev, non_blocking=True),
+                   [e[sl].to(dev, non_blocking=True) for e in experts], lo, hi, br, *flags)
             counts += part
         return counts.tolist()
 
@@ -238,21 +250,20 @@ class TensorEngine:
         return self._samples[key]
 
     @staticmethod
-    def _exact(ranks, base: torch.Tensor, experts: Sequence[torch.Tensor],
-               cd: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _exact(ranks, base: torch.Tensor, experts: Sequence[torch.Tensor], cd: torch.dtype,
+               dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact thresholds by selection over each full |d_i| (small tensors, and the rare
         missed bracket): one tensor of workspace, filled chunk by chunk."""
         lo, hi = [], []
-        mag = torch.empty(base.numel(), dtype=cd, device=base.device)
+        mag = torch.empty(base.numel(), dtype=cd, device=dev)
         for (r_lo, r_hi), e in zip(ranks, experts):
             if r_lo:
                 for s in range(0, mag.numel(), CHUNK):
                     sl = slice(s, s + CHUNK)
-                    torch.abs(e[sl].to(cd) - base[sl].to(cd), out=mag[sl])
+                    torch.abs(e[sl].to(dev).to(cd) - base[sl].to(dev).to(cd), out=mag[sl])
             lo.append(_INF if r_lo == 0 else kth_smallest(mag, r_lo) if r_lo else 0.0)
             hi.append(_INF if r_hi == 0 else kth_smallest(mag, r_hi) if r_hi else _INF)
-        return (torch.tensor(lo, device=base.device, dtype=cd),
-                torch.tensor(hi, device=base.device, dtype=cd))
+        return (torch.tensor(lo, device=dev, dtype=cd), torch.tensor(hi, device=dev, dtype=cd))
 
     @staticmethod
     def _refine(ranks, brackets, counts: list[int], sub_base: torch.Tensor,

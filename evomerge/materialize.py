@@ -126,8 +126,7 @@ class Materializer:
         return weights
 
     def _fetch(self, model: str, name: str) -> torch.Tensor:
-        t = self._weights[model][name]
-        return t.to(self.device, non_blocking=True) if self.offload else t
+        return self._weights[model][name]  # the engine streams host-held tensors per chunk
 
     def plan(self, recipe: Recipe) -> MergePlan:
         """Plan ``recipe`` against the resident sources; ConfigError if it does not fit."""

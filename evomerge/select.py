@@ -72,7 +72,8 @@ class MagnitudeSample:
         gen = torch.Generator(device=expert.device).manual_seed(zlib.crc32(name.encode()))
         idx = torch.randint(n, (size,), generator=gen, device=expert.device)
         mag = (expert[idx].to(compute_dtype) - base[idx].to(compute_dtype)).abs()
-        self.values = mag.sort().values  # (size,) ascending
+        # (size,) ascending, kept in host memory: brackets are read without a device sync
+        self.values = mag.sort().values.cpu()
 
     def bracket(self, r: int) -> tuple[float, float]:
         return bracket(self.values, self.n, r)
