@@ -68,11 +68,31 @@ def ties_recipe(base: str, experts: list[str], dtype: str, shift: float = 0.0):
 
 
 def _peak_bytes(device) -> int:
+    """Peak device allocation (CUDA) or peak resident set (VmHWM: per address space, so not
+    inherited from the parent the way ru_maxrss is)."""
     import torch
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak() -> int:
+    """Reset the CPU peak to the current resident set (Linux ``clear_refs`` 5); returns it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _peak_bytes(torch_device("cpu"))
+
+
+def torch_device(name: str):
+    import torch
+
+    return torch.device(name)
 
 
 def _sync(device) -> None:
@@ -93,6 +113,10 @@ def _warm_compiler(device, m: int, dtype: str) -> None:
     from evomerge.methods import get_method
     from evomerge.plan import TensorTask
 
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=1, num_attention_heads=2))  # model code
     dt = getattr(torch, dtype)
     g = torch.Generator().manual_seed(0)
     engine = TensorEngine(compile=True)
@@ -120,7 +144,7 @@ def measure(family: dict[str, str], m: int, dtype: str, device: str = "cpu",
     _warm_compiler(dev, m, dtype)
     compiler_s = time.perf_counter() - t0
     _sync(dev)
-    base_bytes = (torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _peak_bytes(dev))
+    base_bytes = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _reset_peak()
     experts = [family[f"e{i}"] for i in range(1, m + 1)]
     t0 = time.perf_counter()
     mat = Materializer(experts, base_model=family["base"], device=device, offload=offload)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, ModelError
 from evomerge.fused import TensorEngine
 from evomerge.plan import MergePlan, build_plan
 from evomerge.recipe import Recipe
@@ -117,6 +117,10 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
         for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
             out = torch.empty(task.shape, dtype=meta.dtype, device=device)
             engine.run(task, plan.method, fetch, plan.compute_dtype, out)
+            if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                raise ModelError(f"The merge of tensor {task.out_name!r} has non-finite values "
+                                 f"(inf or NaN: huge weights or a source with non-finite "
+                                 f"weights); nothing was written.")
             writer.write(task.out_name, out)
             if progress:
                 progress(i + 1, len(plan.tasks))

@@ -41,7 +41,8 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are refused wherever a number is read: a NaN weight would merge into a NaN model
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Conditional(_Strict):
@@ -268,9 +269,16 @@ def format_validation_error(err: ValidationError, source: str,
                             param_hint: str = RECIPE_PARAM_HINT) -> str:
     """One sentence naming the field and the value of the first validation error;
     ``param_hint`` says what a value under ``parameters`` may be."""
-    first = err.errors()[0]
+    errors = err.errors()
+    # A non-finite number fails every member of a union; that is the error to report.
+    first = next((e for e in errors if e["type"] == "finite_number"), errors[0])
     parts = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "finite_number":
+        if "parameters" in parts:
+            parts = parts[: parts.index("parameters") + 2]
+        return (f"{source}: field {'.'.join(parts)!r} must be a finite number "
+                f"(got {first.get('input')!r}).")
     if "parameters" in parts and len(parts) > parts.index("parameters") + 1:
         # A parameter value failed every member of the union: say what is allowed instead.
         parts = parts[: parts.index("parameters") + 2]

@@ -4,7 +4,7 @@ Magnitude sparsification (TIES, breadcrumbs) needs, per tensor and per candidate
 a given rank of ``|delta|``. Sorting every task vector once and keeping the sorted copy (the
 old design) costs one more model copy per expert and a first candidate 20-200x slower than the
 next. Instead, per (expert, tensor) we keep a small sorted random sample of ``|delta|``
-(:class:`MagnitudeSample`, n/32 values); for a rank r it brackets the r-th smallest value
+(:class:`MagnitudeSample`, n/64 values); for a rank r it brackets the r-th smallest value
 with overwhelming probability (:func:`bracket`). The fused kernel then counts the entries below
 the bracket and flags those inside it, and the exact value is selected among the flagged entries
 only (:func:`select_in_bracket`). A bracket that misses (probability < 1e-5 per threshold) is
@@ -23,7 +23,7 @@ __all__ = ["kth_smallest", "threshold_ranks", "MagnitudeSample", "bracket", "sel
 
 EXACT_BELOW = 1 << 16  # tensors this small are selected exactly (a sample would not pay off)
 _SIGMAS = 4.5  # bracket half-width in binomial standard deviations of the sample rank
-SAMPLE_SHIFT = 5  # a sample holds n / 32 values: with fp32 magnitudes, 1/8 byte per entry
+SAMPLE_SHIFT = 6  # a sample holds n / 64 values: with fp32 magnitudes, 1/16 byte per entry
 
 
 def kth_smallest(values: torch.Tensor, r: int) -> float:

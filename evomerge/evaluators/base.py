@@ -59,6 +59,7 @@ def register_evaluator(name: str):
     return deco
 
 
-def make_evaluator(name: str, **options: Any) -> Evaluator:
-    """Build the evaluator registered as ``name`` (an unknown name lists the valid ones)."""
-    return EVALUATORS.get(name)(**options)
+def make_evaluator(kind: str, /, **options: Any) -> Evaluator:
+    """Build the evaluator registered as ``kind`` (an unknown name lists the valid ones);
+    ``options`` may include one called ``name``."""
+    return EVALUATORS.get(kind)(**options)

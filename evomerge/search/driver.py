@@ -285,6 +285,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     name = study or space.name
     url = storage or default_storage(name, results_root)
     genome = space_genome(space)
+    from evomerge.search.worker import build_evaluators
+    build_evaluators(space)  # a bad evaluator or objective fails here, before the study exists
     store = open_storage(url)
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, budget, progress)

@@ -43,7 +43,7 @@ SWAP_MERGE, SWAP_BASE = "merge", "base"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Granularity(_Strict):
@@ -127,7 +127,7 @@ class SearchSpace(_Strict):
     budget: Budget
     optimizer: OptimizerConfig = OptimizerConfig()
     seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
-    device: str = "auto"          # where merges and evaluation run: auto, cpu, cuda, cuda:N
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # merges + evaluation
     # The dtype merges compute in (mergekit's ``dtype``); default: float32 for bf16/fp16
     # sources, else as stored. ``out_dtype``: the resident model's and the exported recipe's
     # output dtype; default: the sources' stored dtype.

@@ -34,6 +34,45 @@ def evaluator_options(space: SearchSpace, name: str) -> dict[str, Any]:
     return opts
 
 
+def build_evaluators(space: SearchSpace, evaluators: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The space's evaluators, built (no model needed), with every objective's metric checked.
+
+    Raises:
+        ConfigError: an unknown evaluator or option, options it cannot be built with, or an
+            objective naming a metric its evaluator does not return.
+    """
+    import inspect
+
+    from evomerge.errors import ConfigError, EvomergeError
+    from evomerge.evaluators import EVALUATORS, make_evaluator
+
+    built = {}
+    for name, cfg in space.evaluators.items():
+        opts = {k: v for k, v in evaluator_options(space, name).items() if k != "test"}
+        cls = EVALUATORS.get(cfg.type)
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(opts) - set(params))
+            if unknown:
+                valid = ", ".join(p for p in params if p != "self")
+                raise ConfigError(f"evaluators.{name}: unknown option {unknown[0]!r} for "
+                                  f"evaluator {cfg.type!r}; valid: {valid}.")
+        try:
+            built[name] = make_evaluator(cfg.type, **opts)
+        except EvomergeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a bad option value, in one sentence
+            raise ConfigError(f"evaluators.{name}: evaluator {cfg.type!r} cannot be built with "
+                              f"these options ({type(exc).__name__}: {exc}).") from None
+    for i, obj in enumerate(space.objectives):
+        names = {m.name for m in built[obj.evaluator].metrics}
+        if obj.key not in names:
+            raise ConfigError(f"objectives[{i}]: evaluator {obj.evaluator!r} has no metric "
+                              f"{obj.key!r}; it has {', '.join(sorted(names))}.")
+    return built
+
+
 @dataclass(frozen=True)
 class CandidateResult:
     """What evaluating one candidate produced.
@@ -73,7 +112,6 @@ class Worker:
     def __init__(self, space: SearchSpace, device: str | None = None) -> None:
         from transformers import AutoTokenizer
 
-        from evomerge.evaluators import make_evaluator
         from evomerge.materialize import Materializer
         from evomerge.sources import torch_dtype
 
@@ -84,15 +122,7 @@ class Worker:
                                          offload=space.offload)
         self.device = self.materializer.device
         self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
-        self.evaluators = {name: make_evaluator(cfg.type, **{
-            k: v for k, v in evaluator_options(space, name).items() if k != "test"})
-            for name, cfg in space.evaluators.items()}
-        for i, obj in enumerate(space.objectives):
-            names = {m.name for m in self.evaluators[obj.evaluator].metrics}
-            if obj.key not in names:
-                from evomerge.errors import ConfigError
-                raise ConfigError(f"objectives[{i}]: evaluator {obj.evaluator!r} has no metric "
-                                  f"{obj.key!r}; it has {', '.join(sorted(names))}.")
+        self.evaluators = build_evaluators(space)
 
     def run(self, trial: int, recipe_yaml: str,
             evaluators: dict[str, Any] | None = None) -> CandidateResult:

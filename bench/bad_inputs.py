@@ -1,0 +1,229 @@
+"""Catalogue of bad inputs, by category: each must end with exit code 2, one line on stderr
+naming what is wrong, and nothing written. ::
+
+    python bench/bad_inputs.py        # ~1 min; writes results/bench/bad_inputs.json
+
+Builds two tiny Llama families in a temporary directory (a base and experts, plus models that
+differ in tokenizer, vocabulary, tying, depth and architecture) and damages copies of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fuzz_inputs import run_cli  # noqa: E402
+from models import make_model  # noqa: E402
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _models(root: Path) -> dict[str, str]:
+    base = make_model(root / "base", 0)
+    m = {"base": base, "a": make_model(root / "a", 1, base), "b": make_model(root / "b", 2, base),
+         "deep": make_model(root / "deep", 3, layers=6), "vocab": make_model(root / "vocab", 4, vocab=40),
+         "tied": make_model(root / "tied", 5, tied=True)}
+    (root / "texts.jsonl").write_text('{"text": "w1 w2 w3 w4"}\n')
+    return {k: str(v) for k, v in m.items()} | {"texts": str(root / "texts.jsonl")}
+
+
+def _damaged(src: str, dest: Path, how: Callable[[Path], None]) -> str:
+    shutil.copytree(src, dest)
+    how(dest)
+    return str(dest)
+
+
+def _weights(fn: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def how(d: Path) -> None:
+        f = d / "model.safetensors"
+        f.write_bytes(fn(f.read_bytes()))
+    return how
+
+
+def _sharded(missing: bool) -> Callable[[Path], None]:
+    def how(d: Path) -> None:
+        f = d / "model.safetensors"
+        header_len = int.from_bytes(f.read_bytes()[:8], "little")
+        names = [k for k in json.loads(f.read_bytes()[8:8 + header_len]) if k != "__metadata__"]
+        f.rename(d / "model-00001-of-00002.safetensors")
+        shard = "model-00002-of-00002.safetensors" if missing else "model-00001-of-00002.safetensors"
+        (d / "model.safetensors.index.json").write_text(json.dumps(
+            {"weight_map": {n: shard for n in names}}))
+    return how
+
+
+def recipe(models: dict, **over) -> dict:
+    doc = {"merge_method": "ties", "base_model": models["base"], "dtype": "float32",
+           "models": [{"model": models["a"], "parameters": {"weight": 0.6, "density": 0.5}},
+                      {"model": models["b"], "parameters": {"weight": 0.4, "density": 0.5}}]}
+    doc.update(over)
+    return doc
+
+
+def with_param(models: dict, **params) -> dict:
+    doc = recipe(models)
+    doc["models"][0]["parameters"] = {"weight": 0.6, "density": 0.5, **params}
+    return doc
+
+
+def space(models: dict, **over) -> dict:
+    doc = {"name": "bad", "base_model": models["base"],
+           "models": {"a": models["a"], "b": models["b"]}, "method": "ties",
+           "parameters": {"weight": [0.0, 1.0], "density": [0.2, 1.0]},
+           "evaluators": {"ppl": {"type": "perplexity", "path": models["texts"], "name": "t"}},
+           "objectives": [{"evaluator": "ppl", "task": "t", "metric": "perplexity",
+                           "direction": "minimize"}],
+           "budget": {"trials": 2}, "device": "cpu"}
+    for key, value in over.items():
+        node, *path = key.split(".")
+        if path:
+            doc[node] = {**doc[node], path[0]: value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
+    dmg = {name: _damaged(models["b"], tmp / name, how) for name, how in {
+        "truncated": _weights(lambda b: b[:-100]),
+        "garbage_header": _weights(lambda b: b"\xff" * 8 + b[8:]),
+        "header_not_json": _weights(lambda b: b[:8] + b"{not json" + b[17:]),
+        "empty_file": _weights(lambda b: b""),
+        "missing_shard": _sharded(missing=True),
+        "bad_config": lambda d: (d / "config.json").write_text("{oops"),
+        "no_config": lambda d: (d / "config.json").unlink(),
+        "no_weights": lambda d: (d / "model.safetensors").unlink(),
+        "bad_index": lambda d: (_sharded(False)(d), (d / "model.safetensors.index.json")
+                                .write_text("[]")),
+    }.items()}
+    r, s = recipe, space
+    return {
+        "recipe: non-finite numbers": [
+            ("weight .nan", with_param(models, weight=NAN)),
+            ("density .inf", with_param(models, density=INF)),
+            ("gradient with -inf", with_param(models, weight=[0.1, -INF])),
+            ("filter value .nan", with_param(models, weight=[{"filter": "mlp", "value": NAN}])),
+            ("global lambda .nan", r(models, parameters={"lambda": NAN})),
+        ],
+        "recipe: values and structure": [
+            ("density above 1", with_param(models, density=2.0)),
+            ("weight as text", with_param(models, weight="heavy")),
+            ("unknown parameter", with_param(models, sharpness=1.0)),
+            ("unknown method", r(models, merge_method="soup")),
+            ("ties without base", {k: v for k, v in r(models).items() if k != "base_model"}),
+            ("unknown field", r(models, colour="blue")),
+            ("unknown dtype", r(models, dtype="float8")),
+            ("layer_range beyond the model", {"merge_method": "passthrough", "slices": [
+                {"sources": [{"model": models["a"], "layer_range": [2, 9]}]}]}),
+            ("reversed layer_range", {"merge_method": "passthrough", "slices": [
+                {"sources": [{"model": models["a"], "layer_range": [3, 1]}]}]}),
+            ("tokenizer_source union", r(models, tokenizer_source="union")),
+            ("not a mapping", ["merge_method", "ties"]),
+        ],
+        "source models": [
+            ("missing model directory", r(models, base_model=str(tmp / "nowhere"))),
+            ("different tokenizers, one size",
+             _with_b(models, _damaged(models["b"], tmp / "tok", _swap_tokens))),
+            ("vocabulary sizes differ", _with_b(models, models["vocab"])),
+            ("tied beside untied head", _with_b(models, models["tied"])),
+            ("layer counts differ", _with_b(models, models["deep"])),
+            ("architecture differs", _with_b(models, _damaged(models["b"], tmp / "arch", _arch))),
+        ],
+        "weight files": [(name.replace("_", " "), _with_b(models, path)) for name, path in dmg.items()],
+        "search space": [
+            ("bound .nan", s(models, parameters={"weight": [NAN, 1.5]})),
+            ("bound .inf", s(models, parameters={"weight": [0.0, INF]})),
+            ("reversed bounds", s(models, parameters={"weight": [1.0, 0.0]})),
+            ("sigma0 .nan", s(models, optimizer={"name": "cma", "sigma0": NAN})),
+            ("unknown optimizer", s(models, optimizer={"name": "adam"})),
+            ("zero budget", s(models, budget={"trials": 0})),
+            ("unknown evaluator", s(models, evaluators={"ppl": {"type": "bleu"}})),
+            ("unknown evaluator option", s(models, evaluators={"ppl": {
+                "type": "perplexity", "path": models["texts"], "name": "t", "colour": 1}})),
+            ("evaluator file missing", s(models, evaluators={"ppl": {
+                "type": "perplexity", "path": str(tmp / "none.jsonl"), "name": "t"}})),
+            ("metric the evaluator lacks", s(models, objectives=[
+                {"evaluator": "ppl", "task": "t", "metric": "accuracy", "direction": "maximize"}])),
+            ("empty device", s(models, device="")),
+            ("bad direction", s(models, objectives=[
+                {"evaluator": "ppl", "task": "t", "metric": "perplexity", "direction": "down"}])),
+            ("damaged source weights", {**s(models), "models": {"a": models["a"],
+                                                                "b": dmg["truncated"]}}),
+        ],
+    }
+
+
+def _with_b(models: dict, b: str) -> dict:
+    doc = recipe(models)
+    doc["models"][1]["model"] = b
+    return doc
+
+
+def _swap_tokens(d: Path) -> None:
+    tok = json.loads((d / "tokenizer.json").read_text())
+    v = tok["model"]["vocab"]
+    v["w1"], v["w2"] = v["w2"], v["w1"]
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+
+
+def _arch(d: Path) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["MistralForCausalLM"]
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def run_case(category: str, doc, tmp: Path, i: int) -> dict:
+    d = tmp / f"case{i}"
+    d.mkdir()
+    path = d / "in.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(doc), allow_unicode=True))
+    out = d / "out"
+    if category == "search space":
+        argv = ["search", str(path), "--results", str(out), "--trials", "1", "-q"]
+    else:
+        argv = ["merge", str(path), str(out), "-q"]
+    code, err = run_cli(argv)
+    handled = (code == 2 and err.startswith("evomerge: error: ") and "\n" not in err
+               and not out.exists() and not any(p.name.startswith(".out") for p in d.iterdir()))
+    return {"code": code, "error": err, "handled": handled}
+
+
+def main() -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="bad_inputs_"))
+    try:
+        models = _models(tmp / "models")
+        rows, n = [], 0
+        for category, items in cases(models, tmp).items():
+            for name, doc in items:
+                n += 1
+                rows.append({"category": category, "case": name, **run_case(category, doc, tmp, n)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    table: dict[str, list[int]] = {}
+    for row in rows:
+        t = table.setdefault(row["category"], [0, 0])
+        t[0] += 1
+        t[1] += row["handled"]
+    print("| category | cases | one sentence, exit 2, nothing written |\n|---|---:|---:|")
+    for cat, (total, ok) in table.items():
+        print(f"| {cat} | {total} | {ok} |")
+    for row in rows:
+        if not row["handled"]:
+            print(f"NOT HANDLED: {row['category']} / {row['case']}: exit {row['code']}: {row['error'][:300]}")
+    out = ROOT / "results" / "bench" / "bad_inputs.json"
+    out.write_text(json.dumps({"rows": rows, "table": table}, indent=1))
+    return 0 if all(r["handled"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
