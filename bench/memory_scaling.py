@@ -108,12 +108,11 @@ def _warm_compiler(device, m: int, dtype: str) -> None:
     from types import MappingProxyType
 
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from evomerge.fused import TensorEngine
     from evomerge.methods import get_method
     from evomerge.plan import TensorTask
-
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=1, num_attention_heads=2))  # model code
@@ -126,7 +125,7 @@ def _warm_compiler(device, m: int, dtype: str) -> None:
         task = TensorTask("t", refs, ("e0", "t"), MappingProxyType({"normalize": True}),
                           MappingProxyType({"weight": (0.5,) * m, "density": (0.5,) * m}),
                           None, (n,))
-        engine.run(task, get_method("ties"), lambda mod, k: src[mod], torch.float32,
+        engine.run(task, get_method("ties"), lambda mod, k, src=src: src[mod], torch.float32,
                    torch.empty(n, device=device, dtype=dt))
 
 

@@ -31,8 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from evomerge.methods import MergeMethod
-from evomerge.select import (EXACT_BELOW, MagnitudeSample, kth_smallest, select_in_bracket,
-                             threshold_ranks)
+from evomerge.select import EXACT_BELOW, MagnitudeSample, kth_smallest, select_in_bracket, threshold_ranks
 
 __all__ = ["fusable", "task_vector_kernel", "linear_kernel", "FusedKernel", "TensorEngine"]
 

@@ -69,9 +69,8 @@ def half(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A base and three experts stored in bf16 or fp16, with tensors large enough (>= 2^16
     entries) for the sampled-threshold path; bf16 magnitudes tie often."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from models import save_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     dtype = getattr(torch, request.param)
     root = tmp_path_factory.mktemp(request.param)
