@@ -82,17 +82,13 @@ def _peak_bytes(device) -> int:
 
 def _reset_peak() -> int:
     """Reset the CPU peak to the current resident set (Linux ``clear_refs`` 5); returns it."""
+    import torch
+
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    return _peak_bytes(torch_device("cpu"))
-
-
-def torch_device(name: str):
-    import torch
-
-    return torch.device(name)
+    return _peak_bytes(torch.device("cpu"))
 
 
 def _sync(device) -> None:

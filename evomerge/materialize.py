@@ -122,7 +122,6 @@ class Materializer:
         for name in src.names:
             t = src.get(name, store)
             weights[name] = t.pin_memory() if pin else t
-        src.close()  # unmap the files: their pages must not count twice
         return weights
 
     def _fetch(self, model: str, name: str) -> torch.Tensor:

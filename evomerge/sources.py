@@ -258,6 +258,3 @@ class ModelSource:
                              f"(tensor {name!r} is incomplete).")
         tensor = raw.view(e.dtype).reshape(e.shape)
         return tensor.to(device=device, dtype=dtype or tensor.dtype)
-
-    def close(self) -> None:
-        """Nothing stays open between reads; kept for callers that release sources."""

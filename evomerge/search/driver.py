@@ -34,7 +34,7 @@ from evomerge.search.study import (
     open_storage,
     results_dir,
 )
-from evomerge.search.worker import CandidateResult
+from evomerge.search.worker import CandidateResult, build_evaluators
 
 __all__ = ["SearchOutcome", "run_search", "check_models", "space_genome"]
 
@@ -285,7 +285,6 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     name = study or space.name
     url = storage or default_storage(name, results_root)
     genome = space_genome(space)
-    from evomerge.search.worker import build_evaluators
     build_evaluators(space)  # a bad evaluator or objective fails here, before the study exists
     store = open_storage(url)
     budget = trials or space.budget.trials
