@@ -33,10 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.genome import Genome  # noqa: E402
+from evomerge.search.heldout import heldout_evaluators, uniform_params  # noqa: E402
 from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
 from evomerge.search.optimizers import make_optimizer  # noqa: E402
 from evomerge.search.pareto import hypervolume, pareto_front  # noqa: E402
-from evomerge.search.report import test_evaluators, uniform_params  # noqa: E402
 from evomerge.search.space import OptimizerConfig, load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
@@ -202,7 +202,7 @@ def main() -> None:
         return rerun_one(args)
     space = make_space(args.zoo, args.limit)
     worker = Worker(space)
-    tests = test_evaluators(space)
+    tests = heldout_evaluators(space)
     checkpoints = list(range(16, args.evals + 1, 16))
     curves: dict[str, list[list[float]]] = {}
     for method in SINGLE:
@@ -239,7 +239,7 @@ def rerun_one(args) -> None:
     out = Path(args.out)
     space = make_space(args.zoo, res["examples_per_task"])
     worker = Worker(space)
-    tests = test_evaluators(space)
+    tests = heldout_evaluators(space)
     only = args.only.split(",")
     res.setdefault("multi_objective_seeds", res["seeds"])
     if args.seeds != res["seeds"]:

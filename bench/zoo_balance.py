@@ -40,7 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.scoring import load_model, score  # noqa: E402
 from evomerge.search.genome import Genome  # noqa: E402
-from evomerge.search.report import test_evaluators  # noqa: E402
+from evomerge.search.heldout import heldout_evaluators  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
@@ -125,7 +125,7 @@ def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,),
             {"granularity": {**space.granularity.model_dump(), "layers_per_group": layers_per_group}})
     space = rebase_zoo(space, str(zoo), **gran)
     worker = Worker(space)
-    tests = test_evaluators(space)
+    tests = heldout_evaluators(space)
     genome = Genome(space, worker.materializer.num_layers)
     refs = {split: {m: _score(zoo / m, evs) for m in ("math", "lang")}
             for split, evs in (("validation", worker.evaluators), ("test", tests))}

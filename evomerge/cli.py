@@ -72,7 +72,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size)
     model, tokenizer = load_model(args.target, device=args.device)
     scores = score(model, tokenizer, [ev])
-    from evomerge.report import print_scores
+    from evomerge.tables import print_scores
     print_scores(str(args.target), scores, ev)
     return 0
 
@@ -84,14 +84,14 @@ def _search_progress(quiet: bool):
 
 
 def _finish(outcome) -> int:
-    from evomerge.report import print_outcome
+    from evomerge.tables import print_outcome
 
     print_outcome(outcome)
     return 130 if outcome.stopped == "interrupted" else 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from evomerge.studies import search
+    from evomerge.commands import search
 
     with _search_progress(args.quiet) as update:
         outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
@@ -101,7 +101,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from evomerge.studies import resume
+    from evomerge.commands import resume
 
     with _search_progress(args.quiet) as update:
         outcome = resume(args.study, storage=args.storage, trials=args.trials,
@@ -120,17 +120,17 @@ def _ray_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from evomerge.report import print_status
-    from evomerge.studies import status
+    from evomerge.commands import status
+    from evomerge.tables import print_status
 
     print_status(args.study, status(args.study, args.storage, args.results))
     return 0
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
-    from evomerge.report import print_front
+    from evomerge.commands import open_study
     from evomerge.search.front import front_trials
-    from evomerge.studies import open_study
+    from evomerge.tables import print_front
 
     study, space = open_study(args.study, args.storage, args.results)
     print_front(args.study, front_trials(study, space), space)
@@ -138,8 +138,8 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from evomerge.commands import open_study
     from evomerge.search.export import export_recipe
-    from evomerge.studies import open_study
 
     study, space = open_study(args.study, args.storage, args.results)
     out = export_recipe(study, space, args.output, best=args.best, trial=args.trial,
@@ -149,10 +149,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from evomerge.commands import open_study
     from evomerge.progress import stage_bar
-    from evomerge.search.report import make_report
-    from evomerge.search.study import results_dir
-    from evomerge.studies import open_study
+    from evomerge.search.heldout import make_report
+    from evomerge.search.ledger import results_dir
 
     study, space = open_study(args.study, args.storage, args.results)
     out = results_dir(args.study, args.results)
@@ -198,8 +198,8 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_status(args: argparse.Namespace) -> int:
-    from evomerge.report import print_slurm_status
     from evomerge.slurm import slurm_status
+    from evomerge.tables import print_slurm_status
 
     print_slurm_status(args.study, slurm_status(args.study, args.storage, args.results))
     return 0

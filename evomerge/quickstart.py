@@ -16,12 +16,12 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
                profile: str = "full", seed: int = 0) -> int:
     from rich.console import Console
 
-    from evomerge.report import print_outcome
+    from evomerge.commands import local_launch
     from evomerge.search.driver import run_search
     from evomerge.search.export import export_recipe
-    from evomerge.search.report import make_report
+    from evomerge.search.heldout import make_report
     from evomerge.search.space import load_space
-    from evomerge.studies import local_launch
+    from evomerge.tables import print_outcome
     from evomerge.zoo.build import build_zoo
 
     c = Console(stderr=True)
@@ -70,6 +70,6 @@ def rebase_zoo(space, zoo: str, **fields):
 
 
 def _open(outcome):
-    from evomerge.search.study import load_study, open_storage
+    from evomerge.search.ledger import load_study, open_storage
 
     return load_study(open_storage(outcome.storage), outcome.study), None

@@ -152,15 +152,16 @@ def _sbatch(script: Path) -> str:
 def _prepare_study(space_path: str | None, study: str | None, storage: str | None,
                    results: Path, trials: int | None) -> tuple[Any, str, str]:
     """Create (from a space) or open the study; returns (study, name, storage URL)."""
-    from evomerge.search.driver import check_models
+    from evomerge.search.ledger import create_or_load, load_study, open_storage
     from evomerge.search.space import load_space
-    from evomerge.search.study import create_or_load, load_study, open_storage
+    from evomerge.search.worker import build_evaluators
 
     if space_path is not None:
         space = load_space(space_path)
         name = study or space.name
         url = storage or journal_storage(name, results)
-        num_layers = check_models(space)
+        num_layers = space.check_models()
+        build_evaluators(space)  # a bad evaluator fails here, not in the queued job
         st = create_or_load(open_storage(url), name, space, None, num_layers)
     else:
         if study is None:
@@ -221,7 +222,7 @@ def job_state(job_id: str) -> dict[str, str]:
 def slurm_status(study: str, storage: str | None = None,
                  results: str | Path = "results") -> dict[str, Any]:
     """The study's Slurm jobs and their states, with the study's progress."""
-    from evomerge.studies import status
+    from evomerge.commands import status
 
     info = status(study, storage or journal_storage(study, results), str(results))
     launch = info["launch"]

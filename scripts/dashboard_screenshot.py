@@ -31,7 +31,7 @@ def main() -> None:
     try:
         from playwright.sync_api import sync_playwright
 
-        from evomerge.studies import found_storage
+        from evomerge.commands import found_storage
 
         url = found_storage(args.study, args.results)
         if url.startswith("sqlite:///"):  # the dashboard lists absolute paths

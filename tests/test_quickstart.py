@@ -8,7 +8,7 @@ from search.spaces import space_dict
 
 from evomerge.quickstart import quickstart
 from evomerge.recipe import load_recipe
-from evomerge.search.study import default_storage, load_study, open_storage
+from evomerge.search.ledger import default_storage, load_study, open_storage
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from search.spaces import space_dict
 
 from evomerge.cli import main
 from evomerge.errors import ConfigError
-from evomerge.search.study import counted, load_study, open_storage
+from evomerge.search.ledger import counted, load_study, open_storage
 from evomerge.slurm import SlurmOptions, job_state, journal_storage, render_job, submit
 
 REPO = Path(__file__).resolve().parents[1]

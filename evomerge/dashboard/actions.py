@@ -56,7 +56,7 @@ def resume_study(study: Any, url: str) -> dict[str, Any]:
 def export_yaml(study: Any, number: int) -> str:
     """The mergekit-compatible recipe YAML of trial ``number`` (as `evomerge export` writes it)."""
     from evomerge.search.export import export_recipe
-    from evomerge.search.study import space_of
+    from evomerge.search.ledger import space_of
 
     with tempfile.TemporaryDirectory() as tmp:
         out = export_recipe(study, space_of(study), Path(tmp) / "recipe.yaml", trial=number)

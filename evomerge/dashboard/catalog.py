@@ -15,9 +15,9 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.search.genome import Genome
+from evomerge.search.ledger import counted, open_storage, space_of, summary
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.space import SWAP_MERGE
-from evomerge.search.study import counted, open_storage, space_of, summary
 
 __all__ = ["Catalog", "driver_state", "study_overview", "trial_rows", "layer_view"]
 
@@ -81,7 +81,7 @@ class Catalog:
     def find(self, name: str, url: str | None = None) -> tuple[str, Any]:
         """(storage URL, study) of the evomerge study ``name``, in ``url`` (which must be one
         of the catalog's) or in any of them."""
-        from evomerge.search.study import load_study
+        from evomerge.search.ledger import load_study
 
         urls = self.urls()
         for u in [url] if url is not None else urls:

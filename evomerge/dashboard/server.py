@@ -50,7 +50,7 @@ def _hover(space: Any, study: Any):
 def study_payload(study: Any) -> dict[str, Any]:
     """The JSON a study page draws: plots (plotly JSON), trial table, objectives."""
     from evomerge.search.front import best_so_far, front_figure, front_trials
-    from evomerge.search.study import space_of
+    from evomerge.search.ledger import space_of
 
     space = space_of(study)
     front = front_trials(study, space)

@@ -20,12 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import ConfigError
+from evomerge.search.executors import Executor
 from evomerge.search.genome import Genome, recipe_hash
-from evomerge.search.objectives import weighted_loss
-from evomerge.search.optimizers import CmaOptimizer, make_optimizer
-from evomerge.search.space import SearchSpace
-from evomerge.search.study import (
+from evomerge.search.ledger import (
     INTERRUPTED,
     counted,
     create_or_load,
@@ -34,9 +31,12 @@ from evomerge.search.study import (
     open_storage,
     results_dir,
 )
+from evomerge.search.objectives import weighted_loss
+from evomerge.search.optimizers import CmaOptimizer, make_optimizer
+from evomerge.search.space import SearchSpace
 from evomerge.search.worker import CandidateResult, build_evaluators
 
-__all__ = ["SearchOutcome", "run_search", "check_models", "space_genome"]
+__all__ = ["SearchOutcome", "run_search"]
 
 MAX_DUPLICATES_IN_A_ROW = 200
 HEARTBEAT_SECONDS = 30.0
@@ -50,29 +50,6 @@ class SearchOutcome:
     failed: int
     stopped: str  # "budget", "wall_time", "interrupted", "exhausted"
     results_dir: Path
-
-
-def check_models(space: SearchSpace) -> int:
-    """Open every model's config and header (no weights); returns the shared layer count."""
-    from evomerge.sources import ModelSource
-
-    depths = {}
-    for field, ref in [("base_model", space.base_model),
-                       *((f"models.{a}", p) for a, p in space.models.items())]:
-        depths[ref] = ModelSource(ref, field=field).num_layers
-    if len(set(depths.values())) > 1:
-        detail = ", ".join(f"{r!r} has {d}" for r, d in depths.items())
-        raise ConfigError(f"The search needs models with the same layer count ({detail}).")
-    return next(iter(depths.values()))
-
-
-def space_genome(space: SearchSpace) -> Genome:
-    """The genome of ``space`` over its models (headers only: depth and stored dtype)."""
-    from evomerge.sources import ModelSource
-
-    num_layers = check_models(space)
-    stored = ModelSource(space.base_model, field="base_model").stored_dtype
-    return Genome(space, num_layers, str(stored).removeprefix("torch."))
 
 
 class _Stop:
@@ -222,7 +199,7 @@ class _Loop:
             self.study.tell(trial, state=TrialState.FAIL)
         self.in_flight.clear()
 
-    def run(self, executor: Any, wall_time: float | None, stop: _Stop,
+    def run(self, executor: Executor, wall_time: float | None, stop: _Stop,
             on_generation: Callable[[], None]) -> str:
         self.executor = executor
         self.duplicates_in_a_row = 0
@@ -256,7 +233,8 @@ class _Loop:
 
 
 def run_search(space: SearchSpace, study: str | None = None, storage: str | None = None,
-               trials: int | None = None, executor_factory: Callable[[SearchSpace], Any] | None = None,
+               trials: int | None = None,
+               executor_factory: Callable[[SearchSpace], Executor] | None = None,
                results_root: str | Path = "results",
                progress: Callable[[dict], None] | None = None,
                launch: dict[str, Any] | None = None) -> SearchOutcome:
@@ -284,7 +262,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     name = study or space.name
     url = storage or default_storage(name, results_root)
-    genome = space_genome(space)
+    genome = Genome.of_models(space)
     build_evaluators(space)  # a bad evaluator or objective fails here, before the study exists
     store = open_storage(url)
     budget = trials or space.budget.trials

@@ -7,11 +7,33 @@ reference the Ray executor (resident-model actors on a cluster) must agree with.
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol, runtime_checkable
 
 from evomerge.search.space import SearchSpace
 from evomerge.search.worker import CandidateResult, Worker
 
-__all__ = ["InlineExecutor"]
+__all__ = ["Executor", "InlineExecutor"]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What the search loop needs from an executor.
+
+    Contract: at most ``capacity`` candidates are in flight; every ``submit`` is answered by
+    exactly one :class:`CandidateResult` from ``next_result`` (a failing candidate is a result
+    with its error, never an exception); ``close`` stops all work and leaves nothing running.
+    """
+
+    capacity: int
+
+    def submit(self, trial: int, recipe_yaml: str) -> None:
+        """Start evaluating one candidate recipe (YAML) for ``trial``."""
+
+    def next_result(self) -> CandidateResult:
+        """Block until a submitted candidate finishes; results come in completion order."""
+
+    def close(self) -> None:
+        """Release workers; safe to call twice."""
 
 
 class InlineExecutor:

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evomerge.search.ledger import counted
 from evomerge.search.pareto import pareto_front
 from evomerge.search.space import SearchSpace
-from evomerge.search.study import counted
 
 __all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed"]
 

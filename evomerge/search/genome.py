@@ -97,6 +97,16 @@ class Genome:
         self.parts = ["attn", "mlp"] if space.granularity.split_attn_mlp else ["all"]
         self.genes = self._genes()
 
+    @classmethod
+    def of_models(cls, space: SearchSpace) -> Genome:
+        """The genome of ``space`` over its models: depth and stored dtype from their headers
+        (checked, see :meth:`SearchSpace.check_models`)."""
+        from evomerge.sources import ModelSource
+
+        num_layers = space.check_models()
+        stored = ModelSource(space.base_model, field="base_model").stored_dtype
+        return cls(space, num_layers, str(stored).removeprefix("torch."))
+
     # ---- genes -------------------------------------------------------------------------
     def _genes(self) -> list[Gene]:
         space = self.space

@@ -15,18 +15,20 @@ Every optimizer builds the study's sampler and proposes candidates:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from evomerge.errors import EvomergeError
+from evomerge.registry import Registry
 from evomerge.search.genome import Genome
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.space import Objective, OptimizerConfig
 
-__all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "make_optimizer"]
+__all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
+           "OPTIMIZERS", "register_optimizer", "make_optimizer"]
 
 
 @dataclass(frozen=True)
@@ -64,21 +66,17 @@ class Optimizer(ABC):
 
 
 class OptunaOptimizer(Optimizer):
-    """An Optuna sampler; proposals are drawn by ``Study.ask`` itself."""
+    """An Optuna sampler; proposals are drawn by ``Study.ask`` itself.
 
-    def __init__(self, config: OptimizerConfig, n_objectives: int) -> None:
+    Args:
+        sampler: ``sampler(optuna.samplers, config)`` builds the sampler.
+    """
+
+    def __init__(self, config: OptimizerConfig,
+                 sampler: Callable[[Any, OptimizerConfig], Any]) -> None:
         import optuna
 
-        s = optuna.samplers
-        seed = config.seed
-        self.sampler = {
-            "tpe": lambda: s.TPESampler(seed=seed, multivariate=True, n_startup_trials=10),
-            "cmaes": lambda: s.CmaEsSampler(seed=seed, popsize=config.popsize,
-                                            sigma0=config.sigma0 if config.sigma0 else None),
-            "nsga2": lambda: s.NSGAIISampler(seed=seed, population_size=config.popsize or 16),
-            "gp": lambda: s.GPSampler(seed=seed),
-            "random": lambda: s.RandomSampler(seed=seed),
-        }[config.name]()
+        self.sampler = sampler(optuna.samplers, config)
 
     def ask(self) -> Proposal:
         return Proposal(None)
@@ -171,9 +169,43 @@ class CmaOptimizer(Optimizer):
                 return
 
 
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A registered optimizer: how to build it, and whether it takes several objectives
+    (natively, or as CMA-ES does through their weighted sum)."""
+
+    name: str
+    build: Callable[[OptimizerConfig, Genome, Sequence[Objective]], Optimizer]
+    multi_objective: bool = True
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
+
+
+def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
+    OPTIMIZERS.add(spec.name, spec)
+    return spec
+
+
+def _optuna(name: str, sampler: Callable[[Any, OptimizerConfig], Any],
+            multi_objective: bool = True) -> OptimizerSpec:
+    return register_optimizer(OptimizerSpec(
+        name, lambda config, genome, objectives: OptunaOptimizer(config, sampler),
+        multi_objective))
+
+
+register_optimizer(OptimizerSpec("cma", lambda config, genome, objectives: CmaOptimizer(
+    genome, objectives, config)))
+_optuna("tpe", lambda s, c: s.TPESampler(seed=c.seed, multivariate=True, n_startup_trials=10))
+_optuna("cmaes", lambda s, c: s.CmaEsSampler(seed=c.seed, popsize=c.popsize,
+                                             sigma0=c.sigma0 if c.sigma0 else None),
+        multi_objective=False)
+_optuna("nsga2", lambda s, c: s.NSGAIISampler(seed=c.seed, population_size=c.popsize or 16))
+_optuna("gp", lambda s, c: s.GPSampler(seed=c.seed))
+_optuna("random", lambda s, c: s.RandomSampler(seed=c.seed))
+
+
 def make_optimizer(config: OptimizerConfig, genome: Genome,
                    objectives: Sequence[Objective]) -> Optimizer:
-    """The optimizer named by ``config.name``."""
-    if config.name == "cma":
-        return CmaOptimizer(genome, objectives, config)
-    return OptunaOptimizer(config, len(objectives))
+    """The optimizer registered as ``config.name``."""
+    return OPTIMIZERS.get(config.name).build(config, genome, objectives)

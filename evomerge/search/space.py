@@ -34,11 +34,9 @@ from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.recipe import format_validation_error, read_mapping
 
-__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "load_space", "OPTIMIZERS",
-           "SWAP_MERGE", "SWAP_BASE"]
+__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "load_space", "SWAP_MERGE",
+           "SWAP_BASE"]
 
-OPTIMIZERS = ("cma", "tpe", "cmaes", "nsga2", "gp", "random")
-SINGLE_OBJECTIVE = ("cmaes",)
 SWAP_MERGE, SWAP_BASE = "merge", "base"
 
 
@@ -107,8 +105,11 @@ class OptimizerConfig(_Strict):
 
     @model_validator(mode="after")
     def _name(self) -> OptimizerConfig:
+        from evomerge.search.optimizers import OPTIMIZERS  # the registry (imports this module)
+
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+            raise ValueError(f"optimizer.name {self.name!r} is not one of "
+                             f"{', '.join(OPTIMIZERS.names())}")
         return self
 
 
@@ -125,7 +126,7 @@ class SearchSpace(_Strict):
     evaluators: dict[str, EvaluatorConfig] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
     budget: Budget
-    optimizer: OptimizerConfig = OptimizerConfig()
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # merges + evaluation
     # The dtype merges compute in (mergekit's ``dtype``); default: float32 for bf16/fp16
@@ -150,7 +151,9 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
-        if self.optimizer.name in SINGLE_OBJECTIVE and len(self.objectives) > 1:
+        from evomerge.search.optimizers import OPTIMIZERS
+
+        if not OPTIMIZERS.get(self.optimizer.name).multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
         for choice in self.swap_choices:
@@ -200,6 +203,25 @@ class SearchSpace(_Strict):
         """Equal apart from run-time options that do not change any result (``offload``)."""
         skip = {"offload"}
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
+
+    def check_models(self) -> int:
+        """Open every model's config and weight headers (checked; no weights read); returns
+        the shared layer count.
+
+        Raises:
+            ModelError: a model is missing or unreadable.
+            ConfigError: the models differ in depth.
+        """
+        from evomerge.sources import ModelSource
+
+        depths = {}
+        for field, ref in [("base_model", self.base_model),
+                           *((f"models.{a}", p) for a, p in self.models.items())]:
+            depths[ref] = ModelSource(ref, field=field).num_layers
+        if len(set(depths.values())) > 1:
+            detail = ", ".join(f"{r!r} has {d}" for r, d in depths.items())
+            raise ConfigError(f"The search needs models with the same layer count ({detail}).")
+        return next(iter(depths.values()))
 
     def model_paths(self) -> list[str]:
         return [self.base_model, *self.models.values()]

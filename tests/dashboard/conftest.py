@@ -8,8 +8,8 @@ import pytest
 import yaml
 from search.spaces import space_dict
 
-from evomerge.search.study import default_storage
-from evomerge.studies import search
+from evomerge.commands import search
+from evomerge.search.ledger import default_storage
 
 
 def make_stopped_study(zoo: Path, root: Path, name: str = "dash", stop_after: int = 5) -> str:

@@ -120,7 +120,7 @@ def test_journal_studies_are_found_and_served(mini_zoo, tmp_path):
     """A study in a journal file (the Slurm default) is listed beside SQLite ones."""
     from search.spaces import space_dict
 
-    from evomerge.studies import search
+    from evomerge.commands import search
 
     results = tmp_path / "results"
     path = tmp_path / "j.yaml"

@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from evomerge.search.driver import run_search
+from evomerge.search.ledger import counted, default_storage, load_study, open_storage
 from evomerge.search.ray_executor import RayExecutor
 from evomerge.search.space import load_space
-from evomerge.search.study import counted, default_storage, load_study, open_storage
 
 from .spaces import space_dict
 

@@ -42,12 +42,11 @@ def test_bad_space(mini_zoo, over, message):
 
 
 def test_layer_swap_needs_equal_depth(mini_zoo, tiny, tmp_path):
-    from evomerge.search.driver import check_models
 
     space = load_space(space_dict(mini_zoo, models={"math": str(mini_zoo / "math"),
                                                     "deep": tiny["deep"]}))
     with pytest.raises(ConfigError, match="same layer count"):
-        check_models(space)
+        space.check_models()
 
 
 def test_unreachable_storage_creates_nothing(mini_zoo, tmp_path):

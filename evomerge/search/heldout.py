@@ -24,10 +24,10 @@ from evomerge.search.genome import Genome
 from evomerge.search.pareto import hypervolume, pareto_front
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
-__all__ = ["test_evaluators", "uniform_params", "make_report"]
+__all__ = ["heldout_evaluators", "uniform_params", "make_report"]
 
 
-def test_evaluators(space: SearchSpace) -> dict[str, Any]:
+def heldout_evaluators(space: SearchSpace) -> dict[str, Any]:
     """The space's evaluators switched to the test split (zoo evaluators: ``split: test``;
     others: their ``test`` option block, which replaces options for the report)."""
     from evomerge.evaluators import make_evaluator
@@ -79,12 +79,11 @@ def uniform_params(genome: Genome, levels: int = 3) -> list[dict[str, Any]]:
 def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
                 progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Score models, front and uniform recipes on the test split; write report.md/json."""
-    from evomerge.search.driver import space_genome
     from evomerge.search.worker import Worker
 
-    genome = space_genome(space)
+    genome = Genome.of_models(space)
     worker = Worker(space)
-    tests = test_evaluators(space)
+    tests = heldout_evaluators(space)
     objs = space.objectives
     keys = [o.key for o in objs]
 

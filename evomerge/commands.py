@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.search.driver import SearchOutcome, run_search
+from evomerge.search.executors import Executor
+from evomerge.search.ledger import default_storage, load_study, open_storage, space_of, summary
 from evomerge.search.space import SearchSpace, load_space
-from evomerge.search.study import default_storage, load_study, open_storage, space_of, summary
 
 __all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "status", "executor_factory"]
 
@@ -35,7 +36,8 @@ def found_storage(name: str, results: str = "results") -> str:
                       f"{journal}); pass --storage if it lives elsewhere.")
 
 
-def executor_factory(workers: int, **ray_options: Any) -> Callable[[SearchSpace], Any] | None:
+def executor_factory(workers: int, **ray_options: Any
+                     ) -> Callable[[SearchSpace], Executor] | None:
     """``None`` (in-process) for 0 workers; the Ray executor otherwise."""
     if workers == 0:
         return None
