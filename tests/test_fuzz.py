@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 from fuzz_inputs import mutated, run_cli, write_yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from search.spaces import space_dict
 
@@ -55,6 +55,8 @@ def test_damaged_recipes_merge_or_exit_2_with_nothing_written(tiny, tmp_path_fac
 
     @FUZZ
     @given(st.integers(0, len(valid) - 1).flatmap(lambda i: mutated(valid[i])))
+    @example(valid[0])  # the undamaged inputs must run
+    @example(valid[4])
     def check(doc):
         d = root / f"c{next(case)}"
         d.mkdir()
@@ -70,7 +72,6 @@ def test_damaged_recipes_merge_or_exit_2_with_nothing_written(tiny, tmp_path_fac
         shutil.rmtree(d)
 
     check()
-    print('recipes ended', ended)
     assert ended[0] > 0 and ended[2] > 0  # the fuzzer reached both outcomes
 
 
@@ -83,6 +84,7 @@ def test_damaged_spaces_search_or_exit_2_with_nothing_created(mini_zoo, tmp_path
 
     @settings(FUZZ, max_examples=max(20, EXAMPLES // 3))
     @given(mutated(valid))
+    @example(valid)  # the undamaged space must run
     def check(doc):
         d = root / f"c{next(case)}"
         d.mkdir()
@@ -98,5 +100,4 @@ def test_damaged_spaces_search_or_exit_2_with_nothing_created(mini_zoo, tmp_path
         shutil.rmtree(d)
 
     check()
-    print('spaces ended', ended)
     assert ended[0] > 0 and ended[2] > 0
