@@ -4,6 +4,8 @@ whatever compute ``dtype`` the recipe names; and the one tie rule, checked again
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from oracle import load_dir, mergekit_merge
@@ -124,3 +126,42 @@ out_dtype: float32
         ties += int(tie.sum())
         differing += int(diff.sum())
     assert ties > 1000 and differing > 0  # ties are real in bf16 checkpoints, and they matter
+
+
+@pytest.mark.slow
+def test_real_model_is_held_as_m_plus_2_copies(smollm2):
+    """Base + 2 experts of SmolLM2 in bf16: the sources are held once each, as stored, and the
+    output model once (its tied head shares the embedding): exactly 4 model copies."""
+    from evomerge.sources import ModelSource
+
+    mat = Materializer([smollm2["a"], smollm2["b"]], base_model=smollm2["base"])
+    model_bytes = ModelSource(smollm2["base"]).nbytes
+    held = mat.resident_bytes()
+    assert held == {"sources": 3 * model_bytes, "model": model_bytes}
+    assert mat.model.lm_head.weight.data_ptr() == mat.model.model.embed_tokens.weight.data_ptr()
+
+
+def test_real_tokenizers_that_differ_are_refused(smollm2, tmp_path):
+    """Same 49152 ids, two tokens swapped in SmolLM2's BPE tokenizer: refused by name."""
+    import json
+
+    from evomerge.errors import ModelError
+
+    other = tmp_path / "other_tok"
+    other.mkdir()
+    for f in Path(smollm2["a"]).iterdir():
+        (other / f.name).symlink_to(f)
+    (other / "tokenizer.json").unlink()
+    tok = json.loads((Path(smollm2["a"]) / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[1000:1002]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    recipe = load_recipe(f"""
+merge_method: task_arithmetic
+base_model: {smollm2['base']}
+models: [{{model: {other}, parameters: {{weight: 0.5}}}}]
+""")
+    with pytest.raises(ModelError, match=r"Tokenizer mismatch: .*\(token 1000 is"):
+        merge_to_disk(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
