@@ -229,7 +229,7 @@ class TensorEngine:
         CHUNK-sized slices (bounded temporaries, bounded device copies); a compiled kernel
         over device inputs keeps no temporaries and runs in one call."""
         dev = out.device
-        compiled = _compiles_exactly(lo.dtype)
+        compiled = self._tv.compiled and _compiles_exactly(lo.dtype)
         kernel = self._tv if compiled else task_vector_kernel
         step = out.numel() if compiled and base.device == dev else CHUNK
         counts = torch.zeros(br.numel(), dtype=torch.int64, device=dev)
@@ -254,7 +254,8 @@ class TensorEngine:
         """Exact thresholds by selection over each full |d_i| (small tensors, and the rare
         missed bracket): one tensor of workspace, filled chunk by chunk."""
         lo, hi = [], []
-        mag = torch.empty(base.numel(), dtype=cd, device=dev)
+        mag = (torch.empty(base.numel(), dtype=cd, device=dev)
+               if any(r_lo for r_lo, _ in ranks) else None)
         for (r_lo, r_hi), e in zip(ranks, experts):
             if r_lo:
                 for s in range(0, mag.numel(), CHUNK):
