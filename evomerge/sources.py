@@ -25,13 +25,14 @@ import torch
 from evomerge.arch import num_layers_of
 from evomerge.errors import ModelError
 
-__all__ = ["ModelSource", "torch_dtype", "read_header", "TensorEntry"]
+__all__ = ["ModelSource", "torch_dtype", "read_header", "TensorEntry", "ST_DTYPES"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
-              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+# safetensors dtype names (the writer uses the inverse)
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+             "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+             "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 
 
@@ -86,7 +87,7 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
 
 def _entry(file: Path, name: str, info: Any, start: int, size: int) -> TensorEntry:
     try:
-        dtype = _ST_DTYPES[info["dtype"]]
+        dtype = ST_DTYPES[info["dtype"]]
         shape = tuple(int(d) for d in info["shape"])
         lo, hi = (int(v) for v in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
@@ -187,7 +188,7 @@ class ModelSource:
         archs = self.config.get("architectures") or [self.config.get("model_type", "?")]
         return str(archs[0])
 
-    @property
+    @cached_property
     def tied_embeddings(self) -> bool:
         """Whether the LM head is the input embedding: ``tie_word_embeddings`` in the config,
         or a checkpoint without an ``lm_head.weight``."""
@@ -218,6 +219,18 @@ class ModelSource:
                 AttributeError) as exc:
             raise ModelError(f"{self.ref!r}: unreadable tokenizer file ({exc}).") from None
         return hashlib.sha256(spm.read_bytes()).hexdigest() if spm.is_file() else None
+
+    @cached_property
+    def tokenizer_digest(self) -> str | None:
+        """A digest of :attr:`tokenizer`: the resident materializer plans every candidate, so
+        tokenizers are compared by digest there, not token by token."""
+        import hashlib
+
+        table = self.tokenizer
+        if table is None:
+            return None
+        text = table if isinstance(table, str) else json.dumps(sorted(table.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @cached_property
     def stored_dtype(self) -> torch.dtype:

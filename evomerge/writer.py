@@ -17,10 +17,11 @@ from typing import BinaryIO
 
 import torch
 
+from evomerge.sources import ST_DTYPES
+
 __all__ = ["TensorMeta", "ShardedWriter"]
 
-_ST_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.float64: "F64"}
+_ST_DTYPE = {dtype: name for name, dtype in ST_DTYPES.items()}
 
 
 @dataclass(frozen=True)
