@@ -351,12 +351,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_commands(sub)
     _add_slurm_commands(sub)
     _add_dashboard_command(sub)
+    _verbose_everywhere(parser)
     return parser
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``-v`` before or after the command: other libraries' warnings, logs and progress bars
+    are shown (by default only evomerge's own output is)."""
+    verbose = "show other libraries' warnings, logs and progress bars"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    todo = [parser]
+    while todo:
+        for action in todo.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for p in action.choices.values():
+                    p.add_argument("-v", "--verbose", action="store_true",
+                                   default=argparse.SUPPRESS, help=verbose)
+                    todo.append(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``evomerge`` console script; exit code 2 for user errors."""
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        from evomerge.quiet import quiet_third_party
+
+        quiet_third_party()
     try:
         return args.func(args)
     except EvomergeError as exc:

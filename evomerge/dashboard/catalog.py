@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.search.genome import Genome
 from evomerge.search.ledger import counted, open_storage, space_of, summary
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.space import SWAP_MERGE
 
 __all__ = ["Catalog", "driver_state", "study_overview", "trial_rows", "layer_view"]
 
@@ -139,31 +137,19 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 
 def layer_view(study: Any, number: int) -> dict[str, Any]:
-    """Per-layer coefficients of trial ``number``: for each layer, the source choice (layer
-    swap) and each searched parameter per model and part (attention / MLP)."""
+    """Per-layer view of trial ``number`` (:func:`evomerge.search.layers.layer_table`) with
+    its heatmap (plotly JSON), recipe YAML and objective values."""
+    import json
+
+    from evomerge.search.layers import heatmap_figure, layer_table
+
     space = space_of(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise ConfigError(f"Study {study.study_name!r} has no trial {number}.")
     t = trials[number]
-    genome = Genome(space, int(study.user_attrs["evomerge_num_layers"]))
-    params = t.params
-    columns = [(p, alias, part) for p in space.searched
-               for alias in ([*space.models] if f"{p}.{next(iter(space.models))}.g0.{genome.parts[0]}"
-                             in params else [None])
-               for part in genome.parts]
-    header = [f"{p}[{alias}].{part}" if alias else f"{p}.{part}" for p, alias, part in columns]
-    rows = []
-    for g, (lo, hi) in enumerate(genome.groups):
-        source = params.get(f"swap.g{g}", SWAP_MERGE)
-        values = [params.get(f"{p}.{alias}.g{g}.{part}" if alias else f"{p}.g{g}.{part}")
-                  if source == SWAP_MERGE else None for p, alias, part in columns]
-        rows += [{"layer": i, "group": g, "source": source, "values": values}
-                 for i in range(lo, hi)]
-    io = [params.get(f"{p}.{alias}.io.all" if alias else f"{p}.io.all")
-          for p, alias, _ in columns]
-    if any(v is not None for v in io):  # embeddings, final norm and lm_head share one set
-        rows.append({"layer": "embed/head", "group": "io", "source": SWAP_MERGE, "values": io})
-    return {"trial": number, "method": space.method_name(params),
-            "header": header, "rows": rows, "recipe": t.user_attrs.get("recipe", ""),
+    table = layer_table(space, int(study.user_attrs["evomerge_num_layers"]), t.params)
+    fig = heatmap_figure(table, title=f"trial {number}: per-layer recipe ({table['method']})")
+    return {**table, "trial": number, "heatmap": json.loads(fig.to_json()),
+            "recipe": t.user_attrs.get("recipe", ""),
             "values": list(t.values) if t.values is not None else None}

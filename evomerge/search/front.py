@@ -160,4 +160,43 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
     fig.savefig(out_dir / "pareto.png")
     plt.close(fig)
     html.update_layout(title=study.study_name)
-    html.write_html(out_dir / "pareto.html", include_plotlyjs=True)
+    _write_html(study, space, front, html, out_dir / "pareto.html")
+
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 1rem; }}
+.hint {{ color: #6b7280; font-size: .85rem; }}</style></head><body>
+{front}
+<p class="hint">Click a Pareto-front point to show its per-layer recipe below (top strip: where
+each layer comes from; below: the searched coefficients, blank where a layer is copied).</p>
+<div id="heatmap"></div>
+<script type="application/json" id="layers">{layers}</script>
+<script>
+const views = JSON.parse(document.getElementById("layers").textContent);
+function show(n) {{
+  const v = views[String(n)];
+  if (v) Plotly.react("heatmap", v.data, v.layout);
+}}
+show({first});
+document.getElementById("front").on("plotly_click", (ev) => show(ev.points[0].customdata));
+</script></body></html>
+"""
+
+
+def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path: Path) -> None:
+    """``pareto.html``: the interactive front and, below it, the per-layer heatmap of the
+    front point clicked (the first one at load). Self-contained (plotly.js inlined)."""
+    from evomerge.search.layers import heatmap_figure, layer_table
+
+    shown = front if len(space.objectives) > 1 else [t for t in [best_trial(study, space)] if t]
+    n_layers = int(study.user_attrs.get("evomerge_num_layers", 0))
+    views = {}
+    for t in shown if n_layers else []:
+        table = layer_table(space, n_layers, t.params)
+        views[str(t.number)] = json.loads(heatmap_figure(
+            table, title=f"trial {t.number}: per-layer recipe ({table['method']})").to_json())
+    body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="front")
+    layers = json.dumps(views).replace("</", "<\\/")  # never closes the script element
+    path.write_text(_PAGE.format(title=study.study_name, front=body, layers=layers,
+                                 first=json.dumps(shown[0].number if shown else None)))

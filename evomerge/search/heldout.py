@@ -5,7 +5,8 @@ split: the base and source models, the study's Pareto front, and the front of *u
 recipes (one value per parameter and model for all layers, from a small grid scored on
 validation, as a careful user would try by hand). It compares the two fronts by hypervolume
 (same reference point: the worst test value of any reported model, per objective) and writes
-``results/<study>/report.md`` and ``report.json``.
+``results/<study>/report.md``, ``report.json`` and ``report.png`` (front vs uniform front vs
+sources).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from evomerge.search.genome import Genome
 from evomerge.search.pareto import hypervolume, pareto_front
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
-__all__ = ["heldout_evaluators", "uniform_params", "make_report"]
+__all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report"]
 
 
 def heldout_evaluators(space: SearchSpace) -> dict[str, Any]:
@@ -121,7 +122,51 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(doc, indent=2))
     (out_dir / "report.md").write_text(_markdown(doc))
+    plot_report(doc, out_dir / "report.png")
     return doc
+
+
+_STYLE = {"source": ("s", "black", 60), "uniform front": ("D", "C1", 30),
+          "search front": ("o", "C3", 22)}
+
+
+def plot_report(doc: dict[str, Any], path: Path) -> None:
+    """``report.png``: test scores of the search front, the uniform front and the source
+    models, one panel per pair of objectives (one strip for a single objective)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [o["task"] + "/" + o["metric"] for o in doc["objectives"]]
+    dirs = {k: o["direction"] for k, o in zip(keys, doc["objectives"])}
+    pairs = list(itertools.combinations(keys, 2)) or [(None, keys[0])]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.3), dpi=100, squeeze=False)
+    for ax, (kx, ky) in zip(axes[0], pairs):
+        for i, kind in enumerate(_STYLE):
+            rows = [r for r in doc["rows"] if r["kind"] == kind]
+            xs = [r["test"][kx] if kx else i for r in rows]
+            marker, colour, size = _STYLE[kind]
+            ax.scatter(xs, [r["test"][ky] for r in rows], marker=marker, c=colour, s=size,
+                       label=kind, zorder=3 if kind == "source" else 2)
+            if kind == "source":
+                for x, r in zip(xs, rows):
+                    ax.annotate(r["name"], (x, r["test"][ky]), textcoords="offset points",
+                                xytext=(5, 4), fontsize=8)
+        if kx:
+            ax.set_xlabel(f"{kx} ({dirs[kx]})")
+        else:
+            ax.set_xticks(range(len(_STYLE)), list(_STYLE))
+        ax.set_ylabel(f"{ky} ({dirs[ky]})")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    s = doc["summary"]
+    fig.suptitle(f"{doc['study']} on the test split: hypervolume search front "
+                 f"{s['hypervolume_search_front']:.4g} vs uniform front "
+                 f"{s['hypervolume_uniform_front']:.4g}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -78,6 +78,10 @@ def test_dashboard_in_chromium(browser, dashboard, stopped_study, tmp_path):
     page.wait_for_selector("#layers tbody tr")  # the first front point's per-layer recipe
     assert page.locator("#layers tbody tr").count() >= 2  # mini zoo: 2 layers (+ embed/head)
     assert "merge_method" in page.inner_text("#recipe")
+    page.wait_for_selector("#heatmap .main-svg")  # the same trial's per-layer heatmap
+    first = page.get_attribute("#heatmap", "data-trial")
+    assert first == page.input_value("#export-trial")
+    assert page.locator("#heatmap .hm").count() == 2  # source strip + coefficients
     assert page.locator("#trials tbody tr").count() >= 5
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "study.png"), full_page=True)
@@ -115,4 +119,23 @@ def test_dashboard_in_chromium(browser, dashboard, stopped_study, tmp_path):
     assert done == 12, log.read_text() if log.exists() else "no resume log"
     page.goto(dashboard + "/")
     assert "12 / 12" in page.locator("#studies tbody tr", has_text="dash").inner_text()
+    page.close()
+
+
+def test_pareto_html_draws_the_clicked_point_heatmap(browser, stopped_study):
+    """pareto.html (written by the search, no server): front plot, then the per-layer heatmap
+    of the first front point; a click on another point redraws it for that trial."""
+    html = Path(stopped_study[0]) / "dash" / "pareto.html"
+    page = browser.new_page(viewport={"width": 1200, "height": 1300})
+    page.goto(html.as_uri())
+    page.wait_for_selector("#heatmap .main-svg", timeout=30_000)
+    title = page.locator("#heatmap .gtitle").text_content()
+    points = page.locator("#front .scatterlayer .trace:last-child .point")  # the front's trace
+    assert points.count() >= 2 and title.startswith("trial ")
+    points.nth(points.count() - 1).click(force=True)
+    page.wait_for_function("t => document.querySelector('#heatmap .gtitle').textContent != t",
+                           arg=title, timeout=10_000)
+    assert page.locator("#heatmap .hm").count() == 2
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "pareto_html.png"), full_page=True)
     page.close()

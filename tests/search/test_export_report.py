@@ -58,3 +58,8 @@ def test_report_scores_test_split(study_root, mini_zoo, capsys):
     assert s["hypervolume_search_front"] >= 0 and s["hypervolume_uniform_front"] >= 0
     assert s["uniform_grid_size"] == 16  # 2 levels x (weight, density) x 2 experts, all distinct
     assert "Held-out report" in (study_root / "t" / "report.md").read_text()
+    import matplotlib.image
+
+    img = matplotlib.image.imread(study_root / "t" / "report.png")
+    n = len(doc["objectives"])
+    assert img.shape[1] == 500 * max(1, n * (n - 1) // 2)  # one 5-inch panel per pair, 100 dpi

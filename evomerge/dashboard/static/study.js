@@ -19,6 +19,8 @@ async function showTrial(number) {
   document.getElementById("trial-number").textContent = String(number);
   if (!res.ok) { document.getElementById("recipe").textContent = await res.text(); return; }
   const view = await res.json();
+  await Plotly.react("heatmap", view.heatmap.data, view.heatmap.layout, { responsive: true });
+  document.getElementById("heatmap").dataset.trial = String(number);
   const head = table.createTHead().insertRow();
   ["layer", "source", ...view.header].forEach((h) => { const th = document.createElement("th"); th.textContent = h; head.appendChild(th); });
   const body = table.createTBody();
