@@ -240,7 +240,8 @@ def _add_slurm_commands(sub) -> None:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from evomerge.dashboard.server import serve
 
-    serve(storages=args.storage or [], results=args.results, host=args.host, port=args.port)
+    serve(storages=args.storage or [], results=args.results, host=args.host, port=args.port,
+          token=args.token)
     return 0
 
 
@@ -251,6 +252,9 @@ def _add_dashboard_command(sub) -> None:
     d.add_argument("--results", default="results", help="results root (default ./results)")
     d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--token", default=None,
+                   help="access token required on every request (default $EVOMERGE_DASHBOARD_"
+                        "TOKEN; generated and printed when --host is not loopback)")
     d.set_defaults(func=_cmd_dashboard)
 
 

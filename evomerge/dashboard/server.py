@@ -10,6 +10,9 @@ Security: binds 127.0.0.1 by default and answers only requests whose Host is the
 serves (no DNS rebinding); POST actions need the per-process CSRF token embedded in the page
 (a cross-site page cannot read it) and a same-origin ``Origin`` when the browser sends one;
 storages come only from the server's own list, never from a request; nothing is unpickled.
+Bound to any other address it requires an access token on every request (``?token=`` once,
+then an HttpOnly cookie; compared in constant time), as Jupyter does: whoever can reach the
+port could otherwise resume studies and submit Slurm jobs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,25 @@ from evomerge.errors import ConfigError, EvomergeError
 __all__ = ["create_app", "serve"]
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+TOKEN_ENV = "EVOMERGE_DASHBOARD_TOKEN"
+COOKIE = "evomerge_token"
+MIN_TOKEN = 16
+
+
+def access_token(host: str, given: str | None) -> str | None:
+    """The token the dashboard requires: ``given`` (``--token``) or ``$EVOMERGE_DASHBOARD_TOKEN``;
+    generated when the dashboard binds a non-loopback address and none was given; None on
+    loopback without one. A token shorter than 16 characters is refused."""
+    import os
+
+    token = given if given is not None else os.environ.get(TOKEN_ENV)
+    if token is None:
+        return None if host in LOOPBACK else secrets.token_urlsafe(24)
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(f"The dashboard access token (--token or ${TOKEN_ENV}) has "
+                          f"{len(token)} characters; use at least {MIN_TOKEN} (or leave it "
+                          "unset to get a generated one).")
+    return token
 
 
 def _hover(space: Any, study: Any):
@@ -70,24 +92,45 @@ def study_payload(study: Any) -> dict[str, Any]:
     }
 
 
-def create_app(catalog: Catalog, host: str = "127.0.0.1"):
-    """The Flask app over ``catalog``."""
+def create_app(catalog: Catalog, host: str = "127.0.0.1", token: str | None = None):
+    """The Flask app over ``catalog``; with ``token``, every request must carry it (query
+    ``?token=`` or the cookie set on the first visit). Off loopback a token is required."""
+    if host not in LOOPBACK and not token:
+        raise ConfigError(f"Serving the dashboard on {host} needs an access token (--token or "
+                          f"${TOKEN_ENV}); only 127.0.0.1 may be served without one.")
     from flask import Flask, Response, abort, jsonify, redirect, render_template, request
 
     app = Flask(__name__)
-    token = secrets.token_urlsafe(32)
-    app.config["CSRF_TOKEN"] = token
+    csrf = secrets.token_urlsafe(32)
+    app.config["CSRF_TOKEN"] = csrf
+
+    def _access() -> None:
+        if token is None:
+            return
+        given = request.args.get("token") or request.cookies.get(COOKIE)
+        if not given:
+            abort(401, "This dashboard needs its access token: open the URL it printed "
+                       "(…/?token=…).")
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            abort(403, "Wrong access token.")
+
+    @app.after_request
+    def _remember(resp: Any) -> Any:
+        if token is not None and request.args.get("token") and resp.status_code < 400:
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+        return resp
 
     @app.before_request
     def _guard() -> None:
         hostname = urlsplit(f"//{request.host}").hostname or ""
         if host in LOOPBACK and hostname not in LOOPBACK:
             abort(421, "This dashboard only answers requests addressed to localhost.")
+        _access()
         if request.method == "POST":
             origin = request.headers.get("Origin")
             if origin and urlsplit(origin).netloc != request.host:
                 abort(403, "Cross-site request refused.")
-            if not secrets.compare_digest(request.form.get("csrf", ""), token):
+            if not secrets.compare_digest(request.form.get("csrf", ""), csrf):
                 abort(403, "Missing or wrong CSRF token: reload the page and try again.")
 
     def find() -> tuple[str, Any]:
@@ -108,7 +151,7 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1"):
     @app.get("/study")
     def study_page():
         url, study = find()
-        return render_template("study.html", info=study_overview(url, study), csrf=token,
+        return render_template("study.html", info=study_overview(url, study), csrf=csrf,
                                msg=request.args.get("msg"))
 
     @app.get("/api/study")
@@ -171,16 +214,20 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1"):
 
 
 def serve(storages: list[str] | None = None, results: str | Path = "results",
-          host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the dashboard until interrupted (waitress, a pure-Python WSGI server)."""
+          host: str = "127.0.0.1", port: int = 8080, token: str | None = None) -> None:
+    """Serve the dashboard until interrupted (waitress, a pure-Python WSGI server). Off
+    loopback an access token is required: ``token``, ``$EVOMERGE_DASHBOARD_TOKEN`` or a
+    generated one, printed in the URL."""
     from waitress import serve as waitress_serve
 
+    token = access_token(host, token)
     catalog = Catalog(storages, results)
-    print(f"evomerge dashboard on http://{host}:{port}/ ({len(catalog.urls())} storages; "
-          "Ctrl-C stops)", flush=True)
+    app = create_app(catalog, host, token)
+    query = f"?token={token}" if token else ""
+    print(f"evomerge dashboard on http://{host}:{port}/{query} ({len(catalog.urls())} "
+          "storages; Ctrl-C stops)", flush=True)
     try:
-        waitress_serve(create_app(catalog, host), host=host, port=port, threads=4,
-                       _quiet=True)
+        waitress_serve(app, host=host, port=port, threads=4, _quiet=True)
     except OSError as exc:  # port taken, address not on this machine
         raise ConfigError(f"Cannot serve on {host}:{port}: {exc.strerror or exc}; choose "
                           "another --port or --host.") from None

@@ -7,8 +7,10 @@ import time
 import pytest
 import yaml
 
+from evomerge.dashboard import server
 from evomerge.dashboard.catalog import Catalog, driver_state, layer_view, study_overview
 from evomerge.dashboard.server import create_app
+from evomerge.errors import ConfigError
 from evomerge.recipe import load_recipe
 
 
@@ -148,3 +150,96 @@ def test_taken_port_is_one_clear_error(tmp_path, capsys):
         assert main(["dashboard", "--results", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"Cannot serve on 127.0.0.1:{port}" in err and err.count("\n") == 1
+
+
+TOKEN = "t0ken-" + "a" * 26
+
+
+@pytest.fixture()
+def public(stopped_study):
+    """The app as served on 0.0.0.0 with an access token."""
+    results, url = stopped_study
+    app = create_app(Catalog(results=results), host="0.0.0.0", token=TOKEN)
+    return app.test_client(), app.config["CSRF_TOKEN"], url
+
+
+def _requests(url: str, csrf: str) -> list[tuple[str, str, dict]]:
+    q = {"storage": url, "name": "dash"}
+    return [("GET", "/", {}), ("GET", "/study", q), ("GET", "/api/study", q),
+            ("GET", "/api/layers", {**q, "trial": "0"}), ("GET", "/static/plotly.min.js", {}),
+            ("POST", "/export", {**q, "trial": "0", "csrf": csrf}),
+            ("POST", "/resume", {**q, "csrf": csrf})]
+
+
+@pytest.mark.parametrize("given,status", [(None, 401), ("w" * len(TOKEN), 403),
+                                          (TOKEN[:-1], 403)])
+def test_off_loopback_every_request_needs_the_token(public, given, status):
+    c, csrf, url = public
+    for method, path, params in _requests(url, csrf):
+        if given is not None:
+            c.set_cookie(server.COOKIE, given)
+        r = (c.get(path, query_string=params) if method == "GET"
+             else c.post(path, data=params))
+        assert r.status_code == status, (method, path)
+
+
+def test_right_token_works_then_the_cookie_carries_it(public, stopped_study):
+    c, csrf, url = public
+    first = c.get("/", query_string={"token": TOKEN})
+    assert first.status_code == 200 and "dash" in first.get_data(as_text=True)
+    cookie = first.headers["Set-Cookie"]
+    assert f"{server.COOKIE}={TOKEN}" in cookie and "HttpOnly" in cookie
+    for method, path, params in _requests(url, csrf)[:-1]:  # cookie only, no ?token=
+        r = (c.get(path, query_string=params) if method == "GET" else c.post(path, data=params))
+        assert r.status_code == 200, (method, path)
+    assert c.get("/", query_string={"token": TOKEN},  # off loopback, any Host name is served
+                 headers={"Host": "203.0.113.7:8080"}).status_code == 200
+
+
+def test_token_rules(monkeypatch):
+    monkeypatch.delenv(server.TOKEN_ENV, raising=False)
+    assert server.access_token("127.0.0.1", None) is None  # loopback unchanged
+    generated = server.access_token("0.0.0.0", None)
+    assert len(generated) >= 32 and generated != server.access_token("0.0.0.0", None)
+    monkeypatch.setenv(server.TOKEN_ENV, TOKEN)
+    assert server.access_token("0.0.0.0", None) == TOKEN
+    assert server.access_token("127.0.0.1", None) == TOKEN  # an explicit token is always used
+    with pytest.raises(ConfigError, match="has 5 characters; use at least 16"):
+        server.access_token("0.0.0.0", "short")
+    with pytest.raises(ConfigError, match="needs an access token"):
+        create_app(Catalog(results="nowhere"), host="0.0.0.0")
+
+
+def test_public_dashboard_prints_its_token_url(tmp_path):
+    """`--host 0.0.0.0` without a token: a generated one, printed in the URL, which works."""
+    import re
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items() if k != server.TOKEN_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "evomerge", "dashboard", "--host", "0.0.0.0",
+                             "--port", str(port), "--results", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        token = re.search(r"\?token=([\w-]+) ", line).group(1)
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}") as r:
+                    assert r.status == 200
+                break
+            except urllib.error.URLError as exc:
+                if getattr(exc, "code", None):
+                    raise
+                time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
