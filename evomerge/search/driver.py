@@ -40,6 +40,7 @@ __all__ = ["SearchOutcome", "run_search"]
 
 MAX_DUPLICATES_IN_A_ROW = 200
 HEARTBEAT_SECONDS = 30.0
+CHECKPOINT = "evomerge_optimizer_checkpoint"  # study user attribute: the optimizer's JSON state
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class _Loop:
         self.done = self.failed = self.new = 0
         self.best: float | None = None
         self._beat = 0.0
+        self._saved: dict | None = None
 
     def heartbeat(self, state: str = "running", force: bool = False) -> None:
         """Record in the study that a driver is alive (the dashboard shows it): at most one
@@ -102,6 +104,14 @@ class _Loop:
         self.study.set_user_attr("evomerge_driver", {
             "host": socket.gethostname(), "pid": os.getpid(), "state": state,
             "heartbeat": now, "done": self.done, "budget": self.budget})
+
+    def save_checkpoint(self) -> None:
+        """Store the optimizer's state in the study when it has a new one (CMA-ES: once per
+        generation), so a resume on any machine starts from it."""
+        state = self.optimizer.checkpoint()
+        if state is not None and state is not self._saved:
+            self.study.set_user_attr(CHECKPOINT, state)
+            self._saved = state
 
     def restore(self) -> None:
         from optuna.trial import TrialState
@@ -118,7 +128,9 @@ class _Loop:
                 self.best = loss if self.best is None else min(self.best, loss)
         self.done = sum(counted(t) for t in trials)
         self.failed = sum(counted(t) and t.state == TrialState.FAIL for t in trials)
-        self.optimizer.restore(sorted(finished, key=lambda t: t.number))
+        self.optimizer.restore(sorted(finished, key=lambda t: t.number),
+                               self.study.user_attrs.get(CHECKPOINT))
+        self._saved = self.optimizer.checkpoint()
         if not isinstance(self.optimizer, CmaOptimizer):
             for t in stale:  # Optuna samplers: ask the interrupted candidates again
                 if t.params:
@@ -165,6 +177,7 @@ class _Loop:
         else:
             self.study.tell(trial, list(values))
         self.optimizer.tell(attrs, values)
+        self.save_checkpoint()
         self.duplicates_in_a_row += 1
 
     def record(self, result: CandidateResult) -> None:
@@ -183,6 +196,7 @@ class _Loop:
             self.study.tell(trial, list(result.values))
         self.cache[h] = (trial.number, result.values)
         self.optimizer.tell(attrs, result.values)
+        self.save_checkpoint()
         self.done += 1
         self.new += 1
         if result.values is not None:

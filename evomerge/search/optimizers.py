@@ -4,16 +4,18 @@ Every optimizer builds the study's sampler and proposes candidates:
 
 * :class:`CmaOptimizer` -- pycma's ``CMAEvolutionStrategy`` over the unit cube (bounds
   [0, 1]), minimizing :func:`~evomerge.search.objectives.weighted_loss`. Its proposals carry
-  ``cma_gen`` / ``cma_index`` / ``x`` as trial attributes; on resume the strategy is rebuilt
-  by replaying the study: pycma is deterministic given its seed and the told values, so
-  re-asking generation g reproduces the stored points (checked) and telling the stored
-  values restores the state exactly, without storing a pickle.
+  ``cma_gen`` / ``cma_index`` / ``x`` as trial attributes. After every generation its state
+  is checkpointed in the study as JSON (:mod:`evomerge.search.cma_state`); resume starts
+  from the checkpoint. Replaying the study (pycma is deterministic given its seed and the
+  told values) remains a consistency check: on another machine its floating point may
+  drift, which is logged as a warning, not refused.
 * :class:`OptunaOptimizer` -- an Optuna sampler (TPE, CMA-ES, NSGA-II, GP, random) that asks
   through ``Study.ask``; its state already lives in the study.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.errors import EvomergeError
 from evomerge.registry import Registry
 from evomerge.search.genome import Genome
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.space import Objective, OptimizerConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
            "OPTIMIZERS", "register_optimizer", "make_optimizer"]
@@ -61,8 +64,14 @@ class Optimizer(ABC):
     @abstractmethod
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None: ...
 
-    def restore(self, trials: Sequence[Any]) -> None:  # noqa: B027 -- optional hook
-        """Rebuild state from finished trials (default: the sampler keeps it in the study)."""
+    def restore(self, trials: Sequence[Any],  # noqa: B027 -- optional hook
+                checkpoint: dict[str, Any] | None = None) -> None:
+        """Rebuild state from finished trials and the last :meth:`checkpoint` stored in the
+        study (default: the sampler keeps its state in the study)."""
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """JSON state to store in the study after a tell, or None (nothing new to store)."""
+        return None
 
 
 class OptunaOptimizer(Optimizer):
@@ -95,6 +104,7 @@ class CmaOptimizer(Optimizer):
         self.genome, self.objectives, self.config = genome, list(objectives), config
         self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
         self._es = self._new_es()
+        self._checkpoint: dict[str, Any] | None = None  # taken between a tell and an ask
         self._start_generation()
 
     def _new_es(self):
@@ -142,31 +152,90 @@ class CmaOptimizer(Optimizer):
         f = [self._losses[i] if self._losses[i] is not None else worst
              for i in range(len(self._X))]
         self._es.tell(self._X, f)
+        from evomerge.search.cma_state import es_state
+
+        self._checkpoint = {"generation": int(self._es.countiter), "state": es_state(self._es)}
         self._start_generation()
 
-    def restore(self, trials: Sequence[Any]) -> None:
-        """Replay the study: trials are finished ones carrying ``cma_gen``/``cma_index``, with
-        ``values`` (None for failures). Duplicates told from the cache have no trial, so the
-        driver re-derives them through its genome cache after restore."""
+    def checkpoint(self) -> dict[str, Any] | None:
+        """The state after the last finished generation (before its successor was asked), as
+        JSON: ``{"generation": g, "state": ...}``; None until a generation finishes."""
+        return self._checkpoint
+
+    def restore(self, trials: Sequence[Any],
+                checkpoint: dict[str, Any] | None = None) -> None:
+        """Rebuild the strategy: from ``checkpoint`` when it loads, then through the stored
+        trials of later generations. Trials are finished ones carrying ``cma_gen`` /
+        ``cma_index`` / ``x``, with ``values`` (None for failures). Duplicates told from the
+        cache have no trial, so the driver re-derives them through its genome cache."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
             if "cma_gen" in t.user_attrs:
                 by_gen.setdefault(t.user_attrs["cma_gen"], {})[t.user_attrs["cma_index"]] = t
+        upto = checkpoint["generation"] if checkpoint else None
         self._es = self._new_es()
         self._start_generation()
-        while self._gen in by_gen:
+        self._replay(by_gen, upto)  # from scratch: up to the checkpoint, or all of it
+        if checkpoint is None or self._gen < upto:
+            if checkpoint is not None:  # the study lacks trials the checkpoint has seen
+                log.warning("CMA-ES checkpoint of generation %d is ahead of the study's "
+                            "trials (%d); resuming from the checkpoint", upto, self._gen)
+            else:
+                return
+        replayed = _fingerprint(self._es)
+        if not self._load(checkpoint, replayed):
+            return  # unreadable checkpoint: the replay above is the state
+        self._replay(by_gen, None)
+
+    def _load(self, checkpoint: dict[str, Any], replayed: np.ndarray) -> bool:
+        from evomerge.search.cma_state import load_es_state
+
+        es = self._new_es()
+        try:
+            load_es_state(es, checkpoint["state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("CMA-ES checkpoint not used (%s); state rebuilt by replaying the "
+                        "study", exc)
+            return False
+        mine = _fingerprint(es)
+        drift = (float(np.max(np.abs(mine - replayed))) if mine.shape == replayed.shape
+                 else float("inf"))
+        if drift > 1e-9:
+            log.warning("Replaying the study drifts from the CMA-ES checkpoint of generation "
+                        "%d (max difference %.3g in mean, step size, paths or covariance; "
+                        "another CPU or BLAS?): resuming from the checkpoint",
+                        checkpoint["generation"], drift)
+        self._es = es
+        self._checkpoint = checkpoint
+        self._start_generation()
+        return True
+
+    def _replay(self, by_gen: dict[int, dict[int, Any]], upto: int | None) -> None:
+        """Tell the stored trials of each generation from the current one on (up to, not
+        including, ``upto``); an incomplete generation leaves its missing points queued.
+        Points that differ from what the strategy asks (drift) are told as stored."""
+        while self._gen in by_gen and (upto is None or self._gen < upto):
             done = by_gen[self._gen]
             for i, t in done.items():
-                if i >= len(self._X) or not np.allclose(self._X[i], t.user_attrs["x"], atol=1e-9):
-                    raise EvomergeError(
-                        f"Cannot resume: trial {t.number} does not match CMA-ES generation "
-                        f"{self._gen}; was the search space or optimizer seed changed?")
+                x = np.asarray(t.user_attrs["x"])
+                if i < len(self._X) and not np.allclose(self._X[i], x, atol=1e-9):
+                    log.warning("Trial %d differs from CMA-ES generation %d as replayed "
+                                "(max %.3g); told as stored", t.number, self._gen,
+                                float(np.max(np.abs(self._X[i] - x))))
+                    self._X[i] = x
             gen = self._gen
             self._queue = [i for i in range(len(self._X)) if i not in done]
             for t in done.values():
                 self.tell(t.user_attrs, t.values)
             if self._gen == gen:  # generation still incomplete: its missing points are queued
                 return
+
+
+def _fingerprint(es: Any) -> np.ndarray:
+    """Mean, step size, evolution paths and covariance of a pycma strategy, flattened."""
+    parts = [es.mean, [es.sigma], es.pc, getattr(es.adapt_sigma, "ps", []),
+             getattr(es.sm, "C", [])]
+    return np.concatenate([np.ravel(np.asarray(p, dtype=float)) for p in parts])
 
 
 @dataclass(frozen=True)

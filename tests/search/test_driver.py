@@ -83,6 +83,41 @@ def test_diagonal_cma_resumes_to_the_same_candidates(mini_zoo, tmp_path):
     assert hashes(tmp_path / "r") == ref
 
 
+def test_resume_from_checkpoint_survives_a_drifting_replay(mini_zoo, tmp_path, caplog):
+    """Another machine's arithmetic can make the replay of a study drift: resume then warns,
+    starts from the JSON checkpoint, finishes the budget exactly and proposes the candidates
+    of the uninterrupted run."""
+    import sqlite3
+
+    from evomerge.search.driver import CHECKPOINT
+
+    def cands(root):
+        return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
+                       t.user_attrs["recipe_hash"]) for t in _study("t", root).get_trials())
+
+    space = load_space(space_dict(mini_zoo, budget={"trials": 16}))  # popsize 4
+    run_search(space, results_root=tmp_path / "ref")
+    root = tmp_path / "r"
+    run_search(space, trials=10, results_root=root)  # generations 0, 1 and half of 2
+    assert _study("t", root).user_attrs[CHECKPOINT]["generation"] == 2
+    db = sqlite3.connect(root / "t" / "study.db")  # perturb what the replay reads
+    (tid, value), = db.execute(
+        "SELECT a.trial_id, a.value_json FROM trial_user_attributes a JOIN trials t "
+        "ON a.trial_id = t.trial_id WHERE a.key = 'x' ORDER BY t.number LIMIT 1").fetchall()
+    x = json.loads(value)
+    x[0] += 1e-3
+    db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE trial_id = ? AND "
+               "key = 'x'", (json.dumps(x), tid))
+    db.commit()
+    db.close()
+    with caplog.at_level("WARNING", logger="evomerge.search.optimizers"):
+        out = run_search(space, results_root=root)
+    assert out.evaluations == 16
+    assert "differs from CMA-ES generation 0 as replayed" in caplog.text
+    assert "drifts from the CMA-ES checkpoint of generation 2" in caplog.text
+    assert cands(root) == cands(tmp_path / "ref")
+
+
 def test_identical_genomes_are_not_evaluated_twice(mini_zoo, tmp_path):
     # 2 layer groups x 3 sources = 9 distinct recipes; ask for 12 evaluations.
     space = load_space(space_dict(mini_zoo, method=None, parameters={}, layer_swap=True,
