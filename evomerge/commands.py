@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import default_storage, load_study, open_storage, space_of, summary
@@ -38,8 +39,15 @@ def found_storage(name: str, results: str = "results") -> str:
 
 def executor_factory(workers: int, **ray_options: Any
                      ) -> Callable[[SearchSpace], Executor] | None:
-    """``None`` (in-process) for 0 workers; the Ray executor otherwise."""
+    """``None`` (in-process) for 0 workers; the Ray executor otherwise. Ray options with 0
+    workers would do nothing, so they are refused rather than ignored."""
     if workers == 0:
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
+                              "to Ray workers; add --workers N (N >= 1), or drop "
+                              f"{'it' if len(given) == 1 else 'them'}: with --workers 0 "
+                              "candidates run in this process.")
         return None
     from evomerge.search.ray_executor import RayExecutor
 

@@ -83,7 +83,8 @@ class CandidateResult:
         scores: every score the evaluators returned.
         error: why the candidate failed (None on success).
         merge_seconds, eval_seconds: time in the materializer and in the evaluators.
-        peak_memory_mb: peak resident memory of the worker process (GPU memory on CUDA).
+        peak_memory_mb: this candidate's peak: resident memory of the worker process, or CUDA
+            memory allocated on a GPU.
     """
 
     trial: int
@@ -95,9 +96,31 @@ class CandidateResult:
     peak_memory_mb: float = 0.0
 
 
+def _reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window for one candidate: CUDA's allocator statistics, or on
+    Linux the process's resident high-water mark (``/proc/self/clear_refs``, value 5)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:  # not Linux: the lifetime peak is all there is
+        pass
+
+
 def _peak_mb(device: torch.device) -> float:
+    """Peak memory since the last :func:`_reset_peak`: CUDA memory allocated on a GPU, else
+    resident memory (VmHWM; the lifetime peak where it cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -128,6 +151,7 @@ class Worker:
             evaluators: dict[str, Any] | None = None) -> CandidateResult:
         """Materialize and score one recipe; never raises for a bad candidate.
         ``evaluators`` replaces the space's (the report scores the test split this way)."""
+        _reset_peak(self.device)
         t0 = time.perf_counter()
         merge_s = 0.0
         try:

@@ -1,0 +1,48 @@
+"""The resident worker's per-candidate bookkeeping, and options that would do nothing."""
+
+from __future__ import annotations
+
+import resource
+
+import numpy as np
+import pytest
+import yaml
+
+from evomerge.cli import main
+from evomerge.search.genome import Genome
+from evomerge.search.space import load_space
+from evomerge.search.worker import Worker
+
+from .spaces import space_dict
+
+
+def test_peak_memory_is_the_candidates_own(mini_zoo):
+    """A 600 MB spike before a candidate raises the process's lifetime peak, not the
+    candidate's: its peak is measured from its own start."""
+    space = load_space(space_dict(mini_zoo))
+    worker = Worker(space)
+    genome = Genome.of_models(space)
+    recipe = genome.recipe(genome.from_unit(np.full(genome.dim, 0.5))).to_yaml()
+    first = worker.run(0, recipe)
+    spike = np.ones(600 * 2**20 // 8)  # 600 MB, touched
+    del spike
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    second = worker.run(1, recipe)
+    assert first.values is not None and second.values == first.values
+    assert lifetime - second.peak_memory_mb > 400, (lifetime, second.peak_memory_mb)
+    assert second.peak_memory_mb > 50  # the resident models and the evaluation are counted
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--timeout", "5"], "--timeout only applies"),
+    (["--num-gpus", "1", "--max-retries", "1"], "--num-gpus, --max-retries only apply"),
+    (["--ray-address", "auto"], "--ray-address only applies"),
+])
+def test_ray_options_without_workers_are_refused(mini_zoo, tmp_path, capsys, flags, named):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
+    code = main(["search", str(path), "--results", str(tmp_path / "r"), "-q", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "--workers N" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # refused before any study or model
