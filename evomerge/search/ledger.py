@@ -51,10 +51,53 @@ def open_storage(url: str):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             _fast_sqlite()
-        return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+        rdb = _postgres_url(url) if url.startswith(("postgresql", "postgres:")) else url
+        return optuna.storages.RDBStorage(rdb, heartbeat_interval=None)
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 -- any driver error means "unreachable"
-        raise ConfigError(f"Cannot open storage {url!r}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
+        raise ConfigError(_unreachable(url, exc)) from None
+
+
+def shown(url: str) -> str:
+    """``url`` with its password masked, for messages and listings."""
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- not an SQLAlchemy URL: show it as given
+        return url
+
+
+def _postgres_url(url: str) -> str:
+    """A PostgreSQL URL with an installed driver: ``postgresql://`` means psycopg2 to
+    SQLAlchemy; with only psycopg 3 installed (``evomerge[postgres]``) it is used instead."""
+    import importlib.util
+
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url  # the user chose a driver
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is not None:
+        return f"postgresql+psycopg://{rest}"
+    raise ConfigError(f"Storage {shown(url)!r} needs a PostgreSQL driver, and none is "
+                      "installed: pip install 'evomerge[postgres]' (psycopg 3).")
+
+
+def _unreachable(url: str, exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if url.startswith(("postgresql", "postgres:")) and type(exc).__name__ == "OperationalError":
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        reason = first.split(":", 2)[-1].strip() or "connection failed"
+        return (f"Cannot reach the PostgreSQL server of storage {shown(url)!r} at "
+                f"{u.host or 'localhost'}:{u.port or 5432} ({reason}); is it running, and are "
+                "the host, port, user and password right?")
+    return f"Cannot open storage {shown(url)!r}: {type(exc).__name__}: {first}".rstrip(": ")
 
 
 _PRAGMAS_SET = False

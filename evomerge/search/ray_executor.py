@@ -80,6 +80,7 @@ class RayExecutor:
 
         self._ray = ray
         self._owns_ray = not ray.is_initialized()
+        self.temp_dir: str | None = None  # Ray's temp dir when this executor started Ray
         if self._owns_ray:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             common = {"include_dashboard": False, "log_to_driver": False,
@@ -87,8 +88,9 @@ class RayExecutor:
             if ray_address:
                 ray.init(address=ray_address, **common)
             else:
-                ray.init(num_cpus=max(os.cpu_count() or 1, workers),
-                         _temp_dir=_temp_dir(Path(temp_dir) if temp_dir else None), **common)
+                self.temp_dir = _temp_dir(Path(temp_dir) if temp_dir else None)
+                ray.init(num_cpus=max(os.cpu_count() or 1, workers), _temp_dir=self.temp_dir,
+                         **common)
         self._cpus = num_cpus if num_cpus is not None else 1.0
         self._gpus = num_gpus or 0.0
         self._cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0)(_Actor)

@@ -55,7 +55,14 @@ def test_report_scores_test_split(study_root, mini_zoo, capsys):
     assert kinds == {"source", "search front", "uniform front"}
     assert [r["name"] for r in doc["rows"] if r["kind"] == "source"] == ["base", "math", "lang"]
     s = doc["summary"]
-    assert s["hypervolume_search_front"] >= 0 and s["hypervolume_uniform_front"] >= 0
+    from evomerge.search.pareto import hypervolume
+
+    keys = [o["task"] + "/" + o["metric"] for o in doc["objectives"]]
+    dirs = [o["direction"] for o in doc["objectives"]]
+    for kind in ("search front", "uniform front"):  # recomputed from the rows it reports
+        pts = [[r["test"][k] for k in keys] for r in doc["rows"] if r["kind"] == kind]
+        hv = s[f"hypervolume_{kind.replace(' ', '_')}"]
+        assert hv > 0 and hv == hypervolume(pts, s["reference_point"], dirs)
     assert s["uniform_grid_size"] == 16  # 2 levels x (weight, density) x 2 experts, all distinct
     assert "Held-out report" in (study_root / "t" / "report.md").read_text()
     import matplotlib.image
