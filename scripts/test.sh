@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite, slow and end-to-end tests included.
-# As root with apt-get (CI, a fresh machine) it also installs Slurm and Chromium from Debian
-# and starts a local Slurm cluster, so the Slurm and browser tests run for real.
+# As root with apt-get (CI, a fresh machine) it also installs Slurm, Chromium and PostgreSQL
+# from Debian and starts a local Slurm cluster and PostgreSQL server, so the Slurm, browser
+# and PostgreSQL tests run for real.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${EVOMERGE_NO_SYSTEM_DEPS:-0}" != 1 ]; then
     bash scripts/system_deps.sh
+    EVOMERGE_TEST_POSTGRES=$(bash scripts/postgres.sh start)
+    export EVOMERGE_TEST_POSTGRES EVOMERGE_REQUIRE_POSTGRES=1
     export EVOMERGE_REQUIRE_SLURM=1 EVOMERGE_REQUIRE_BROWSER=1
 fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -7,38 +7,15 @@ alike); no pickle is ever loaded (trial values and attributes are JSON in every 
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.search.ledger import counted, open_storage, space_of, summary
+from evomerge.search.ledger import counted, driver_state, open_storage, space_of, summary
 from evomerge.search.objectives import weighted_loss
 
 __all__ = ["Catalog", "driver_state", "study_overview", "trial_rows", "layer_view"]
 
-STALE_SECONDS = 120.0  # a driver whose heartbeat is older than this is presumed dead
-
-
-def driver_state(study: Any, now: float | None = None) -> str:
-    """"running" (a live driver), "stopped (<reason>)", "dead" (a running driver stopped
-    reporting: killed) or "never" (no evomerge driver has run)."""
-    info = study.user_attrs.get("evomerge_driver")
-    if not info:
-        return "never"
-    if info.get("state") != "running":
-        return f"stopped ({info.get('state')})"
-    now = time.time() if now is None else now
-    if info.get("host") == socket.gethostname():
-        try:
-            os.kill(int(info["pid"]), 0)
-        except (ProcessLookupError, ValueError):
-            return "dead"
-        except PermissionError:
-            pass
-    return "running" if now - float(info.get("heartbeat", 0)) < STALE_SECONDS else "dead"
 
 
 class Catalog:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
 from evomerge.search.executors import Executor
 from evomerge.search.genome import Genome, recipe_hash
 from evomerge.search.ledger import (
@@ -103,7 +105,42 @@ class _Loop:
         self._beat = now
         self.study.set_user_attr("evomerge_driver", {
             "host": socket.gethostname(), "pid": os.getpid(), "state": state,
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
             "heartbeat": now, "done": self.done, "budget": self.budget})
+
+    def refuse_second_driver(self) -> None:
+        """One driver per study: two would each spend the budget (double counting). A driver
+        is live while its heartbeat is fresh (and, on this host, its process exists)."""
+        from evomerge.search.ledger import STALE_SECONDS, driver_state
+
+        info = self.study.user_attrs.get("evomerge_driver") or {}
+        if driver_state(self.study) != "running":
+            return
+        if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
+            return  # this process, searching again
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and info.get("slurm_job") == job:
+            return  # a requeued Slurm job: its previous run has ended, whatever it recorded
+        age = time.time() - float(info.get("heartbeat", 0))
+        raise ConfigError(
+            f"Study {self.name!r} is being searched by another driver (host "
+            f"{info.get('host')}, pid {info.get('pid')}, heartbeat {age:.0f} s ago); stop it "
+            f"first, or if it died, resume once its heartbeat is {STALE_SECONDS:.0f} s old.")
+
+    def beat_in_background(self) -> threading.Event:
+        """Keep the heartbeat fresh while a long candidate blocks the loop (a 7B evaluation
+        takes minutes); set the returned event to stop."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT_SECONDS):
+                try:
+                    self.heartbeat(force=True)
+                except Exception:  # noqa: BLE001 -- a missed beat must not kill the search
+                    pass
+
+        threading.Thread(target=beat, name="evomerge-heartbeat", daemon=True).start()
+        return done
 
     def save_checkpoint(self) -> None:
         """Store the optimizer's state in the study when it has a new one (CMA-ES: once per
@@ -285,6 +322,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     recorded = loop.study.user_attrs.get("evomerge_launch") or {}
     if launch is not None and recorded.get("via") != "slurm":
         loop.study.set_user_attr("evomerge_launch", {**launch, "storage": url})
+    loop.refuse_second_driver()
     loop.restore()
     loop.heartbeat(force=True)
     out_dir = results_dir(name, results_root)
@@ -293,6 +331,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         from evomerge.search.executors import InlineExecutor
         executor_factory = InlineExecutor
     stopped, executor = "interrupted", None
+    beat = loop.beat_in_background()
     try:
         with _Stop() as stop:
             executor = executor_factory(space)
@@ -303,6 +342,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         loop.interrupt_in_flight()
         stopped = "interrupted"
     finally:
+        beat.set()
         if executor is not None:
             executor.close()
         loop.heartbeat(state=stopped, force=True)

@@ -10,6 +10,9 @@ evaluation; its candidate is asked again. Study user attributes hold the search 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ from evomerge.errors import ConfigError
 from evomerge.search.space import SearchSpace, load_space
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
-           "counted", "fail_interrupted", "space_of", "INTERRUPTED"]
+           "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
+           "shown", "STALE_SECONDS"]
 
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 
@@ -205,3 +209,25 @@ def summary(study, trials: list | None = None) -> dict[str, Any]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
+
+
+STALE_SECONDS = 120.0  # a driver whose heartbeat is older than this is presumed dead
+
+
+def driver_state(study: Any, now: float | None = None) -> str:
+    """"running" (a live driver), "stopped (<reason>)", "dead" (a running driver stopped
+    reporting: killed) or "never" (no evomerge driver has run)."""
+    info = study.user_attrs.get("evomerge_driver")
+    if not info:
+        return "never"
+    if info.get("state") != "running":
+        return f"stopped ({info.get('state')})"
+    now = time.time() if now is None else now
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError):
+            return "dead"
+        except PermissionError:
+            pass
+    return "running" if now - float(info.get("heartbeat", 0)) < STALE_SECONDS else "dead"

@@ -53,7 +53,7 @@ def test_unreachable_storage_creates_nothing(mini_zoo, tmp_path):
     from evomerge.search.driver import run_search
 
     space = load_space(space_dict(mini_zoo))
-    with pytest.raises(ConfigError, match="Cannot open storage 'postgresql://"):
+    with pytest.raises(ConfigError, match="Cannot reach the PostgreSQL server of storage 'postgresql://nobody@127.0.0.1:1/none' at 127.0.0.1:1"):
         run_search(space, storage="postgresql://nobody@127.0.0.1:1/none",
                    results_root=tmp_path / "r")
     assert not (tmp_path / "r").exists()
