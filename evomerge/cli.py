@@ -197,6 +197,17 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_slurm_node_address(args: argparse.Namespace) -> int:
+    from evomerge.errors import ConfigError
+    from evomerge.slurm_info import node_address
+
+    try:
+        print(node_address(args.node))
+    except LookupError as exc:
+        raise ConfigError(f"{exc}; is this a Slurm node, and is scontrol on PATH?") from None
+    return 0
+
+
 def _cmd_slurm_status(args: argparse.Namespace) -> int:
     from evomerge.slurm import slurm_status
     from evomerge.tables import print_slurm_status
@@ -231,7 +242,12 @@ def _add_slurm_commands(sub) -> None:
                        help="stop and requeue this many seconds before the limit (default 120)")
         p.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=None,
                        help="extra sbatch option, e.g. --sbatch-arg=--account=proj (repeatable)")
+        p.add_argument("--head-address", default=None,
+                       help="Ray head address (default: Slurm's NodeAddr of the first node)")
         p.set_defaults(func=_cmd_slurm_submit)
+    na = ssub.add_parser("node-address", help="the address Slurm uses for a node (job scripts)")
+    na.add_argument("node", help="node name, e.g. $SLURMD_NODENAME")
+    na.set_defaults(func=_cmd_slurm_node_address)
     st = ssub.add_parser("status", help="the study's Slurm jobs and its progress")
     _study_args(st)
     st.set_defaults(func=_cmd_slurm_status)

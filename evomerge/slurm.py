@@ -57,8 +57,10 @@ class SlurmOptions(BaseModel):
     num_cpus: float | None = Field(None, gt=0, description="CPUs per actor")
     signal_seconds: int = Field(120, ge=10, description="USR1 this long before the time limit")
     sbatch_args: list[str] = Field(default_factory=list, description="extra sbatch options")
+    head_address: str | None = Field(None, description="address of the Ray head (default: the "
+                                     "NodeAddr Slurm has for the job's first node)")
 
-    @field_validator("time", "partition")
+    @field_validator("time", "partition", "head_address")
     @classmethod
     def _one_word(cls, v: str | None) -> str | None:
         if v is not None and (not v or any(c.isspace() for c in v)):
@@ -135,6 +137,7 @@ def render_job(study: str, storage: str, results: str | Path, opts: SlurmOptions
         signal_seconds=opts.signal_seconds, workdir=q(str(Path(workdir or os.getcwd()).resolve())),
         python=q(python), ray=q(ray_bin), study=q(study), storage=q(storage),
         results=q(str(results)), workers=opts.actors(), gpus=opts.gpus_per_node,
+        head_address=q(opts.head_address or ""),
         actor_options=" ".join(q(a) for a in actor))
 
 
@@ -205,18 +208,9 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
 def job_state(job_id: str) -> dict[str, str]:
     """``scontrol show job`` fields (JobState, Reason, RunTime, Restarts, NodeList, ...);
     ``{"JobState": "UNKNOWN"}`` once Slurm has forgotten the job."""
-    if shutil.which("scontrol") is None:
-        return {"JobState": "UNKNOWN", "Reason": "scontrol not found"}
-    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True,
-                          text=True, check=False)
-    if proc.returncode != 0 or "JobState=" not in proc.stdout:
-        return {"JobState": "UNKNOWN", "Reason": proc.stderr.strip() or "not known to Slurm"}
-    fields = {}
-    for token in proc.stdout.split():
-        key, sep, value = token.partition("=")
-        if sep:
-            fields[key] = value
-    return fields
+    from evomerge.slurm_info import job_fields
+
+    return job_fields(job_id)
 
 
 def slurm_status(study: str, storage: str | None = None,

@@ -9,6 +9,7 @@ command -v sbatch >/dev/null && command -v slurmctld >/dev/null && command -v sl
     && command -v munged >/dev/null || need+=(slurmctld slurmd slurm-client munge)
 [ -x /usr/bin/chromium ] || need+=(chromium chromium-driver)
 command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+command -v ip >/dev/null && command -v nsenter >/dev/null || need+=(iproute2 util-linux)
 if (( ${#need[@]} )); then
     echo "system_deps: installing ${need[*]}"
     apt-get update -q >/dev/null

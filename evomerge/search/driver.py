@@ -225,6 +225,8 @@ class _Loop:
         trial.set_user_attr("merge_seconds", round(result.merge_seconds, 4))
         trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
+        if result.node:
+            trial.set_user_attr("worker_node", result.node)
         if result.values is None:
             trial.set_user_attr("fail_reason", result.error)
             self.study.tell(trial, state=TrialState.FAIL)

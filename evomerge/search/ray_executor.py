@@ -45,7 +45,12 @@ class _Actor:
         return os.getpid()
 
     def run(self, trial: int, recipe_yaml: str) -> CandidateResult:
-        return self.worker.run(trial, recipe_yaml)
+        import dataclasses
+
+        import ray
+
+        result = self.worker.run(trial, recipe_yaml)
+        return dataclasses.replace(result, node=ray.util.get_node_ip_address())
 
 
 def _temp_dir(hint: Path | None) -> str:
@@ -93,7 +98,9 @@ class RayExecutor:
                          **common)
         self._cpus = num_cpus if num_cpus is not None else 1.0
         self._gpus = num_gpus or 0.0
-        self._cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0)(_Actor)
+        # SPREAD: actors go to different nodes first (one node's loss costs the fewest actors)
+        self._cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus, max_restarts=0,
+                               scheduling_strategy="SPREAD")(_Actor)
         self._space = space.model_dump(mode="json")
         self.workers = workers
         self.capacity = workers + (workers if prefetch is None else prefetch)

@@ -85,6 +85,7 @@ class CandidateResult:
         merge_seconds, eval_seconds: time in the materializer and in the evaluators.
         peak_memory_mb: this candidate's peak: resident memory of the worker process, or CUDA
             memory allocated on a GPU.
+        node: where it ran (the Ray node's address for an actor; empty in process).
     """
 
     trial: int
@@ -94,6 +95,7 @@ class CandidateResult:
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    node: str = ""
 
 
 def _reset_peak(device: torch.device) -> None:

@@ -1,0 +1,89 @@
+"""What Slurm says about jobs and nodes, read robustly: ``scontrol --json`` where the
+installed Slurm has it, else ``scontrol show … -o`` parsed as ``Key=value`` fields whose
+values may contain spaces (a job name, a working directory, a drain reason)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from typing import Any
+
+__all__ = ["parse_fields", "scontrol_show", "node_address", "job_fields"]
+
+# a field starts where "Key=" follows whitespace (keys are CamelCase words, maybe with "/")
+_KEY = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Za-z0-9_/:]*)=")
+
+# JSON (Slurm's data_parser) names of the text fields evomerge reads
+_JSON_NAMES = {
+    "job": {"JobId": "job_id", "JobName": "name", "JobState": "job_state",
+            "Reason": "state_reason", "NodeList": "nodes", "Restarts": "restart_cnt",
+            "ExitCode": "exit_code", "RunTime": "run_time"},
+    "node": {"NodeName": "name", "NodeAddr": "address", "NodeHostName": "hostname",
+             "State": "state", "Reason": "reason"},
+}
+
+
+def parse_fields(line: str) -> dict[str, str]:
+    """``Key=value`` fields of one ``scontrol show … -o`` line; a value runs up to the next
+    key, so ``Reason=Not responding [root@2026]`` stays whole."""
+    starts = list(_KEY.finditer(line))
+    out = {}
+    for m, nxt in zip(starts, [*starts[1:], None]):
+        out[m.group(1)] = line[m.end():nxt.start() if nxt else len(line)].strip()
+    return out
+
+
+def _flat(v: Any) -> str:
+    """A JSON field as scontrol's text would show it (lists joined, numbers unwrapped)."""
+    if isinstance(v, list):
+        return ",".join(_flat(x) for x in v)
+    if isinstance(v, dict):
+        if "number" in v:  # {"set": true, "infinite": false, "number": 3}
+            return str(v["number"])
+        if "return_code" in v:  # exit_code: {"status": [...], "return_code": {...}}
+            return f"{_flat(v['return_code'])}:{_flat(v.get('signal', {}).get('id', 0))}"
+        return json.dumps(v)
+    return str(v)
+
+
+def from_json(kind: str, doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Records of a ``scontrol --json show`` document under the text field names."""
+    names = _JSON_NAMES[kind]
+    return [{text: _flat(rec[key]) for text, key in names.items() if key in rec}
+            for rec in doc.get(f"{kind}s", [])]
+
+
+def scontrol_show(kind: str, name: str) -> list[dict[str, str]]:
+    """``scontrol show KIND NAME`` as records of fields (empty when Slurm does not know it)."""
+    if shutil.which("scontrol") is None:
+        return []
+    proc = subprocess.run(["scontrol", "--json", "show", kind, name], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode == 0:
+        try:
+            return from_json(kind, json.loads(proc.stdout))
+        except (ValueError, KeyError, TypeError):
+            pass  # not JSON after all: read the text form
+    proc = subprocess.run(["scontrol", "show", kind, "-o", name], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        return []
+    return [parse_fields(line) for line in proc.stdout.splitlines() if "=" in line]
+
+
+def node_address(node: str) -> str:
+    """The address Slurm uses to reach ``node`` (its NodeAddr), e.g. for a Ray head."""
+    for rec in scontrol_show("node", node):
+        if rec.get("NodeAddr"):
+            return rec["NodeAddr"]
+    raise LookupError(f"Slurm knows no address for node {node!r}")
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` fields; ``{"JobState": "UNKNOWN"}`` once Slurm forgot the job."""
+    if shutil.which("scontrol") is None:
+        return {"JobState": "UNKNOWN", "Reason": "scontrol not found"}
+    recs = [r for r in scontrol_show("job", str(job_id)) if "JobState" in r]
+    return recs[0] if recs else {"JobState": "UNKNOWN", "Reason": "not known to Slurm"}
