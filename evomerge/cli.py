@@ -59,21 +59,20 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from evomerge.evaluators import make_evaluator
+    from evomerge.commands import eval_evaluator, nested_scores
     from evomerge.scoring import load_model, score
-    from evomerge.zoo.build import write_lm_eval_yamls
+    from evomerge.tables import print_scores
 
     tasks = [t for t in args.tasks.split(",") if t]
-    if args.evaluator == "zoo":
-        ev = make_evaluator("zoo", tasks=tasks, zoo=args.zoo, split=args.split, limit=args.limit)
-    else:
-        include = str(write_lm_eval_yamls(Path(args.zoo))) if args.zoo else None
-        ev = make_evaluator("lm_eval", tasks=tasks, include_path=include, limit=args.limit,
-                            batch_size=args.batch_size)
+    ev = eval_evaluator(args.evaluator, tasks, zoo=args.zoo, include=args.include,
+                        split=args.split, limit=args.limit, batch_size=args.batch_size)
     model, tokenizer = load_model(args.target, device=args.device)
     scores = score(model, tokenizer, [ev])
-    from evomerge.tables import print_scores
     print_scores(str(args.target), scores, ev)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(nested_scores(scores), indent=2) + "\n")
     return 0
 
 
@@ -362,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", help="model directory or recipe YAML")
     ev.add_argument("--tasks", required=True, help="comma-separated task names")
     ev.add_argument("--evaluator", choices=["zoo", "lm_eval"], default="zoo")
-    ev.add_argument("--zoo", default="zoo", help="zoo directory for zoo tasks (default ./zoo)")
+    ev.add_argument("--zoo", default=None,
+                    help="zoo directory for zoo tasks (default ./zoo when a task is a zoo one)")
+    ev.add_argument("--include", default=None,
+                    help="directory of local lm-eval task YAMLs (lm-eval's own tasks stay on)")
+    ev.add_argument("--json", default=None, metavar="FILE",
+                    help="also write {task: {metric: value}} to FILE")
     ev.add_argument("--split", default="test", choices=["validation", "test"])
     ev.add_argument("--limit", type=int, default=None, help="first N examples per task")
     ev.add_argument("--batch-size", type=int, default=32, help="lm-eval batch size")

@@ -103,3 +103,42 @@ def status(name: str, storage: str | None = None, results: str = "results") -> d
         info["best_trial"] = best.number
         info["best"] = {o.key: v for o, v in zip(space.objectives, best.values)}
     return info
+
+
+def eval_evaluator(kind: str, tasks: list[str], zoo: str | None = None,
+                   include: str | None = None, split: str = "test", limit: int | None = None,
+                   batch_size: int = 32) -> Any:
+    """The evaluator ``evomerge eval`` runs. ``zoo``: the zoo's fast scorer (tasks read from
+    ``ZOO/tasks``, default ``./zoo``). ``lm_eval``: lm-eval's built-in tasks, plus the local
+    YAMLs under ``include``, plus the zoo's lm-eval tasks when a task is named ``zoo_*``."""
+    from evomerge.evaluators import make_evaluator
+
+    if kind == "zoo":
+        return make_evaluator("zoo", tasks=tasks, zoo=_zoo_dir(zoo), split=split, limit=limit)
+    paths = [str(Path(include).resolve())] if include else []
+    if include and not Path(include).is_dir():
+        raise ConfigError(f"--include {include!r} is not a directory of lm-eval task YAMLs.")
+    if any(t.startswith("zoo_") for t in tasks):
+        from evomerge.zoo.build import write_lm_eval_yamls
+
+        paths.append(str(write_lm_eval_yamls(Path(_zoo_dir(zoo)))))
+    builtin = not all(t.startswith("zoo_") for t in tasks) or bool(include)
+    return make_evaluator("lm_eval", tasks=tasks, include_path=paths or None,
+                          include_defaults=builtin, limit=limit, batch_size=batch_size)
+
+
+def _zoo_dir(zoo: str | None) -> str:
+    path = Path(zoo or "zoo")
+    if not (path / "tasks").is_dir():
+        raise ConfigError(f"No zoo at {str(path)!r} (its tasks/ directory is missing): build it "
+                          "with `evomerge zoo build`, or pass --zoo DIR.")
+    return str(path)
+
+
+def nested_scores(scores: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"task/metric": v}`` as ``{task: {metric: v}}`` (what ``--json`` writes)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, value in scores.items():
+        task, _, metric = name.partition("/")
+        out.setdefault(task, {})[metric] = value
+    return out

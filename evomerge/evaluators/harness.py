@@ -43,16 +43,24 @@ class LmEvalEvaluator(Evaluator):
 
     Args:
         tasks: lm-eval task names.
-        include_path: directory of local task YAMLs (e.g. a zoo's ``tasks/``).
+        include_path: directory (or directories) of local task YAMLs (e.g. a zoo's ``tasks/``).
         include_defaults: also index lm-eval's built-in tasks (needed for hub tasks).
         limit: first N documents per task.
         batch_size: fixed batch size.
-        metrics: which metrics to report per task (default: every metric the task defines).
+        num_fewshot, apply_chat_template, fewshot_as_multiturn, system_instruction,
+            gen_kwargs, fewshot_seed: as ``lm_eval --num_fewshot`` etc. (applied the way
+            ``simple_evaluate`` applies them: a task whose YAML fixes 0 shots keeps 0).
+        metrics: which metrics to report per task (default: every metric the task defines);
+            a metric of a filtered task reads ``exact_match,strict-match`` (metric, filter),
+            as lm-eval names it; without a filter, the task's first (often its only one).
     """
 
-    def __init__(self, tasks: list[str], include_path: str | None = None,
+    def __init__(self, tasks: list[str], include_path: str | list[str] | None = None,
                  include_defaults: bool | None = None, limit: int | None = None,
-                 batch_size: int = 32, metrics: list[str] | None = None) -> None:
+                 batch_size: int = 32, metrics: list[str] | None = None,
+                 num_fewshot: int | None = None, apply_chat_template: bool | str = False,
+                 fewshot_as_multiturn: bool = False, system_instruction: str | None = None,
+                 gen_kwargs: dict[str, Any] | None = None, fewshot_seed: int = 1234) -> None:
         from lm_eval.tasks import TaskManager
 
         if not tasks:
@@ -65,8 +73,16 @@ class LmEvalEvaluator(Evaluator):
         if unknown:
             raise ConfigError(f"Unknown lm-eval task {unknown[0]!r}"
                               + (f" (searched {include_path})" if include_path else "") + ".")
+        if fewshot_as_multiturn and not apply_chat_template:
+            raise ConfigError("fewshot_as_multiturn needs apply_chat_template (few-shot turns "
+                              "are chat messages).")
         self.tasks = list(tasks)
         self._task_dict = manager.load(self.tasks)
+        self._chat = {"apply_chat_template": apply_chat_template,
+                      "fewshot_as_multiturn": fewshot_as_multiturn,
+                      "system_instruction": system_instruction}
+        for _, task in self._tasks():
+            _configure(task, num_fewshot, gen_kwargs, fewshot_seed)
         self._limit = limit
         self._batch = batch_size
         self._wanted = metrics
@@ -74,10 +90,11 @@ class LmEvalEvaluator(Evaluator):
         self._lm_model_id: int | None = None
         self._reusing = False
         self._metrics = tuple(
-            Metric(f"{name}/{m}", "minimize" if m in _LOWER_IS_BETTER or not hib else "maximize")
+            Metric(f"{name}/{key}", "minimize" if m in _LOWER_IS_BETTER or not hib else "maximize")
             for name, task in self._tasks()
             for m, hib in task.higher_is_better().items()
-            if metrics is None or m in metrics)
+            for key in _metric_keys(m, _filters(task))
+            if metrics is None or key in metrics or m in metrics)
 
     def _tasks(self):
         from lm_eval.api.task import Task
@@ -132,12 +149,40 @@ class LmEvalEvaluator(Evaluator):
 
         lm = self._wrap(model, tokenizer)
         results = evaluate(lm=lm, task_dict=self._task_dict, limit=self._limit,
-                           bootstrap_iters=0, log_samples=False, verbosity="ERROR")
+                           bootstrap_iters=0, log_samples=False, verbosity="ERROR", **self._chat)
         if not self._reusing:
             self._reuse_requests()
         out = {}
         for metric in self._metrics:
             task, name = metric.name.split("/", 1)
-            value = results["results"][task].get(f"{name},none")
+            res = results["results"][task]
+            value = res.get(name) if "," in name else res.get(
+                f"{name},none", next((v for k, v in res.items() if k.startswith(f"{name},")),
+                                     None))
             out[metric.name] = float(value) if value is not None else math.nan
         return out
+
+
+def _configure(task: Any, num_fewshot: int | None, gen_kwargs: dict[str, Any] | None,
+               seed: int) -> None:
+    """Per-run task settings, as lm-eval's ``simple_evaluate`` sets them."""
+    if gen_kwargs and task.get_config("output_type") == "generate_until":
+        task.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
+    if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+        task.set_config(key="num_fewshot", value=num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=seed)
+
+
+def _filters(task: Any) -> list[str]:
+    """The names of a task's filter pipelines (``none`` when it has none)."""
+    flist = getattr(task.config, "filter_list", None) or []
+    names = [f["name"] if isinstance(f, dict) else getattr(f, "name", None) for f in flist]
+    return [n for n in names if n] or ["none"]
+
+
+def _metric_keys(metric: str, filters: list[str]) -> list[str]:
+    """Score names of one metric: plain for an unfiltered task (``acc``), and one per
+    filter otherwise (``exact_match,strict-match``)."""
+    return [metric] if filters == ["none"] else [f"{metric},{f}" for f in filters]
