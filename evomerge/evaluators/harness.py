@@ -25,16 +25,20 @@ def _cache_encodings(lm: Any) -> None:
     """Tokenize each (context, continuation) pair once per wrapped model and tokenizer; the
     harness re-encodes every request on every call otherwise (a third of its remaining time on
     the zoo tasks)."""
-    encode = lm._encode_pair
+    from evomerge.compat import wrap_encode_pair
+
     cache: dict[tuple[str, str], Any] = {}
 
-    def encode_pair(context: str, continuation: str) -> Any:
-        key = (context, continuation)
-        if key not in cache:
-            cache[key] = encode(context, continuation)
-        return cache[key]
+    def wrap(encode: Any) -> Any:
+        def encode_pair(context: str, continuation: str) -> Any:
+            key = (context, continuation)
+            if key not in cache:
+                cache[key] = encode(context, continuation)
+            return cache[key]
 
-    lm._encode_pair = encode_pair
+        return encode_pair
+
+    wrap_encode_pair(lm, wrap)
 
 
 @register_evaluator("lm_eval")
@@ -116,17 +120,10 @@ class LmEvalEvaluator(Evaluator):
         requests (context and continuation strings) do not depend on the model, so after the
         first call each task hands back the same instances with their responses cleared.
         """
+        from evomerge.compat import reuse_task_requests
+
         for _, task in self._tasks():
-            instances = list(task.instances)
-
-            def build_all_requests(*_args: Any, _task=task, _instances=instances,
-                                   **_kwargs: Any) -> None:
-                for inst in _instances:
-                    inst.resps = []
-                    inst.filtered_resps = {}
-                _task._instances = _instances
-
-            task.build_all_requests = build_all_requests
+            reuse_task_requests(task)
         self._reusing = True
 
     @property

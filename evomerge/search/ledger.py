@@ -183,11 +183,12 @@ def fail_interrupted(study) -> list:
     """Fail every RUNNING trial (its driver is gone) as interrupted; returns them."""
     from optuna.trial import TrialState
 
+    from evomerge.compat import set_trial_attr
+
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        # FrozenTrials have no setters; the storage call is what Trial.set_user_attr does.
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+        set_trial_attr(study, t, "interrupted", True)  # FrozenTrials have no setters
+        set_trial_attr(study, t, "fail_reason", INTERRUPTED)
         study.tell(t.number, state=TrialState.FAIL)
     return stale
 
