@@ -21,7 +21,7 @@ start() {
         ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
         pg_createcluster "$ver" main >/dev/null
     fi
-    pg_ctlcluster "$ver" main start 2>/dev/null || true
+    pg_ctlcluster "$ver" main start >/dev/null 2>&1 || true  # "already running" is fine
     for _ in $(seq 50); do
         su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break
         sleep 0.2

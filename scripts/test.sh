@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${EVOMERGE_NO_SYSTEM_DEPS:-0}" != 1 ]; then
     bash scripts/system_deps.sh
-    EVOMERGE_TEST_POSTGRES=$(bash scripts/postgres.sh start)
+    EVOMERGE_TEST_POSTGRES=$(bash scripts/postgres.sh start | tail -n 1)
     export EVOMERGE_TEST_POSTGRES EVOMERGE_REQUIRE_POSTGRES=1
     export EVOMERGE_REQUIRE_SLURM=1 EVOMERGE_REQUIRE_BROWSER=1
 fi
