@@ -1,6 +1,6 @@
 """Evaluators: score a candidate model; each score carries its direction."""
 
-from evomerge.evaluators import harness, python, text, zoo  # noqa: F401  (registers)
+from evomerge.evaluators import answers, harness, python, text, zoo  # noqa: F401  (registers)
 from evomerge.evaluators.base import (
     EVALUATORS,
     Direction,
