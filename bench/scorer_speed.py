@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pairs(n: int) -> list[tuple[str, str]]:
-    """Arithmetic and capital questions with their answers (varied lengths)."""
+    """Arithmetic and capital questions with their answers (varied lengths, all distinct)."""
     caps = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Germany", "Berlin"), ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Peru", "Lima")]
     out = []
@@ -29,8 +29,9 @@ def pairs(n: int) -> list[tuple[str, str]]:
             a, b = 17 * i % 97, 31 * i % 89
             out.append((f"Question: What is {a} + {b}?\nAnswer:", f" {a + b}"))
         else:
-            country, city = caps[i // 2 % len(caps)]
-            out.append((f"The capital of {country} is", f" {city}, a city of many people."))
+            country, city = caps[i // 2 % len(caps)]  # every item distinct (lm-eval dedups)
+            out.append((f"Fact {i}: the capital of {country} is",
+                        f" {city}, a city of {i + 2} million people."))
     return out
 
 

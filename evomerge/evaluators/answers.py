@@ -67,7 +67,14 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
 def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
                    max_length: int | None = None) -> list[tuple[float, bool, int, int]]:
     """Per pair: (sum log p(continuation | context), every continuation token the argmax,
-    number of argmax tokens, number of tokens). Batches are right-padded, longest first."""
+    number of argmax tokens, number of tokens). Batches are right-padded, longest first.
+    Only the continuation's rows get a log-softmax ((n, V) per item, not (T, V))."""
+    keys = [(tuple(c), tuple(a)) for c, a in pairs]
+    unique = list(dict.fromkeys(keys))  # a pair asked twice is computed once
+    if len(unique) < len(pairs):
+        done = dict(zip(unique, loglikelihoods(model, [(list(c), list(a)) for c, a in unique],
+                                               batch_size, max_length)))
+        return [done[k] for k in keys]
     device = next(model.parameters()).device
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
@@ -77,16 +84,15 @@ def loglikelihoods(model: Any, pairs: list[tuple[list[int], list[int]]], batch_s
         seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1):][:-1] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)          # (B, T, V)
+        # Right padding under causal attention never reaches a real position, so no mask:
+        # with one, attention leaves its fused causal path (lm-eval passes none either).
+        logits = model(input_ids=ids.to(device)).logits
         for r, i in enumerate(idx):
             cont = pairs[i][1]
             n, end = len(cont), len(seqs[r])
-            rows = logp[r, end - n:end]                            # (n, V)
+            rows = torch.log_softmax(logits[r, end - n:end].float(), dim=-1)  # (n, V)
             target = torch.tensor(cont, device=rows.device)
             ll = rows.gather(-1, target[:, None]).squeeze(-1)
             right = int((rows.argmax(-1) == target).sum())
