@@ -176,39 +176,41 @@ class CmaOptimizer(Optimizer):
         self._es = self._new_es()
         self._start_generation()
         self._replay(by_gen, upto)  # from scratch: up to the checkpoint, or all of it
-        if checkpoint is None or self._gen < upto:
-            if checkpoint is not None:  # the study lacks trials the checkpoint has seen
+        if checkpoint is not None:
+            replayed = _fingerprint(self._es) if self._gen == upto else None
+            if replayed is None:  # the study lacks trials the checkpoint has seen
                 log.warning("CMA-ES checkpoint of generation %d is ahead of the study's "
                             "trials (%d); resuming from the checkpoint", upto, self._gen)
-            else:
-                return
-        replayed = _fingerprint(self._es)
-        if not self._load(checkpoint, replayed):
-            return  # unreadable checkpoint: the replay above is the state
-        self._replay(by_gen, None)
+            self._load(checkpoint, replayed)
+        self._replay(by_gen, None)  # the generations after the checkpoint (or after the
+        # replay, when the checkpoint could not be read)
 
-    def _load(self, checkpoint: dict[str, Any], replayed: np.ndarray) -> bool:
+    def _load(self, checkpoint: dict[str, Any], replayed: np.ndarray | None) -> None:
+        """Start from ``checkpoint``, comparing it with the replayed state when there is one;
+        an unreadable checkpoint leaves the replayed state in place."""
         from evomerge.search.cma_state import load_es_state
 
+        rng = np.random.get_state()  # pycma samples from it; a new strategy reseeds it
         es = self._new_es()
         try:
             load_es_state(es, checkpoint["state"])
         except (ValueError, KeyError, TypeError) as exc:
+            np.random.set_state(rng)
             log.warning("CMA-ES checkpoint not used (%s); state rebuilt by replaying the "
                         "study", exc)
-            return False
-        mine = _fingerprint(es)
-        drift = (float(np.max(np.abs(mine - replayed))) if mine.shape == replayed.shape
-                 else float("inf"))
-        if drift > 1e-9:
-            log.warning("Replaying the study drifts from the CMA-ES checkpoint of generation "
-                        "%d (max difference %.3g in mean, step size, paths or covariance; "
-                        "another CPU or BLAS?): resuming from the checkpoint",
-                        checkpoint["generation"], drift)
+            return
+        if replayed is not None:
+            mine = _fingerprint(es)
+            drift = (float(np.max(np.abs(mine - replayed))) if mine.shape == replayed.shape
+                     else float("inf"))
+            if drift > 1e-9:
+                log.warning("Replaying the study drifts from the CMA-ES checkpoint of "
+                            "generation %d (max difference %.3g in mean, step size, paths or "
+                            "covariance; another CPU or BLAS?): resuming from the checkpoint",
+                            checkpoint["generation"], drift)
         self._es = es
         self._checkpoint = checkpoint
         self._start_generation()
-        return True
 
     def _replay(self, by_gen: dict[int, dict[int, Any]], upto: int | None) -> None:
         """Tell the stored trials of each generation from the current one on (up to, not

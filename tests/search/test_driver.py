@@ -117,6 +117,29 @@ def test_resume_from_checkpoint_survives_a_drifting_replay(mini_zoo, tmp_path, c
     assert cands(root) == cands(tmp_path / "ref")
 
 
+def test_unreadable_checkpoint_falls_back_to_the_whole_replay(mini_zoo, tmp_path, caplog):
+    """A checkpoint this pycma cannot read is ignored with a warning: the study is replayed
+    to its end (not only up to the checkpoint's generation) and resumes like an
+    uninterrupted run."""
+    from evomerge.search.driver import CHECKPOINT
+
+    def cands(root):
+        return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
+                       t.user_attrs["recipe_hash"]) for t in _study("t", root).get_trials())
+
+    space = load_space(space_dict(mini_zoo, budget={"trials": 16}))  # popsize 4
+    run_search(space, results_root=tmp_path / "ref")
+    root = tmp_path / "r"
+    run_search(space, trials=10, results_root=root)  # generations 0, 1 and half of 2
+    study = _study("t", root)
+    ckpt = study.user_attrs[CHECKPOINT]
+    study.set_user_attr(CHECKPOINT, {**ckpt, "state": {**ckpt["state"], "cma_version": "0.0"}})
+    with caplog.at_level("WARNING", logger="evomerge.search.optimizers"):
+        assert run_search(space, results_root=root).evaluations == 16
+    assert "CMA-ES checkpoint not used" in caplog.text
+    assert cands(root) == cands(tmp_path / "ref")
+
+
 def test_identical_genomes_are_not_evaluated_twice(mini_zoo, tmp_path):
     # 2 layer groups x 3 sources = 9 distinct recipes; ask for 12 evaluations.
     space = load_space(space_dict(mini_zoo, method=None, parameters={}, layer_swap=True,
