@@ -22,7 +22,6 @@ Metrics per task:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +29,15 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.evaluators.base import Evaluator, Metric, register_evaluator
+from evomerge.jsonl import read_rows
 
 __all__ = ["AnswerEvaluator", "encode_pair", "loglikelihoods"]
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
     """JSONL examples with ``prompt`` and ``answer`` (and optional ``choices``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Task file {str(path)!r} does not exist.")
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-            ex["prompt"], ex["answer"] = str(ex["prompt"]), str(ex["answer"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}:{n}: malformed line ({type(exc).__name__}: {exc}); "
-                              "expected a JSON object with 'prompt' and 'answer'.") from None
-        out.append(ex)
-    return out
+    return [row for _, row in read_rows(path, ("prompt", "answer"),
+                                        "a JSON object with 'prompt' and 'answer'")]
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 
 from evomerge.errors import ConfigError
 from evomerge.evaluators.base import Evaluator, Metric, register_evaluator
+from evomerge.jsonl import read_rows
 
 __all__ = ["PerplexityEvaluator", "read_texts"]
 
@@ -19,21 +19,12 @@ def read_texts(path: str | Path, field: str = "text") -> list[str]:
     """Documents of a ``.txt`` (one per non-empty line) or ``.jsonl`` file; a malformed JSONL
     line fails naming the file and the line."""
     path = Path(path)
+    if path.suffix == ".jsonl":
+        return [row[field] for _, row in read_rows(
+            path, (field,), f"a JSON object with a {field!r} field", kind="Text file")]
     if not path.is_file():
         raise ConfigError(f"Text file {str(path)!r} does not exist.")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if path.suffix != ".jsonl":
-        return lines
-    texts = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            texts.append(str(json.loads(line)[field]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}:{n}: malformed line ({type(exc).__name__}: {exc}); "
-                              f"expected a JSON object with a {field!r} field.") from None
-    return texts
+    return [ln for ln in path.read_text().splitlines() if ln.strip()]
 
 
 @register_evaluator("perplexity")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import ConfigError
+from evomerge.jsonl import read_rows
 from evomerge.zoo.model import vocab
 from evomerge.zoo.tasks import Example
 
@@ -46,19 +47,9 @@ def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
 
 def read_jsonl(path: str | Path) -> list[Example]:
     """Read ``{"prompt", "answer"}`` lines; a malformed line fails naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Task file {str(path)!r} does not exist.")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(Example(str(row["prompt"]), str(row["answer"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{path}:{n}: malformed line ({type(exc).__name__}: {exc}); "
-                              'expected {"prompt": ..., "answer": ...}.') from None
+    for n, row in read_rows(path, ("prompt", "answer"), '{"prompt": ..., "answer": ...}'):
+        out.append(Example(row["prompt"], row["answer"]))
         unknown = set(out[-1].prompt + out[-1].answer) - set(_VOCAB)
         if unknown:
             raise ConfigError(f"{path}:{n}: characters {sorted(unknown)} are not in the zoo "
