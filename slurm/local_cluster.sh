@@ -9,6 +9,7 @@
 # one partition "debug" holding every core. No accounting daemon: `scontrol show job` and
 # `squeue` report job state (finished jobs stay visible for MinJobAge seconds).
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
 CONF_DIR=/etc/slurm
 STATE=/var/spool/slurmctld
@@ -32,28 +33,13 @@ write_conf() {
     cat > "$CONF_DIR/slurm.conf" <<CONF
 ClusterName=evomerge-local
 SlurmctldHost=${node}(127.0.0.1)
-AuthType=auth/munge
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmUser=root
-SlurmdUser=root
+$(common_settings)
 StateSaveLocation=${STATE}
 SlurmdSpoolDir=${SPOOL}
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=${LOGS}/slurmctld.log
 SlurmdLogFile=${LOGS}/slurmd.log
-ReturnToService=2
-MinJobAge=3600
-KillWait=30
-JobRequeue=1
-MpiDefault=none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
 NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${mem} State=UNKNOWN
 PartitionName=debug Nodes=${node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF

@@ -11,6 +11,7 @@
 # The namespaces share the file system (as nodes share NFS) but not the network: each node
 # has its own address, and traffic between them crosses the bridge. Munge is shared.
 set -euo pipefail
+source "$(dirname "$0")/common.sh"
 
 CONF_DIR=/etc/slurm-two
 CONF=$CONF_DIR/slurm.conf
@@ -54,28 +55,13 @@ ClusterName=evomerge-two
 SlurmctldHost=${host}(${CTL_IP})
 SlurmctldPort=6917
 SlurmdPort=6918
-AuthType=auth/munge
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmUser=root
-SlurmdUser=root
+$(common_settings)
 StateSaveLocation=${STATE}
 SlurmdSpoolDir=${SPOOL}/%n
 SlurmctldPidFile=/run/slurmctld-two.pid
 SlurmdPidFile=/run/slurmd-two-%n.pid
 SlurmctldLogFile=${LOGS}/slurmctld-two.log
 SlurmdLogFile=${LOGS}/slurmd-two-%n.log
-ReturnToService=2
-MinJobAge=3600
-KillWait=30
-JobRequeue=1
-MpiDefault=none
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
 NodeName=node1 NodeAddr=${ADDR[node1]} CPUs=$(nproc) RealMemory=2000 State=UNKNOWN
 NodeName=node2 NodeAddr=${ADDR[node2]} CPUs=$(nproc) RealMemory=2000 State=UNKNOWN
 PartitionName=two Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
