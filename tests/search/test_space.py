@@ -57,3 +57,34 @@ def test_unreachable_storage_creates_nothing(mini_zoo, tmp_path):
         run_search(space, storage="postgresql://nobody@127.0.0.1:1/none",
                    results_root=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def _open_and_report(url, queue):
+    from evomerge.search.ledger import open_storage
+
+    try:
+        open_storage(url)
+        queue.put("ok")
+    except Exception as exc:  # noqa: BLE001 -- reported to the parent
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_opening_one_new_study_database_both_succeed(tmp_path):
+    """Optuna creates the schema of a new database when it opens it; two processes doing so
+    at once raced (28% of pairs failed with 'table ... already exists' before the retry)."""
+    import multiprocessing as mp
+
+    import optuna  # noqa: F401 -- imported before forking, so the children start at once
+
+    ctx = mp.get_context("fork")
+    outcomes = []
+    for i in range(12):
+        url = f"sqlite:///{tmp_path / f'{i}.db'}"
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_open_and_report, args=(url, queue)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        outcomes += [queue.get(timeout=5) for _ in procs]
+    assert outcomes == ["ok"] * 24, [o for o in outcomes if o != "ok"]
