@@ -59,8 +59,8 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from evomerge.commands import eval_evaluator, nested_scores
-    from evomerge.scoring import load_model, score
+    from evomerge.commands import eval_evaluator
+    from evomerge.scoring import load_model, nested_scores, score
     from evomerge.tables import print_scores
 
     tasks = [t for t in args.tasks.split(",") if t]

@@ -133,12 +133,3 @@ def _zoo_dir(zoo: str | None) -> str:
         raise ConfigError(f"No zoo at {str(path)!r} (its tasks/ directory is missing): build it "
                           "with `evomerge zoo build`, or pass --zoo DIR.")
     return str(path)
-
-
-def nested_scores(scores: dict[str, float]) -> dict[str, dict[str, float]]:
-    """``{"task/metric": v}`` as ``{task: {metric: v}}`` (what ``--json`` writes)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, value in scores.items():
-        task, _, metric = name.partition("/")
-        out.setdefault(task, {})[metric] = value
-    return out

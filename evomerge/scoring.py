@@ -11,7 +11,7 @@ from typing import Any
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.evaluators import Evaluator
 
-__all__ = ["load_model", "score"]
+__all__ = ["load_model", "score", "nested_scores"]
 
 
 def load_model(target: str | Path, device: str | None = "cpu") -> tuple[Any, Any]:
@@ -54,4 +54,13 @@ def score(model: Any, tokenizer: Any, evaluators: Sequence[Evaluator]) -> dict[s
     out: dict[str, float] = {}
     for ev in evaluators:
         out.update(ev(model, tokenizer))
+    return out
+
+
+def nested_scores(scores: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"task/metric": v}`` as ``{task: {metric: v}}`` (``eval --json``, score tables)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, value in scores.items():
+        task, _, metric = name.partition("/")
+        out.setdefault(task, {})[metric] = value
     return out

@@ -12,10 +12,9 @@ def print_scores(title: str, scores: dict[str, float], evaluator: Evaluator | No
     from rich.console import Console
     from rich.table import Table
 
-    tasks: dict[str, dict[str, float]] = {}
-    for name, value in scores.items():
-        task, _, metric = name.partition("/")
-        tasks.setdefault(task, {})[metric] = value
+    from evomerge.scoring import nested_scores
+
+    tasks = nested_scores(scores)
     metrics = list(dict.fromkeys(m for row in tasks.values() for m in row))
     table = Table(title=title)
     table.add_column("task")
