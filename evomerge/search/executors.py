@@ -26,8 +26,9 @@ class Executor(Protocol):
 
     capacity: int
 
-    def submit(self, trial: int, recipe_yaml: str) -> None:
-        """Start evaluating one candidate recipe (YAML) for ``trial``."""
+    def submit(self, trial: int, recipe_yaml: str, job: dict | None = None) -> None:
+        """Start evaluating one candidate recipe (YAML) for ``trial``; ``job`` says which
+        examples to score (:meth:`Worker.run`)."""
 
     def next_result(self) -> CandidateResult:
         """Block until a submitted candidate finishes; results come in completion order."""
@@ -48,8 +49,8 @@ class InlineExecutor:
         self.worker = Worker(space, device)
         self._done: deque[CandidateResult] = deque()
 
-    def submit(self, trial: int, recipe_yaml: str) -> None:
-        self._done.append(self.worker.run(trial, recipe_yaml))
+    def submit(self, trial: int, recipe_yaml: str, job: dict | None = None) -> None:
+        self._done.append(self.worker.run(trial, recipe_yaml, job=job))
 
     def next_result(self) -> CandidateResult:
         if not self._done:

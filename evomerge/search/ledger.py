@@ -21,7 +21,7 @@ from evomerge.search.space import SearchSpace, load_space
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
-           "shown", "STALE_SECONDS"]
+           "shown", "STALE_SECONDS", "told_values"]
 
 INTERRUPTED = "interrupted: the search stopped before this trial finished"
 
@@ -195,8 +195,21 @@ def counted(trial) -> bool:
     from optuna.trial import TrialState
 
     a = trial.user_attrs
-    return (trial.state in (TrialState.COMPLETE, TrialState.FAIL)
+    return (trial.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
             and not a.get("interrupted") and "duplicate_of" not in a)
+
+
+def told_values(trial) -> tuple[float, ...] | None:
+    """The objective values an optimizer was told for a finished trial: a complete trial's
+    values, a pruned one's at the last rung it reached, None for a failure."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.COMPLETE:
+        return tuple(trial.values)
+    rungs = trial.user_attrs.get("rungs") or []
+    if trial.state == TrialState.PRUNED and rungs:
+        return tuple(rungs[-1]["values"])
+    return None
 
 
 def fail_interrupted(study) -> list:
@@ -222,6 +235,7 @@ def summary(study, trials: list | None = None) -> dict[str, Any]:
         "evaluations": sum(counted(t) for t in trials),
         "complete": sum(t.state == TrialState.COMPLETE and counted(t) for t in trials),
         "failed": sum(t.state == TrialState.FAIL and counted(t) for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED and counted(t) for t in trials),
         "running": sum(t.state == TrialState.RUNNING for t in trials),
         "duplicates": sum("duplicate_of" in t.user_attrs for t in trials),
         "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),

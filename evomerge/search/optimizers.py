@@ -25,6 +25,7 @@ import numpy as np
 
 from evomerge.registry import Registry
 from evomerge.search.genome import Genome
+from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.space import Objective, OptimizerConfig
 
@@ -128,6 +129,7 @@ class CmaOptimizer(Optimizer):
         self._gen = self._es.countiter
         self._queue = list(range(len(self._X)))
         self._losses: dict[int, float | None] = {}
+        self._rungs: dict[int, int | None] = {}
 
     def ask(self) -> Proposal | None:
         if not self._queue:
@@ -141,7 +143,9 @@ class CmaOptimizer(Optimizer):
         if attrs.get("cma_gen") != self._gen:
             return  # a straggler of an older generation: CMA-ES has moved on
         loss = None if values is None else weighted_loss(values, self.objectives)
+        # A candidate pruned at a lower rung ranks below every one that went further.
         self._losses[attrs["cma_index"]] = loss
+        self._rungs[attrs["cma_index"]] = attrs.get("fidelity_rung")
         if len(self._losses) == len(self._X):
             self._finish_generation()
 
@@ -151,6 +155,9 @@ class CmaOptimizer(Optimizer):
         worst = (max(finite) + 1.0 + abs(max(finite))) if finite else 1.0
         f = [self._losses[i] if self._losses[i] is not None else worst
              for i in range(len(self._X))]
+        if any(r is not None for r in self._rungs.values()):
+            f = _rung_ranks(f, [-1 if self._losses[i] is None else self._rungs.get(i)
+                                for i in range(len(self._X))])
         self._es.tell(self._X, f)
         from evomerge.search.cma_state import es_state
 
@@ -228,9 +235,22 @@ class CmaOptimizer(Optimizer):
             gen = self._gen
             self._queue = [i for i in range(len(self._X)) if i not in done]
             for t in done.values():
-                self.tell(t.user_attrs, t.values)
+                self.tell(t.user_attrs, told_values(t))
             if self._gen == gen:  # generation still incomplete: its missing points are queued
                 return
+
+
+def _rung_ranks(losses: list[float], rungs: list[int | None]) -> list[float]:
+    """Ranks (0 = best) ordering candidates by the rung where they were pruned (None: not
+    pruned, above every rung; -1: failed, below), then by loss. CMA-ES uses only the order
+    of what it is told."""
+    top = max((r for r in rungs if r is not None), default=0) + 1
+    key = [(-(top if r is None else r), v) for r, v in zip(rungs, losses)]
+    order = sorted(range(len(losses)), key=key.__getitem__)
+    ranks = [0.0] * len(losses)
+    for rank, i in enumerate(order):
+        ranks[i] = float(rank)
+    return ranks
 
 
 def _fingerprint(es: Any) -> np.ndarray:

@@ -44,12 +44,12 @@ class _Actor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, trial: int, recipe_yaml: str) -> CandidateResult:
+    def run(self, trial: int, recipe_yaml: str, job: dict | None = None) -> CandidateResult:
         import dataclasses
 
         import ray
 
-        result = self.worker.run(trial, recipe_yaml)
+        result = self.worker.run(trial, recipe_yaml, job=job)
         return dataclasses.replace(result, node=ray.util.get_node_ip_address())
 
 
@@ -122,15 +122,15 @@ class RayExecutor:
         actors = self._idle + [v[0] for v in self._running.values()]
         return self._ray.get([a.pid.remote() for a in actors])
 
-    def submit(self, trial: int, recipe_yaml: str) -> None:
-        self._queue.append((trial, recipe_yaml, 0))
+    def submit(self, trial: int, recipe_yaml: str, job: dict | None = None) -> None:
+        self._queue.append((trial, (recipe_yaml, job), 0))
         self._dispatch()
 
     def _dispatch(self) -> None:
         while self._idle and self._queue:
             actor = self._idle.pop()
             trial, recipe, attempts = self._queue.popleft()
-            ref = actor.run.remote(trial, recipe)
+            ref = actor.run.remote(trial, *recipe)
             self._running[ref] = (actor, trial, recipe, attempts, time.monotonic())
 
     def _replace(self, actor: Any) -> None:

@@ -16,6 +16,7 @@
       - {evaluator: zoo, task: add_l1, metric: answer_nll, direction: minimize}
       - {evaluator: zoo, task: maxmin_l2, metric: answer_nll, direction: minimize}
     budget: {trials: 200, wall_time: 600}
+    fidelity: {rungs: [0.11, 0.33, 1.0], eta: 3}    # optional: cheaper fitness
     optimizer: {name: cma, popsize: 12, sigma0: 0.25, seed: 0}
 
 Everything here is checked before any model is loaded: unknown methods or parameters, bounds
@@ -34,7 +35,7 @@ from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.recipe import format_validation_error, read_mapping
 
-__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "load_space", "SWAP_MERGE",
+__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "Fidelity", "load_space", "SWAP_MERGE",
            "SWAP_BASE"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
@@ -87,6 +88,33 @@ class Budget(_Strict):
     wall_time: float | None = Field(None, gt=0)  # seconds; the search stops when either ends
 
 
+class Fidelity(_Strict):
+    """Cheaper fitness (:mod:`evomerge.search.fidelity`). A candidate is scored on rung 0
+    first (a fraction of every evaluator's examples), and goes on to the next rung only while
+    it is in the best 1/eta of the candidates scored at its rung (successive halving);
+    otherwise it is stored as pruned with its rung scores. ``estimator``: how a rung's score
+    stands for the full one: ``subset`` (a seeded random subset, nested across rungs) or
+    ``anchors`` (examples chosen from the response patterns of the first ``warmup``
+    candidates, scored in full, each weighted by the examples it stands for). A last rung
+    below 1 means later candidates are never scored in full: their values are estimates."""
+
+    rungs: list[float] = Field([1.0], min_length=1)
+    eta: float = Field(3.0, gt=1)
+    estimator: Literal["subset", "anchors"] = "subset"
+    warmup: int = Field(0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> Fidelity:
+        r = self.rungs
+        if any(not 0 < f <= 1 for f in r) or any(a >= b for a, b in zip(r, r[1:])):
+            raise ValueError(f"fidelity.rungs {r} must be increasing fractions in (0, 1]")
+        if self.estimator == "anchors" and self.warmup < 2:
+            raise ValueError(f"fidelity.warmup {self.warmup} is too small: anchors are chosen "
+                             "from the candidates scored in full first (give at least 2)")
+        return self
+
+
 class OptimizerConfig(_Strict):
     name: str = "cma"
     popsize: int | None = Field(None, ge=2)  # CMA-ES population; default 4 + 3 ln(dim)
@@ -126,6 +154,7 @@ class SearchSpace(_Strict):
     evaluators: dict[str, EvaluatorConfig] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
     budget: Budget
+    fidelity: Fidelity | None = None
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # merges + evaluation

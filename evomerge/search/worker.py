@@ -86,6 +86,11 @@ class CandidateResult:
         peak_memory_mb: this candidate's peak: resident memory of the worker process, or CUDA
             memory allocated on a GPU.
         node: where it ran (the Ray node's address for an actor; empty in process).
+        examples: examples scored by subset-capable evaluators (the cost of cheaper fitness).
+        example_stats: per evaluator, each metric's per-example ``[nums, dens]`` (asked for
+            by subset estimation's warmup); None otherwise.
+        totals: per score of a subset-capable evaluator, ``[sum num, sum den]`` (the rungs
+            of a candidate add these up).
     """
 
     trial: int
@@ -96,6 +101,9 @@ class CandidateResult:
     eval_seconds: float = 0.0
     peak_memory_mb: float = 0.0
     node: str = ""
+    examples: int = 0
+    example_stats: dict[str, Any] | None = None
+    totals: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -126,6 +134,32 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _score(model: Any, tokenizer: Any, evaluators: dict[str, Any], job: dict[str, Any] | None
+           ) -> tuple[dict[str, float], dict[str, list[float]], int, dict[str, Any] | None]:
+    """Scores of every evaluator, the subset-capable ones' totals, the examples scored, and
+    per-example stats when asked."""
+    from evomerge.evaluators.base import SubsetEvaluator
+
+    job = job or {}
+    subsets, per_example = job.get("subsets") or {}, bool(job.get("per_example"))
+    scores: dict[str, Any] = {}
+    totals: dict[str, list[float]] = {}
+    stats: dict[str, Any] = {}
+    examples = 0
+    for name, ev in evaluators.items():
+        if not isinstance(ev, SubsetEvaluator):
+            scores.update(ev(model, tokenizer))
+            continue
+        subset = subsets.get(name)
+        got, sums, stats[name] = ev.score(model, tokenizer, subset, per_example)
+        scores.update(got)
+        totals.update(sums)
+        sizes = ev.sizes()
+        examples += sum(len(subset[t][0]) if subset and t in subset else n
+                        for t, n in sizes.items())
+    return scores, totals, examples, (stats if per_example else None)
+
+
 class Worker:
     """Resident models + evaluators for one search space.
 
@@ -149,10 +183,12 @@ class Worker:
         self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
         self.evaluators = build_evaluators(space)
 
-    def run(self, trial: int, recipe_yaml: str,
-            evaluators: dict[str, Any] | None = None) -> CandidateResult:
+    def run(self, trial: int, recipe_yaml: str, evaluators: dict[str, Any] | None = None,
+            job: dict[str, Any] | None = None) -> CandidateResult:
         """Materialize and score one recipe; never raises for a bad candidate.
-        ``evaluators`` replaces the space's (the report scores the test split this way)."""
+        ``evaluators`` replaces the space's (the report scores the test split this way).
+        ``job``: ``{"subsets": {evaluator: {task: (indices, weights)}} or None,
+        "per_example": bool}`` (cheaper fitness, :mod:`evomerge.search.fidelity`)."""
         _reset_peak(self.device)
         t0 = time.perf_counter()
         merge_s = 0.0
@@ -162,12 +198,12 @@ class Worker:
                 torch.cuda.synchronize(self.device)
             merge_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            scores: dict[str, Any] = {}
-            for ev in (evaluators or self.evaluators).values():
-                scores.update(ev(model, self.tokenizer))
+            scores, totals, examples, stats = _score(model, self.tokenizer,
+                                                     evaluators or self.evaluators, job)
             values = objective_values(scores, self.space.objectives)
             return CandidateResult(trial, values, scores, None, merge_s,
-                                   time.perf_counter() - t1, _peak_mb(self.device))
+                                   time.perf_counter() - t1, _peak_mb(self.device),
+                                   examples=examples, example_stats=stats, totals=totals)
         except Exception as exc:  # noqa: BLE001 -- a failing candidate must not stop the search
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()

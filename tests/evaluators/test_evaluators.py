@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,6 +65,62 @@ def test_answer_nll_by_hand(mini_zoo, math_model):
     pos = (labels[0] != -100).nonzero().flatten()
     expected = -logp[pos, labels[0, pos]].mean().item()
     assert math.isclose(ev(model, tok)["add_l1/answer_nll"], expected, rel_tol=1e-5)
+
+
+@torch.no_grad()
+def _reference_zoo_scores(model, examples):
+    """The zoo's scores computed the direct way: one padded batch with an attention mask,
+    the full (B, T, V) log-softmax, the EOS accepted where the terminating newline is due."""
+    from evomerge.zoo.model import vocab
+
+    ids, labels, mask = encode(examples)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    answer = labels != -100
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    pred = logits.argmax(-1)
+    right = ((pred == labels) | ((labels == vocab()["\n"]) & (pred == vocab()["<eos>"])))
+    right &= answer
+    n_tok = answer.sum().item()
+    return {"exact_match": (right.sum(1) == answer.sum(1)).sum().item() / len(examples),
+            "token_acc": right.sum().item() / n_tok,
+            "answer_nll": -(logp * answer).sum().item() / n_tok}
+
+
+@pytest.mark.parametrize("task", ["add_l1", "maxmin_l2", "add_l2"])
+def test_zoo_scorer_is_the_answers_scorer_with_identical_numbers(mini_zoo, math_model, task):
+    """The zoo evaluator is the answers evaluator on zoo data: the same fractions exactly,
+    the same NLL to float32 rounding, whatever the batching; and the same scores through a
+    subset of all examples with unit weights."""
+    model, tok = math_model
+    examples = read_jsonl(mini_zoo / "tasks" / task / "validation.jsonl")[:60]
+    expected = _reference_zoo_scores(model, examples)
+    for batch in (7, 256):
+        ev = make_evaluator("zoo", tasks=[task], zoo=str(mini_zoo), limit=60, batch_size=batch)
+        got = ev(model, tok)
+        assert got[f"{task}/exact_match"] == expected["exact_match"]
+        assert got[f"{task}/token_acc"] == pytest.approx(expected["token_acc"], abs=1e-12)
+        assert got[f"{task}/answer_nll"] == pytest.approx(expected["answer_nll"], rel=1e-6)
+    assert 0 < expected["token_acc"] < 1
+    n = len(examples)
+    subset, *_ = ev.score(model, tok, {task: (list(range(n - 1, -1, -1)), [1.0] * n)})
+    assert subset[f"{task}/exact_match"] == got[f"{task}/exact_match"]
+    assert subset[f"{task}/answer_nll"] == pytest.approx(got[f"{task}/answer_nll"], rel=1e-9)
+
+
+def test_subset_scores_are_weighted_ratios(mini_zoo, math_model):
+    """A weighted subset's score is sum(w num) / sum(w den) of the per-example stats."""
+    model, tok = math_model
+    ev = make_evaluator("zoo", tasks=["add_l1"], zoo=str(mini_zoo), limit=30)
+    full, totals, stats = ev.score(model, tok, per_example=True)
+    num, den = (np.asarray(v) for v in stats["add_l1/answer_nll"])
+    assert full["add_l1/answer_nll"] == pytest.approx(num.sum() / den.sum(), rel=1e-12)
+    assert totals["add_l1/answer_nll"] == pytest.approx([num.sum(), den.sum()], rel=1e-12)
+    idx, w = [3, 10, 11], [2.0, 5.0, 1.0]
+    part, *_ = ev.score(model, tok, {"add_l1": (idx, w)})
+    assert part["add_l1/answer_nll"] == pytest.approx(
+        np.dot(w, num[idx]) / np.dot(w, den[idx]), rel=1e-12)
+    hits = np.asarray(stats["add_l1/exact_match"][0])
+    assert part["add_l1/exact_match"] == pytest.approx(np.dot(w, hits[idx]) / 8.0, abs=1e-15)
 
 
 def test_malformed_task_line_names_file_and_line(tmp_path):
