@@ -1,0 +1,234 @@
+"""What cheaper fitness costs and what it keeps, on the zoo.
+
+    python bench/eval_cost.py [--seeds 5]        # needs ./zoo (bash scripts/run.sh builds it)
+
+Part 1, estimation (per seed): 20 + 100 random candidates of the default space
+(search_spaces/zoo_ties_dare.yaml, 250 validation examples per task) are scored in full, per
+example. Two estimators then score the 100 from 1/10 and 1/5 of the examples: a seeded
+random subset (plain mean), and anchor points chosen from the 20 others' response patterns
+(evomerge.search.fidelity). Spearman's rho between each estimate and the full score, per
+objective and for the weighted loss CMA-ES minimizes. Both come from the same per-example
+numbers the scorer returns, so they are what a search would have seen.
+
+Part 2, cost to quality (per seed; search_efficiency.py's setting: 150 validation examples per
+task, popsize 8, held-out = the whole test split, 500 per task): the mergekit-evolve-style
+loop's held-out loss after 96 full evaluations is the target. evomerge CMA-ES then searches
+in four settings, for up to --candidates candidates each: full fidelity; multi-fidelity
+(rungs 1/9, 1/3, 1, eta 3); subset (anchors at 1/5 after a warmup of 24 full
+candidates); both (anchors at 1/5, then the full set for the best third). Each new incumbent
+(best by validation or its estimate) is re-scored on test; the table gives the validation
+examples scored until the incumbent's held-out loss first reaches the target, and the final
+held-out loss. Medians over seeds. Writes results/bench/eval_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from search_efficiency import run_single  # noqa: E402
+
+from evomerge.quickstart import rebase_zoo  # noqa: E402
+from evomerge.search.fidelity import fit_anchors  # noqa: E402
+from evomerge.search.genome import Genome  # noqa: E402
+from evomerge.search.heldout import heldout_evaluators  # noqa: E402
+from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
+from evomerge.search.space import load_space  # noqa: E402
+from evomerge.search.worker import Worker  # noqa: E402
+
+SETTINGS = {
+    "full": None,
+    "multi-fidelity": {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
+    "subset": {"rungs": [0.2], "estimator": "anchors", "warmup": 24},
+    "both": {"rungs": [0.2, 1.0], "eta": 3, "estimator": "anchors", "warmup": 24},
+}
+
+
+def make_space(zoo: str, limit: int, **fields: Any):
+    space = rebase_zoo(load_space(ROOT / "search_spaces" / "zoo_ties_dare.yaml"), zoo,
+                       device="cpu", **fields)
+    data = space.model_dump(mode="json")
+    data["evaluators"]["zoo"]["limit"] = limit
+    return load_space(data)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho (average ranks for ties)."""
+    def rank(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # ties share their mean rank
+            r[x == v] = r[x == v].mean()
+        return r
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
+def per_example(worker: Worker, genome: Genome, rng: np.random.Generator, n: int) -> list:
+    """Per-example stats of ``n`` random candidates: [{task/metric: [nums, dens]}]."""
+    out = []
+    for _ in range(n):
+        recipe = genome.recipe(genome.from_unit(rng.random(genome.dim)))
+        r = worker.run(0, recipe.to_yaml(), job={"per_example": True})
+        out.append(r.example_stats["zoo"])
+    return out
+
+
+def estimate(stats: dict, subsets: dict[str, tuple[list, list | None]], objectives) -> tuple:
+    scores = {}
+    for o in objectives:
+        idx, w = subsets[o.task]
+        num, den = (np.asarray(v)[idx] for v in stats[o.key])
+        w = np.ones(len(idx)) if w is None else np.asarray(w)
+        scores[o.key] = float(np.dot(w, num) / np.dot(w, den))
+    return objective_values(scores, objectives)
+
+
+def part1(zoo: str, seeds: int) -> dict[str, Any]:
+    space = make_space(zoo, 250)
+    worker = Worker(space)
+    genome = Genome(space, worker.materializer.num_layers)
+    objs = space.objectives
+    tasks = sorted({o.task for o in objs})
+    rho: dict[str, list] = {}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        fit, test = per_example(worker, genome, rng, 20), per_example(worker, genome, rng, 100)
+        full = [estimate(s, {t: (np.arange(250), None) for t in tasks}, objs) for s in test]
+        for frac in (0.1, 0.2):
+            k = math.ceil(frac * 250)
+            picks = {"random": {t: (rng.permutation(250)[:k], None) for t in tasks},
+                     "anchors": {t: fit_anchors(fit, t, {0: frac}, [o.key for o in objs
+                                                                    if o.task == t], seed)[0]
+                                 for t in tasks}}
+            for name, subsets in picks.items():
+                est = [estimate(s, subsets, objs) for s in test]
+                cols = {o.key: (np.array([e[i] for e in est]), np.array([f[i] for f in full]))
+                        for i, o in enumerate(objs)}
+                cols["weighted_loss"] = (np.array([weighted_loss(e, objs) for e in est]),
+                                         np.array([weighted_loss(f, objs) for f in full]))
+                for key, (a, b) in cols.items():
+                    rho.setdefault(f"{name}@{frac:g}/{key}", []).append(spearman(a, b))
+        print("part 1 seed", seed, {k: round(v[-1], 3) for k, v in rho.items()
+                                    if k.endswith("weighted_loss")}, flush=True)
+    return {"candidates": 100, "fit_candidates": 20, "examples_per_task": 250,
+            "spearman": {k: {"median": float(np.median(v)), "min": float(np.min(v)),
+                             "seeds": v} for k, v in rho.items()}}
+
+
+class _Reuse:
+    """An in-process executor around one resident worker (the models load once)."""
+
+    capacity = 1
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker, self._done = worker, []
+
+    def submit(self, trial: int, recipe_yaml: str, job: dict | None = None) -> None:
+        self._done.append(self.worker.run(trial, recipe_yaml, job=job))
+
+    def next_result(self):
+        return self._done.pop(0)
+
+    def close(self) -> None:
+        self._done.clear()
+
+
+def run_setting(zoo: str, worker: Worker, tests: dict, fidelity: dict | None, seed: int,
+                candidates: int, target: float) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from evomerge.search.driver import run_search
+    from evomerge.search.ledger import counted, load_study, open_storage
+
+    space = make_space(zoo, 150, fidelity=fidelity, budget={"trials": candidates},
+                       optimizer={"name": "cma", "popsize": 8, "seed": seed})
+    objs, n_full = space.objectives, 150 * len({o.task for o in space.objectives})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run_search(space, results_root=tmp, executor_factory=lambda _s: _Reuse(worker))
+        trials = load_study(open_storage(out.storage), out.study).get_trials()
+    best, examples, reach, curve = math.inf, 0, None, []
+    for t in sorted((t for t in trials if counted(t)), key=lambda t: t.number):
+        examples += (t.user_attrs.get("fidelity") or {}).get("examples", n_full)
+        if t.state != TrialState.COMPLETE or weighted_loss(t.values, objs) >= best:
+            continue
+        best = weighted_loss(t.values, objs)
+        r = worker.run(0, t.user_attrs["recipe"], tests)
+        held = weighted_loss(objective_values(r.scores, objs), objs)
+        curve.append([examples, held])
+        if reach is None and held <= target:
+            reach = examples
+    return {"examples_to_target": reach, "final_test_loss": curve[-1][1],
+            "examples_total": examples, "incumbents": curve}
+
+
+def part2(zoo: str, seeds: int, candidates: int) -> dict[str, Any]:
+    space = make_space(zoo, 150)
+    worker = Worker(space)
+    tests = heldout_evaluators(space)
+    per_seed: list[dict] = []
+    for seed in range(seeds):
+        t0 = time.time()
+        target = run_single(space, worker, tests, "evolve", seed, 96, [96])[-1]
+        row = {"target": target, "evolve_examples": 96 * 150 * 3}
+        for name, fid in SETTINGS.items():
+            row[name] = run_setting(zoo, worker, tests, fid, seed, candidates, target)
+        per_seed.append(row)
+        print("part 2 seed", seed, round(target, 3),
+              {k: (row[k]["examples_to_target"], round(row[k]["final_test_loss"], 3))
+               for k in SETTINGS}, f"{time.time() - t0:.0f} s", flush=True)
+    summary = {}
+    for name in SETTINGS:
+        reach = [r[name]["examples_to_target"] for r in per_seed]
+        finite = [x if x is not None else math.inf for x in reach]
+        summary[name] = {
+            "median_examples_to_target": float(np.median(finite)),
+            "reached": sum(x is not None for x in reach),
+            "median_final_test_loss": float(np.median([r[name]["final_test_loss"]
+                                                       for r in per_seed])),
+            "median_examples_total": float(np.median([r[name]["examples_total"]
+                                                      for r in per_seed]))}
+    return {"candidates": candidates, "examples_per_task": 150, "settings": SETTINGS,
+            "median_target": float(np.median([r["target"] for r in per_seed])),
+            "summary": summary, "per_seed": per_seed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--zoo", default=str(ROOT / "zoo"))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--candidates", type=int, default=160)
+    ap.add_argument("--part", choices=["1", "2", "both"], default="both")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    t0 = time.time()
+    if args.part in ("1", "both"):
+        res["estimation"] = {**part1(args.zoo, args.seeds), "seeds": args.seeds}
+    if args.part in ("2", "both"):
+        res["cost_to_quality"] = {**part2(args.zoo, args.seeds, args.candidates),
+                                  "seeds": args.seeds}
+    res["seconds_last_run"] = round(time.time() - t0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.get("cost_to_quality", {}).items()
+                      if k == "summary"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
