@@ -54,7 +54,9 @@ def print_status(name: str, info: dict) -> None:
 
     c = Console()
     c.print(f"[bold]{name}[/]: {info['evaluations']}/{info['budget']} evaluations "
-            f"({info['complete']} complete, {info['failed']} failed), {info['running']} running, "
+            f"({info['complete']} complete, {info['failed']} failed"
+            + (f", {info['pruned']} pruned" if info.get("pruned") else "")
+            + f"), {info['running']} running, "
             f"{info['duplicates']} duplicates skipped, {info['interrupted']} interrupted")
     if "best" in info:
         scores = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())

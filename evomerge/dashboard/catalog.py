@@ -108,9 +108,19 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             "method": space.method_name(t.params),
             "merge_s": a.get("merge_seconds"), "eval_s": a.get("eval_seconds"),
             "note": a.get("fail_reason") or (f"same recipe as trial {a['duplicate_of']}"
-                                             if "duplicate_of" in a else ""),
+                                             if "duplicate_of" in a else "") or _fidelity_note(a),
         })
     return rows
+
+
+def _fidelity_note(attrs: dict[str, Any]) -> str:
+    """What a candidate scored under cheaper fitness: where it was pruned, and its examples."""
+    fid = attrs.get("fidelity")
+    if not fid:
+        return ""
+    where = "in full" if fid["rung"] < 0 else f"up to rung {fid['rung']}"
+    pruned = f"pruned at rung {attrs['fidelity_rung']}; " if "fidelity_rung" in attrs else ""
+    return f"{pruned}scored {where}: {fid['examples']} examples ({fid['estimator']})"
 
 
 def layer_view(study: Any, number: int) -> dict[str, Any]:

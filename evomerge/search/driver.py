@@ -12,18 +12,15 @@ message says how to resume.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evomerge.errors import ConfigError
+from evomerge.evaluators.base import ratio
 from evomerge.search.executors import Executor
+from evomerge.search.fidelity import ANCHORS_ATTR, FULL, RUNGS_ATTR, STATS_ATTR, ladder_for
 from evomerge.search.genome import Genome, recipe_hash
 from evomerge.search.ledger import (
     INTERRUPTED,
@@ -35,8 +32,7 @@ from evomerge.search.ledger import (
     results_dir,
     told_values,
 )
-from evomerge.search.fidelity import ANCHORS_ATTR, FULL, RUNGS_ATTR, STATS_ATTR, ladder_for
-from evomerge.evaluators.base import ratio
+from evomerge.search.liveness import Liveness, StopSignal
 from evomerge.search.objectives import objective_values, weighted_loss
 from evomerge.search.optimizers import CmaOptimizer, make_optimizer
 from evomerge.search.space import SearchSpace
@@ -45,7 +41,6 @@ from evomerge.search.worker import CandidateResult, build_evaluators
 __all__ = ["SearchOutcome", "run_search"]
 
 MAX_DUPLICATES_IN_A_ROW = 200
-HEARTBEAT_SECONDS = 30.0
 CHECKPOINT = "evomerge_optimizer_checkpoint"  # study user attribute: the optimizer's JSON state
 
 
@@ -73,34 +68,7 @@ class _Flight:
     totals: dict = field(default_factory=dict)  # per score: [sum num, sum den] over its rungs
 
 
-class _Stop:
-    """SIGTERM (e.g. Slurm before preemption) requests a clean stop at the next result."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self) -> _Stop:
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
-        return self
-
-    def reinstall(self) -> None:
-        """Take SIGTERM back after a library (``ray.init``) installed its own handler."""
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
-class _Loop:
+class _Loop(Liveness):
     def __init__(self, space: SearchSpace, name: str, storage: Any, genome: Genome,
                  budget: int, progress: Callable[[dict], None] | None) -> None:
         self.space, self.name, self.genome, self.budget = space, name, genome, budget
@@ -118,52 +86,6 @@ class _Loop:
         self.best: float | None = None
         self._beat = 0.0
         self._saved: dict | None = None
-
-    def heartbeat(self, state: str = "running", force: bool = False) -> None:
-        """Record in the study that a driver is alive (the dashboard shows it): at most one
-        storage write every ``HEARTBEAT_SECONDS``."""
-        now = time.time()
-        if not force and now - self._beat < HEARTBEAT_SECONDS:
-            return
-        self._beat = now
-        self.study.set_user_attr("evomerge_driver", {
-            "host": socket.gethostname(), "pid": os.getpid(), "state": state,
-            "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "heartbeat": now, "done": self.done, "budget": self.budget})
-
-    def refuse_second_driver(self) -> None:
-        """One driver per study: two would each spend the budget (double counting). A driver
-        is live while its heartbeat is fresh (and, on this host, its process exists)."""
-        from evomerge.search.ledger import STALE_SECONDS, driver_state
-
-        info = self.study.user_attrs.get("evomerge_driver") or {}
-        if driver_state(self.study) != "running":
-            return
-        if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
-            return  # this process, searching again
-        job = os.environ.get("SLURM_JOB_ID")
-        if job and info.get("slurm_job") == job:
-            return  # a requeued Slurm job: its previous run has ended, whatever it recorded
-        age = time.time() - float(info.get("heartbeat", 0))
-        raise ConfigError(
-            f"Study {self.name!r} is being searched by another driver (host "
-            f"{info.get('host')}, pid {info.get('pid')}, heartbeat {age:.0f} s ago); stop it "
-            f"first, or if it died, resume once its heartbeat is {STALE_SECONDS:.0f} s old.")
-
-    def beat_in_background(self) -> threading.Event:
-        """Keep the heartbeat fresh while a long candidate blocks the loop (a 7B evaluation
-        takes minutes); set the returned event to stop."""
-        done = threading.Event()
-
-        def beat() -> None:
-            while not done.wait(HEARTBEAT_SECONDS):
-                try:
-                    self.heartbeat(force=True)
-                except Exception:  # noqa: BLE001 -- a missed beat must not kill the search
-                    pass
-
-        threading.Thread(target=beat, name="evomerge-heartbeat", daemon=True).start()
-        return done
 
     def save_checkpoint(self) -> None:
         """Store the optimizer's state in the study when it has a new one (CMA-ES: once per
@@ -376,7 +298,7 @@ class _Loop:
             self.study.tell(trial, state=TrialState.FAIL)
         self.in_flight.clear()
 
-    def run(self, executor: Executor, wall_time: float | None, stop: _Stop,
+    def run(self, executor: Executor, wall_time: float | None, stop: StopSignal,
             on_generation: Callable[[], None]) -> str:
         self.executor = executor
         self.duplicates_in_a_row = 0
@@ -462,7 +384,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     stopped, executor = "interrupted", None
     beat = loop.beat_in_background()
     try:
-        with _Stop() as stop:
+        with StopSignal() as stop:
             executor = executor_factory(space)
             stop.reinstall()
             stopped = loop.run(executor, space.budget.wall_time, stop,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from optuna.trial import TrialState
@@ -148,6 +146,16 @@ def test_search_prunes_and_counts_examples(mini_zoo, tmp_path):
     front = json.loads((tmp_path / "t" / "pareto.json").read_text())
     complete = {t.number for t in trials if t.state == TrialState.COMPLETE}
     assert {p["trial"] for p in front["front"]} <= complete
+    from evomerge.commands import status
+    from evomerge.dashboard.catalog import trial_rows
+
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert status("t", results=str(tmp_path))["pruned"] == len(pruned)
+    notes = {r["number"]: r["note"] for r in trial_rows(_study(tmp_path))}
+    t = pruned[0]
+    assert notes[t.number] == (f"pruned at rung {t.user_attrs['fidelity_rung']}; scored up to "
+                               f"rung {t.user_attrs['fidelity_rung']}: "
+                               f"{t.user_attrs['fidelity']['examples']} examples (subset)")
 
 
 class _Interrupting(InlineExecutor):
