@@ -49,6 +49,11 @@ class AnswerEvaluator(SubsetEvaluator):
 
     Args:
         files: task name -> JSONL path.
+        lm_eval_tasks: instead of ``files``, lm-eval tasks whose documents are the examples
+            (prompt, target joined by the task's delimiter, choices; zero-shot), read from
+            ``split`` (``validation``, ``test`` or ``train``; default: the split lm-eval
+            evaluates) of each; ``include_path``:
+            directories of local task YAMLs (without it, lm-eval's built-in tasks).
         limit: first N examples per task.
         batch_size: sequences per forward pass.
         chat_template: wrap each prompt in the tokenizer's chat template (a user turn, with
@@ -64,14 +69,22 @@ class AnswerEvaluator(SubsetEvaluator):
 
     renamed: dict[str, str] = {}  # metric name -> the name a subclass reports it under
 
-    def __init__(self, files: dict[str, str], limit: int | None = None, batch_size: int = 16,
-                 chat_template: bool = False, system: str | None = None,
+    def __init__(self, files: dict[str, str] | None = None, limit: int | None = None,
+                 batch_size: int = 16, chat_template: bool = False, system: str | None = None,
                  generate: bool = False, stop: list[str] | None = None,
                  max_new_tokens: int = 32, terminator: str = "",
-                 eos_ends_answer: bool = False) -> None:
-        if not files:
-            raise ConfigError("The answers evaluator needs 'files': {task: path.jsonl}.")
-        self._examples = {t: read_examples(p)[:limit] for t, p in files.items()}
+                 eos_ends_answer: bool = False, lm_eval_tasks: list[str] | None = None,
+                 include_path: str | list[str] | None = None,
+                 split: str | None = None) -> None:
+        if bool(files) == bool(lm_eval_tasks):
+            raise ConfigError("The answers evaluator needs 'files' ({task: path.jsonl}) or "
+                              "'lm_eval_tasks' (task names), one of the two.")
+        if files:
+            self._examples = {t: read_examples(p)[:limit] for t, p in files.items()}
+        else:
+            from evomerge.evaluators.task_docs import task_examples
+
+            self._examples = task_examples(list(lm_eval_tasks or []), include_path, split, limit)
         self._batch, self._chat, self._system = batch_size, chat_template, system
         self._generate, self._stop, self._max_new = generate, stop or ["\n"], max_new_tokens
         self._end, self._eos_ends = terminator, eos_ends_answer

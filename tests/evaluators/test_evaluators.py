@@ -123,6 +123,37 @@ def test_subset_scores_are_weighted_ratios(mini_zoo, math_model):
     assert part["add_l1/exact_match"] == pytest.approx(np.dot(w, hits[idx]) / 8.0, abs=1e-15)
 
 
+def test_answers_scores_lm_eval_task_documents_like_lm_eval(mini_zoo, math_model, tmp_path):
+    """The fast scorer reads lm-eval tasks' documents (a loglikelihood task and a local
+    multiple-choice task) and its greedy match / choice accuracy equal lm-eval's ``acc``."""
+    import yaml
+
+    examples = read_jsonl(mini_zoo / "tasks" / "add_l1" / "validation.jsonl")[:12]
+    def near(answer, k):  # a distractor: the last digit moved by k
+        return answer[:-1] + str((int(answer[-1]) + k) % 10) if answer[-1].isdigit() \
+            else answer + str(k)
+
+    rows = [{"prompt": ex.prompt, "choices": [near(ex.answer, 1), ex.answer, near(ex.answer, 5)],
+             "label": 1} for ex in examples]
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "mc_t.yaml").write_text(yaml.safe_dump({
+        "task": "mc_t", "dataset_path": "json", "output_type": "multiple_choice",
+        "dataset_kwargs": {"data_files": {"validation": str(tmp_path / "mc.jsonl")}},
+        "validation_split": "validation", "doc_to_text": "{{prompt}}",
+        "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}", "target_delimiter": "",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}))
+    include = [str(write_lm_eval_yamls(mini_zoo)), str(tmp_path)]
+    tasks = ["mc_t", "zoo_add_l1_validation"]
+    theirs = make_evaluator("lm_eval", tasks=tasks, include_path=include, limit=12)(*math_model)
+    ev = make_evaluator("answers", lm_eval_tasks=tasks, include_path=include, limit=12)
+    ours = ev(*math_model)
+    assert ours["mc_t/choice_acc"] == theirs["mc_t/acc"]
+    assert ours["zoo_add_l1_validation/greedy_match"] == theirs["zoo_add_l1_validation/acc"]
+    assert 0 < ours["mc_t/choice_acc"] < 1  # some right, some wrong: the comparison bites
+    with pytest.raises(ConfigError, match="lm-eval task 'mc_t' has no test split"):
+        make_evaluator("answers", lm_eval_tasks=["mc_t"], include_path=include, split="test")
+
+
 def test_malformed_task_line_names_file_and_line(tmp_path):
     bad = tmp_path / "t.jsonl"
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2="\n')
