@@ -304,6 +304,7 @@ class _Loop(Liveness):
         self.duplicates_in_a_row = 0
         start = time.monotonic()
         every = getattr(self.optimizer, "popsize", None) or 10
+        written = self.done
         while True:
             over_time = wall_time is not None and time.monotonic() - start > wall_time
             if stop.requested or over_time or self.done >= self.budget:
@@ -327,8 +328,9 @@ class _Loop(Liveness):
                 self.progress({"done": self.done, "budget": self.budget, "failed": self.failed,
                                "new": self.new, "best": self.best,
                                "elapsed": time.monotonic() - start})
-            if self.done % every == 0:
+            if self.done % every == 0 and self.done != written:  # not again for a rung result
                 on_generation()
+                written = self.done
 
 
 def run_search(space: SearchSpace, study: str | None = None, storage: str | None = None,
