@@ -183,3 +183,20 @@ def test_sigterm_stops_cleanly_and_leaves_no_running_trial(mini_zoo, tmp_path):
     time.sleep(1.0)
     assert len(temp["seen"]) >= 4  # raylet, GCS, 2 actors: the finder sees this test's Ray
     assert _ray_processes(temp["dir"]) == [] and _alive(temp["seen"]) == []
+
+
+def test_fidelity_rungs_reach_the_actors(mini_zoo, tmp_path):
+    """Each rung's examples travel to the actors: rung 0 scores 4 examples of the task, rung
+    1 the other 12 (a dropped job would score all 16 each time)."""
+    space = load_space(space_dict(
+        mini_zoo, objectives=space_dict(mini_zoo)["objectives"][:1], budget={"trials": 8},
+        fidelity={"rungs": [0.25, 1.0], "eta": 2}, optimizer={"name": "random", "seed": 0}))
+    out = run_search(space, results_root=tmp_path / "r",
+                     executor_factory=lambda s: RayExecutor(s, workers=2,
+                                                            temp_dir=tmp_path / "ray"))
+    assert out.evaluations == 8
+    trials = [t for t in _study(tmp_path / "r").get_trials() if counted(t)]
+    for t in trials:
+        assert [r["examples"] for r in t.user_attrs["rungs"]] == [4, 12][:len(t.user_attrs["rungs"])]
+        assert t.user_attrs["worker_node"]
+    assert {len(t.user_attrs["rungs"]) for t in trials} == {1, 2}  # some pruned, some not
