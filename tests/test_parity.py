@@ -95,6 +95,22 @@ slices:
   - sources: [{model: B, layer_range: [1, 3], parameters: {scale: [{filter: o_proj, value: 0.5}, {value: 1.0}]}}]
   - sources: [{model: A, layer_range: [2, 4]}]
 """,
+    "karcher": """
+merge_method: karcher
+models: [{model: A}, {model: B}, {model: C}]
+""",
+    "karcher_with_base": """
+merge_method: karcher
+base_model: BASE
+models: [{model: A}, {model: B}]
+parameters: {max_iter: 3, tol: 1.0e-6}
+""",
+    "nearswap": """
+merge_method: nearswap
+base_model: BASE
+models: [{model: BASE}, {model: A}]
+parameters: {t: [{filter: mlp, value: 0.02}, {value: 0.005}]}
+""",
     "ties_slices": """
 merge_method: ties
 base_model: BASE
