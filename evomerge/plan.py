@@ -154,7 +154,7 @@ class _Planner:
             detail = ", ".join(f"{m!r} has {list(s)}" for m, s in sorted(shapes))
             raise ModelError(f"Shape mismatch for tensor {out_name!r}: {detail}.")
         base = None
-        if method.base == "required":
+        if method.base in ("required", "optional"):
             base = next(((m, n) for m, n in refs if m == base_ref), None)
             refs = [(m, n) for m, n in refs if m != base_ref]
         shared_tables = [sl.parameters, recipe.parameters]

@@ -225,14 +225,14 @@ def _check_structure(recipe: Recipe, method: MergeMethod) -> None:
         groups.append([s.model for s in sl.sources])
     for group in groups:
         base = recipe.base_model
-        n = len([m for m in group if m != base]) if method.base == "required" else len(
+        n = len([m for m in group if m != base]) if method.base != "input" else len(
             group if base is None or base in group else group + [base]
         )
         if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
             bound = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs
                      else f"at least {method.min_inputs}" if method.max_inputs is None
                      else f"{method.min_inputs} to {method.max_inputs}")
-            kind = "models besides the base" if method.base == "required" else "input models"
+            kind = "models besides the base" if method.base != "input" else "input models"
             raise ValueError(f"merge method {method.name!r} takes {bound} {kind}, got {n}")
 
 
@@ -254,7 +254,7 @@ def _check_required(recipe: Recipe, method: MergeMethod) -> None:
                                      f"{spec.name!r} (in 'parameters')")
                 continue
             for src in sl.sources:
-                if method.base == "required" and src.model == base:
+                if method.base != "input" and src.model == base:
                     continue
                 if spec.name not in {**shared, **(src.parameters or {})}:
                     raise ValueError(f"merge method {method.name!r} needs parameter "

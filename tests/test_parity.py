@@ -111,6 +111,34 @@ base_model: BASE
 models: [{model: BASE}, {model: A}]
 parameters: {t: [{filter: mlp, value: 0.02}, {value: 0.005}]}
 """,
+    "multislerp": """
+merge_method: multislerp
+models:
+  - {model: A, parameters: {weight: [0.2, 1.0]}}
+  - {model: B, parameters: {weight: 0.5}}
+  - {model: C, parameters: {weight: [{filter: mlp, value: 0.9}, {value: 0.3}]}}
+""",
+    "multislerp_with_base": """
+merge_method: multislerp
+base_model: BASE
+models: [{model: A, parameters: {weight: 0.7}}, {model: B, parameters: {weight: 0.4}}]
+parameters: {normalize_weights: false}
+""",
+    "nuslerp": """
+merge_method: nuslerp
+models: [{model: A, parameters: {weight: [0.1, 0.9]}}, {model: B, parameters: {weight: 0.5}}]
+""",
+    "nuslerp_row_wise_with_base": """
+merge_method: nuslerp
+base_model: BASE
+models: [{model: A, parameters: {weight: 0.3}}, {model: B, parameters: {weight: 0.6}}]
+parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}
+""",
+    "nuslerp_column_wise": """
+merge_method: nuslerp
+models: [{model: A, parameters: {weight: 0.8}}, {model: B, parameters: {weight: 0.6}}]
+parameters: {nuslerp_flatten: false}
+""",
     "ties_slices": """
 merge_method: ties
 base_model: BASE

@@ -68,7 +68,9 @@ class MergeMethod:
         params: parameter specs, in display order.
         paper: reference link.
         base: "required" -- the base is passed separately as ``base`` (task-vector methods,
-            SLERP, Model Stock); "input" -- the base, if any, is an ordinary input in ``tensors``.
+            SLERP, Model Stock); "optional" -- passed separately when the recipe names one,
+            else ``None`` (Multi-SLERP, NuSLERP: relative to the base if there is one);
+            "input" -- the base, if any, is an ordinary input in ``tensors``.
         min_inputs, max_inputs: bounds on ``len(tensors)`` (non-base inputs when
             ``base="required"``).
         stochastic: the function takes a ``generator`` keyword (seeded by the planner).
@@ -83,7 +85,7 @@ class MergeMethod:
     fn: Callable[..., torch.Tensor]
     params: tuple[ParamSpec, ...]
     paper: str
-    base: Literal["required", "input"] = "required"
+    base: Literal["required", "optional", "input"] = "required"
     min_inputs: int = 1
     max_inputs: int | None = None
     stochastic: bool = False
