@@ -139,6 +139,17 @@ merge_method: nuslerp
 models: [{model: A, parameters: {weight: 0.8}}, {model: B, parameters: {weight: 0.6}}]
 parameters: {nuslerp_flatten: false}
 """,
+    "sce": """
+merge_method: sce
+base_model: BASE
+models: [{model: A}, {model: B}, {model: C}]
+""",
+    "sce_select": """
+merge_method: sce
+base_model: BASE
+models: [{model: A}, {model: B}]
+parameters: {select_topk: [{filter: mlp, value: 0.3}, {value: 0.6}]}
+""",
     "ties_slices": """
 merge_method: ties
 base_model: BASE
