@@ -150,6 +150,12 @@ base_model: BASE
 models: [{model: A}, {model: B}]
 parameters: {select_topk: [{filter: mlp, value: 0.3}, {value: 0.6}]}
 """,
+    "ram": """
+merge_method: ram
+base_model: BASE
+models: [{model: A}, {model: B}, {model: C}]
+parameters: {epsilon: [{filter: mlp, value: 0.03}, {value: 0.015}]}
+""",
     "ties_slices": """
 merge_method: ties
 base_model: BASE

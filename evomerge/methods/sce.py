@@ -1,4 +1,6 @@
-"""SCE (Wan et al. 2024, FuseChat 2.0, https://arxiv.org/abs/2408.07990): select, calculate,
+"""Task-vector merges whose weights come from the task vectors themselves: SCE and RAM.
+
+SCE (Wan et al. 2024, FuseChat 2.0, https://arxiv.org/abs/2408.07990): select, calculate,
 erase, over the task vectors tau_i = theta_i - theta_base of M models, shape (M, *shape):
 
     select     keep the ``select_topk`` fraction of entries (of those with non-zero variance)
@@ -19,7 +21,7 @@ import torch
 from evomerge.methods.consensus import sign_sum
 from evomerge.methods.spec import MergeMethod, ParamSpec, register
 
-__all__ = ["sce"]
+__all__ = ["sce", "ram"]
 
 
 def _select(taus: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -62,3 +64,24 @@ register(MergeMethod(
         ParamSpec("int8_mask", False, False, kind=bool,
                   doc="mergekit memory option; accepted, no numerical effect"),
     ), "https://arxiv.org/abs/2408.07990", base="required", min_inputs=1))
+
+
+def ram(tensors: Sequence[torch.Tensor], base: torch.Tensor, *,
+        epsilon: float = 1e-5) -> torch.Tensor:
+    """RAM, Reinforced Agent Merging (https://arxiv.org/abs/2601.13572): an entry of a task
+    vector contributes when |tau_i| > ``epsilon``; an entry takes the mean of its
+    contributors (one contributor: its value whole, not diluted by the others; none: the
+    base). theta = theta_base + sum_i c_i tau_i / max(sum_i c_i, 1)."""
+    if not tensors:
+        return base
+    taus = torch.stack([t - base for t in tensors])                        # (M, *shape)
+    contributes = taus.abs() > epsilon
+    count = contributes.sum(dim=0).clamp(min=1)
+    return base + (taus * contributes).sum(dim=0) / count
+
+
+register(MergeMethod(
+    "ram", ram, (
+        ParamSpec("epsilon", False, 1e-5, low=0.0, search=(0.0, 1e-3),
+                  doc="|task vector| above which an entry contributes"),
+    ), "https://arxiv.org/abs/2601.13572", base="required", min_inputs=1))
