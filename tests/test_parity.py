@@ -156,6 +156,11 @@ base_model: BASE
 models: [{model: A}, {model: B}, {model: C}]
 parameters: {epsilon: [{filter: mlp, value: 0.03}, {value: 0.015}]}
 """,
+    "arcee_fusion": """
+merge_method: arcee_fusion
+base_model: BASE
+models: [{model: BASE}, {model: B}]
+""",
     "ties_slices": """
 merge_method: ties
 base_model: BASE

@@ -1,4 +1,5 @@
-"""Task-vector merges whose weights come from the task vectors themselves: SCE and RAM.
+"""Task-vector merges whose weights or masks come from the task vectors themselves: SCE,
+RAM and Arcee Fusion.
 
 SCE (Wan et al. 2024, FuseChat 2.0, https://arxiv.org/abs/2408.07990): select, calculate,
 erase, over the task vectors tau_i = theta_i - theta_base of M models, shape (M, *shape):
@@ -21,7 +22,7 @@ import torch
 from evomerge.methods.consensus import sign_sum
 from evomerge.methods.spec import MergeMethod, ParamSpec, register
 
-__all__ = ["sce", "ram"]
+__all__ = ["sce", "ram", "arcee_fusion"]
 
 
 def _select(taus: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -85,3 +86,31 @@ register(MergeMethod(
         ParamSpec("epsilon", False, 1e-5, low=0.0, search=(0.0, 1e-3),
                   doc="|task vector| above which an entry contributes"),
     ), "https://arxiv.org/abs/2601.13572", base="required", min_inputs=1))
+
+
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The entry at sorted position floor(q (n - 1)) (O(n) selection, not a sort)."""
+    flat = x.reshape(-1)
+    return torch.kthvalue(flat, int(q * (flat.numel() - 1)) + 1).values
+
+
+def arcee_fusion(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+    """Arcee Fusion (https://arcee.ai): take the other model's entries whose importance
+
+        s = |theta - theta_base| * KL(softmax(theta) || softmax(theta_base))   (KL per row)
+
+    reaches median(s) + 1.5 IQR(s) (an outlier fence), the base's elsewhere. mergekit
+    estimates the quartiles from a random sample of a million entries on larger tensors; here
+    they are exact, so the two agree wherever mergekit does not sample."""
+    other = tensors[0]
+    p = torch.softmax(other, dim=-1) + 1e-8
+    q = torch.softmax(base, dim=-1) + 1e-8
+    kl = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    s = (other - base).abs() * kl
+    fence = _quantile(s, 0.5) + 1.5 * (_quantile(s, 0.75) - _quantile(s, 0.25))
+    return base + (other - base) * (s >= fence).to(base.dtype)
+
+
+register(MergeMethod(
+    "arcee_fusion", arcee_fusion, (), "https://arcee.ai", base="required",
+    min_inputs=1, max_inputs=1))
