@@ -219,6 +219,37 @@ def part2(zoo: str, seeds: int, candidates: int) -> dict[str, Any]:
             "summary": summary, "per_seed": per_seed}
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The README's tables, from the JSON."""
+    lines = []
+    est = res.get("estimation")
+    if est:
+        sp = est["spearman"]
+        keys = [k.split("/", 1)[1] for k in sp if k.startswith("random@0.1/")]
+        lines += [f"Spearman rho, estimate vs full validation score, {est['candidates']} random "
+                  f"candidates, median (min) of {est['seeds']} seeds:", "",
+                  "| estimator | " + " | ".join(keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for name in ("random@0.1", "anchors@0.1", "random@0.2", "anchors@0.2"):
+            cells = [f"{sp[f'{name}/{k}']['median']:.3f} ({sp[f'{name}/{k}']['min']:.3f})"
+                     for k in keys]
+            lines.append(f"| {name.replace('@', ' at ')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    cq = res.get("cost_to_quality")
+    if cq:
+        lines += [f"Validation examples scored (median of {cq['seeds']} seeds; evolve-style "
+                  f"target {cq['median_target']:.3f}, reached by that loop after 43,200):", "",
+                  "| setting | to the evolve-style target | to full fidelity's final | "
+                  "final held-out loss | examples in all |", "|---|---:|---:|---:|---:|"]
+        for name, row in cq["summary"].items():
+            lines.append(
+                f"| {name} | {row['median_examples_to_target']:,.0f} ({row['reached']}/"
+                f"{cq['seeds']}) | {row['median_examples_to_full_final']:,.0f} "
+                f"({row['reached_full_final']}/{cq['seeds']}) | "
+                f"{row['median_final_test_loss']:.3f} | {row['median_examples_total']:,.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
@@ -226,8 +257,12 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=128)
     ap.add_argument("--part", choices=["1", "2", "both"], default="both")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
+    ap.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.table:
+        print(markdown(json.loads(out.read_text())))
+        return
     res = json.loads(out.read_text()) if out.exists() else {}
     t0 = time.time()
     if args.part in ("1", "both"):
@@ -238,8 +273,7 @@ def main() -> None:
     res["seconds_last_run"] = round(time.time() - t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.get("cost_to_quality", {}).items()
-                      if k == "summary"}, indent=2))
+    print(markdown(res))
 
 
 if __name__ == "__main__":
