@@ -180,12 +180,12 @@ def run_setting(zoo: str, worker: Worker, tests: dict, fidelity: dict | None, se
             "examples_total": examples, "incumbents": curve}
 
 
-def part2(zoo: str, seeds: int, candidates: int) -> dict[str, Any]:
+def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
     space = make_space(zoo, 150)
     worker = Worker(space)
     tests = heldout_evaluators(space)
     per_seed: list[dict] = []
-    for seed in range(seeds):
+    for seed in seeds:
         t0 = time.time()
         target = run_single(space, worker, tests, "evolve", seed, 96, [96])[-1]
         row = {"target": target, "evolve_examples": 96 * 150 * 3}
@@ -195,10 +195,16 @@ def part2(zoo: str, seeds: int, candidates: int) -> dict[str, Any]:
         for name in SETTINGS:  # the harder target: what full fidelity ends with
             row[name]["examples_to_full_final"] = next(
                 (n for n, held in row[name]["incumbents"] if held <= row["full_final"]), None)
+        row["seed"] = seed
         per_seed.append(row)
         print("part 2 seed", seed, round(target, 3),
               {k: (row[k]["examples_to_target"], round(row[k]["final_test_loss"], 3))
                for k in SETTINGS}, f"{time.time() - t0:.0f} s", flush=True)
+    return summarize(per_seed, candidates)
+
+
+def summarize(per_seed: list[dict], candidates: int) -> dict[str, Any]:
+    """Medians over the seeds' rows (also used to merge runs of different seeds)."""
     summary = {}
     for name in SETTINGS:
         reach = [r[name]["examples_to_target"] for r in per_seed]
@@ -216,7 +222,7 @@ def part2(zoo: str, seeds: int, candidates: int) -> dict[str, Any]:
                                                       for r in per_seed]))}
     return {"candidates": candidates, "examples_per_task": 150, "settings": SETTINGS,
             "median_target": float(np.median([r["target"] for r in per_seed])),
-            "summary": summary, "per_seed": per_seed}
+            "summary": summary, "per_seed": per_seed, "seeds": len(per_seed)}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -250,6 +256,30 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One JSON from runs over disjoint seeds (part 1 rows and part 2 rows pooled)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    res: dict[str, Any] = {}
+    rows = [r for run in runs for r in run.get("cost_to_quality", {}).get("per_seed", [])]
+    if rows:
+        cand = next(run["cost_to_quality"]["candidates"] for run in runs
+                    if "cost_to_quality" in run)
+        res["cost_to_quality"] = summarize(sorted(rows, key=lambda r: r["seed"]), cand)
+    ests = [run["estimation"] for run in runs if "estimation" in run]
+    if ests:
+        pooled: dict[str, list] = {}
+        for e in ests:
+            for k, v in e["spearman"].items():
+                pooled.setdefault(k, []).extend(v["seeds"])
+        res["estimation"] = {**{k: v for k, v in ests[0].items() if k != "spearman"},
+                             "seeds": sum(e["seeds"] for e in ests),
+                             "spearman": {k: {"median": float(np.median(v)),
+                                              "min": float(np.min(v)), "seeds": v}
+                                          for k, v in pooled.items()}}
+    out.write_text(json.dumps(res, indent=2))
+    print(markdown(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default=str(ROOT / "zoo"))
@@ -258,18 +288,23 @@ def main() -> None:
     ap.add_argument("--part", choices=["1", "2", "both"], default="both")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
     ap.add_argument("--table", action="store_true", help="print the tables of --out and stop")
+    ap.add_argument("--first-seed", type=int, default=0, help="part 2: seeds first..first+n-1")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="JSON files of runs over different seeds: combine them into --out")
     args = ap.parse_args()
     out = Path(args.out)
     if args.table:
         print(markdown(json.loads(out.read_text())))
         return
+    if args.merge:
+        return merge(args.merge, out)
     res = json.loads(out.read_text()) if out.exists() else {}
     t0 = time.time()
     if args.part in ("1", "both"):
         res["estimation"] = {**part1(args.zoo, args.seeds), "seeds": args.seeds}
     if args.part in ("2", "both"):
-        res["cost_to_quality"] = {**part2(args.zoo, args.seeds, args.candidates),
-                                  "seeds": args.seeds}
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        res["cost_to_quality"] = part2(args.zoo, seeds, args.candidates)
     res["seconds_last_run"] = round(time.time() - t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
