@@ -99,14 +99,14 @@ def estimate(stats: dict, subsets: dict[str, tuple[list, list | None]], objectiv
     return objective_values(scores, objectives)
 
 
-def part1(zoo: str, seeds: int) -> dict[str, Any]:
+def part1(zoo: str, seeds: list[int]) -> dict[str, Any]:
     space = make_space(zoo, 250)
     worker = Worker(space)
     genome = Genome(space, worker.materializer.num_layers)
     objs = space.objectives
     tasks = sorted({o.task for o in objs})
     rho: dict[str, list] = {}
-    for seed in range(seeds):
+    for seed in seeds:
         rng = np.random.default_rng(seed)
         fit, test = per_example(worker, genome, rng, 20), per_example(worker, genome, rng, 100)
         full = [estimate(s, {t: (np.arange(250), None) for t in tasks}, objs) for s in test]
@@ -288,7 +288,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["1", "2", "both"], default="both")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
     ap.add_argument("--table", action="store_true", help="print the tables of --out and stop")
-    ap.add_argument("--first-seed", type=int, default=0, help="part 2: seeds first..first+n-1")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+n-1")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="JSON files of runs over different seeds: combine them into --out")
     args = ap.parse_args()
@@ -301,7 +301,9 @@ def main() -> None:
     res = json.loads(out.read_text()) if out.exists() else {}
     t0 = time.time()
     if args.part in ("1", "both"):
-        res["estimation"] = {**part1(args.zoo, args.seeds), "seeds": args.seeds}
+        res["estimation"] = {**part1(args.zoo, list(range(args.first_seed,
+                                                          args.first_seed + args.seeds))),
+                             "seeds": args.seeds}
     if args.part in ("2", "both"):
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         res["cost_to_quality"] = part2(args.zoo, seeds, args.candidates)
