@@ -247,10 +247,13 @@ def markdown(res: dict[str, Any]) -> str:
                   f"target {cq['median_target']:.3f}, reached by that loop after 43,200):", "",
                   "| setting | to the evolve-style target | to full fidelity's final | "
                   "final held-out loss | examples in all |", "|---|---:|---:|---:|---:|"]
+        def n(x: float) -> str:  # a median over seeds where most missed: "not reached"
+            return f"{x:,.0f}" if math.isfinite(x) else "not reached"
+
         for name, row in cq["summary"].items():
             lines.append(
-                f"| {name} | {row['median_examples_to_target']:,.0f} ({row['reached']}/"
-                f"{cq['seeds']}) | {row['median_examples_to_full_final']:,.0f} "
+                f"| {name} | {n(row['median_examples_to_target'])} ({row['reached']}/"
+                f"{cq['seeds']}) | {n(row['median_examples_to_full_final'])} "
                 f"({row['reached_full_final']}/{cq['seeds']}) | "
                 f"{row['median_final_test_loss']:.3f} | {row['median_examples_total']:,.0f} |")
     return "\n".join(lines)
