@@ -82,6 +82,21 @@ def test_diagonal_cma_resumes_to_the_same_candidates(mini_zoo, tmp_path):
     assert hashes(tmp_path / "r") == ref
 
 
+def cands(root):
+    """(generation, index, recipe) of every CMA-ES candidate of study ``t`` under ``root``."""
+    return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
+                   t.user_attrs["recipe_hash"]) for t in _study("t", root).get_trials())
+
+
+def _stopped_in_generation_2(mini_zoo, tmp_path):
+    """A 16-evaluation CMA-ES search run whole under ``tmp_path/ref``, and the same search
+    stopped after 10 (generations 0, 1 and half of 2, popsize 4) under ``tmp_path/r``."""
+    space = load_space(space_dict(mini_zoo, budget={"trials": 16}))
+    run_search(space, results_root=tmp_path / "ref")
+    run_search(space, trials=10, results_root=tmp_path / "r")
+    return space, tmp_path / "r"
+
+
 def test_resume_from_checkpoint_survives_a_drifting_replay(mini_zoo, tmp_path, caplog):
     """Another machine's arithmetic can make the replay of a study drift: resume then warns,
     starts from the JSON checkpoint, finishes the budget exactly and proposes the candidates
@@ -90,14 +105,7 @@ def test_resume_from_checkpoint_survives_a_drifting_replay(mini_zoo, tmp_path, c
 
     from evomerge.search.driver import CHECKPOINT
 
-    def cands(root):
-        return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
-                       t.user_attrs["recipe_hash"]) for t in _study("t", root).get_trials())
-
-    space = load_space(space_dict(mini_zoo, budget={"trials": 16}))  # popsize 4
-    run_search(space, results_root=tmp_path / "ref")
-    root = tmp_path / "r"
-    run_search(space, trials=10, results_root=root)  # generations 0, 1 and half of 2
+    space, root = _stopped_in_generation_2(mini_zoo, tmp_path)
     assert _study("t", root).user_attrs[CHECKPOINT]["generation"] == 2
     db = sqlite3.connect(root / "t" / "study.db")  # perturb what the replay reads
     (tid, value), = db.execute(
@@ -123,14 +131,7 @@ def test_unreadable_checkpoint_falls_back_to_the_whole_replay(mini_zoo, tmp_path
     uninterrupted run."""
     from evomerge.search.driver import CHECKPOINT
 
-    def cands(root):
-        return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
-                       t.user_attrs["recipe_hash"]) for t in _study("t", root).get_trials())
-
-    space = load_space(space_dict(mini_zoo, budget={"trials": 16}))  # popsize 4
-    run_search(space, results_root=tmp_path / "ref")
-    root = tmp_path / "r"
-    run_search(space, trials=10, results_root=root)  # generations 0, 1 and half of 2
+    space, root = _stopped_in_generation_2(mini_zoo, tmp_path)
     study = _study("t", root)
     ckpt = study.user_attrs[CHECKPOINT]
     study.set_user_attr(CHECKPOINT, {**ckpt, "state": {**ckpt["state"], "cma_version": "0.0"}})
