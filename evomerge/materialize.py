@@ -110,11 +110,21 @@ class Materializer:
         store = torch.device("cpu") if offload else self.device
         pin = offload and self.device.type == "cuda"
         self._weights = {ref: self._load(src, store, pin) for ref, src in self.sources.items()}
-        self.model = empty_model(str(template.path), self.dtype, self.device)
-        self._params = self.model.state_dict(keep_vars=True)
+        self._template = template
+        self._model: torch.nn.Module | None = None  # built on first use: a data-flow search
+        self._params: dict[str, torch.Tensor] = {}  # never needs the merged model's bytes
         self._expected = set(template.names)  # what every recipe must write, no more, no less
         self.num_layers = template.num_layers
         self._engine = TensorEngine(compile)
+        self._paths = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The resident output model (one model's bytes, allocated on first use)."""
+        if self._model is None:
+            self._model = empty_model(str(self._template.path), self.dtype, self.device)
+            self._params = self._model.state_dict(keep_vars=True)
+        return self._model
 
     @staticmethod
     def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
@@ -134,6 +144,7 @@ class Materializer:
             raise ConfigError(f"Recipe references model {missing[0]!r}, which this materializer "
                               f"did not load (loaded: {', '.join(self.sources)}).")
         plan = build_plan(recipe, self.sources)
+        self.model  # noqa: B018 -- the shapes below are the resident model's
         fits = {t.out_name for t in plan.tasks} == self._expected and all(
             tuple(self._params[t.out_name].shape) == t.shape for t in plan.tasks)
         if not fits:
@@ -152,12 +163,32 @@ class Materializer:
 
     @torch.no_grad()
     def materialize(self, recipe: Recipe) -> torch.nn.Module:
-        """Write ``recipe``'s merged weights into the resident model and return it."""
+        """Write ``recipe``'s merged weights into the resident model and return it; a
+        data-flow recipe (``evomerge.path``) returns a path model over the resident layers
+        instead (:mod:`evomerge.path_model`)."""
+        from evomerge.search.dfs import recipe_path
+
+        path = recipe_path(recipe)
+        if path is not None:
+            return self.path_model(path)
         plan = self.plan(recipe)
         for task in plan.tasks:
             self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
                              self._params[task.out_name].data)
         return self.model
+
+    def path_model(self, path) -> torch.nn.Module:
+        """The model of a data-flow ``path`` (a list of :class:`~evomerge.search.dfs.Step`):
+        its layers reference the resident sources' tensors, no copy."""
+        from evomerge.path_model import PathModels
+
+        missing = [s.model for s in path if s.model not in self._weights]
+        if missing:
+            raise ConfigError(f"Path references model {missing[0]!r}, which this materializer "
+                              f"did not load (loaded: {', '.join(self.sources)}).")
+        if self._paths is None:
+            self._paths = PathModels(self._weights, str(self._template.path), self.device)
+        return self._paths.build(path)
 
     def resident_bytes(self) -> dict[str, int]:
         """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output)."""

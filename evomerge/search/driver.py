@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
 from evomerge.evaluators.base import ratio
 from evomerge.search.executors import Executor
 from evomerge.search.fidelity import ANCHORS_ATTR, FULL, RUNGS_ATTR, STATS_ATTR, ladder_for
@@ -157,7 +158,11 @@ class _Loop(Liveness):
             trial = self.study.ask(self.genome.distributions())
         attrs = {**prop.attrs, **{k: v for k, v in trial.user_attrs.items()
                                   if k in ("cma_gen", "cma_index", "x")}}
-        recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
+        try:
+            recipe = self.genome.recipe(trial.params, {"study": self.name, "trial": trial.number})
+        except ConfigError as exc:  # e.g. a data-flow path with no layer on it
+            self._fail(trial, attrs, str(exc))
+            return True
         h = recipe_hash(recipe)
         trial.set_user_attr("recipe_hash", h)
         if h in self.cache:
@@ -189,6 +194,16 @@ class _Loop(Liveness):
                    "per_example": flight.rung == FULL
                    and self.ladder.config.estimator == "anchors"}
         self.executor.submit(flight.trial.number, flight.recipe, job)
+
+    def _fail(self, trial: Any, attrs: dict, reason: str) -> None:
+        """A candidate that decodes to no model: a failed trial the optimizer hears of."""
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("fail_reason", reason)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.optimizer.tell(attrs, None)
+        self.save_checkpoint()
+        self.failed, self.done, self.new = self.failed + 1, self.done + 1, self.new + 1
 
     def _duplicate(self, trial: Any, attrs: dict, original: int, values: Any,
                    pruned: int | None) -> None:

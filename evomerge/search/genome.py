@@ -32,7 +32,7 @@ import numpy as np
 from evomerge.recipe import Recipe, load_recipe
 from evomerge.search.space import SWAP_BASE, SWAP_MERGE, SearchSpace
 
-__all__ = ["Gene", "Genome", "genome_hash", "recipe_hash"]
+__all__ = ["Gene", "Genome", "genome_hash", "recipe_hash", "make_genome"]
 
 IO_FILTERS = ("embed_tokens", "lm_head", "model.norm")
 
@@ -45,6 +45,7 @@ class Gene:
     low: float = 0.0
     high: float = 1.0
     choices: tuple[str, ...] | None = None
+    flag: bool = False  # on/off: one coordinate thresholded at 0.5; Optuna: False / True
 
     @property
     def width(self) -> int:
@@ -54,6 +55,8 @@ class Gene:
     def distribution(self):
         from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+        if self.flag:
+            return CategoricalDistribution([False, True])
         if self.choices:
             return CategoricalDistribution(list(self.choices))
         return FloatDistribution(self.low, self.high)
@@ -100,12 +103,13 @@ class Genome:
     @classmethod
     def of_models(cls, space: SearchSpace) -> Genome:
         """The genome of ``space`` over its models: depth and stored dtype from their headers
-        (checked, see :meth:`SearchSpace.check_models`)."""
+        (checked, see :meth:`SearchSpace.check_models`); a data-flow genome for a ``dfs``
+        space."""
         from evomerge.sources import ModelSource
 
         num_layers = space.check_models()
         stored = ModelSource(space.base_model, field="base_model").stored_dtype
-        return cls(space, num_layers, str(stored).removeprefix("torch."))
+        return make_genome(space, num_layers, str(stored).removeprefix("torch."))
 
     # ---- genes -------------------------------------------------------------------------
     def _genes(self) -> list[Gene]:
@@ -144,7 +148,9 @@ class Genome:
         params: dict[str, Any] = {}
         i = 0
         for g in self.genes:
-            if g.choices:
+            if g.flag:
+                params[g.name] = bool(x[i] > 0.5)
+            elif g.choices:
                 params[g.name] = g.choices[int(np.argmax(x[i:i + g.width]))]
             else:
                 params[g.name] = float(g.low + x[i] * (g.high - g.low))
@@ -156,7 +162,9 @@ class Genome:
         out = []
         for g in self.genes:
             v = params[g.name]
-            if g.choices:
+            if g.flag:
+                out.append(0.75 if v else 0.25)
+            elif g.choices:
                 out += [1.0 if c == v else 0.0 for c in g.choices]
             else:
                 out.append((float(v) - g.low) / (g.high - g.low))
@@ -267,3 +275,13 @@ class Genome:
         if slice_params:
             out["parameters"] = slice_params
         return out
+
+
+def make_genome(space: SearchSpace, num_layers: int, source_dtype: str | None = None) -> Genome:
+    """The genome of ``space``: :class:`Genome` (parameter space, layer swaps) or, for a
+    ``dfs`` space, :class:`~evomerge.search.dfs.PathGenome` (same interface)."""
+    if space.dfs is not None:
+        from evomerge.search.dfs import PathGenome
+
+        return PathGenome(space, num_layers, source_dtype)
+    return Genome(space, num_layers, source_dtype)

@@ -35,8 +35,8 @@ from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.recipe import format_validation_error, read_mapping
 
-__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "Fidelity", "load_space", "SWAP_MERGE",
-           "SWAP_BASE"]
+__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "Fidelity", "DataFlow", "load_space",
+           "SWAP_MERGE", "SWAP_BASE"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
 
@@ -57,6 +57,30 @@ class LayerSwap(_Strict):
     """Per layer group, a categorical gene choosing who supplies it."""
 
     choices: list[str] | None = None  # aliases, "base", "merge"; default: all that apply
+
+
+class DataFlow(_Strict):
+    """Data-flow-space search (Sakana's DFS, :mod:`evomerge.search.dfs`): the layers of all
+    models, in order, ``repeats`` times, make T = M*L*r slots; a flag per slot puts that layer
+    on the path (the first ``max_length`` flagged slots, in slot order), and the hidden state
+    entering a layer is scaled by ``none`` (1), ``pair`` (one scalar per pair of models whose
+    layers meet: Sakana's W) or ``slot`` (one scalar per slot) in ``scale`` bounds.
+    ``start``: the model whose own layer sequence CMA-ES starts from (default: the first)."""
+
+    repeats: int = Field(2, ge=1)
+    max_length: int | None = Field(None, ge=1)
+    scaling: Literal["none", "pair", "slot"] = "pair"
+    scale: tuple[float, float] = (0.5, 2.0)
+    start: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DataFlow:
+        lo, hi = self.scale
+        if not 0 < lo < hi:
+            raise ValueError(f"dfs.scale bounds [{lo}, {hi}] must satisfy 0 < low < high")
+        if not lo <= 1 <= hi:
+            raise ValueError(f"dfs.scale bounds [{lo}, {hi}] must contain 1 (no scaling)")
+        return self
 
 
 class EvaluatorConfig(BaseModel):
@@ -151,6 +175,7 @@ class SearchSpace(_Strict):
     parameters: dict[str, tuple[float, float] | float | bool] = {}
     granularity: Granularity = Granularity()
     layer_swap: bool | LayerSwap = False
+    dfs: DataFlow | None = None
     evaluators: dict[str, EvaluatorConfig] = Field(min_length=1)
     objectives: list[Objective] = Field(min_length=1)
     budget: Budget
@@ -169,8 +194,10 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
-        if self.method is None and not self.layer_swap:
-            raise ValueError("give a 'method', 'layer_swap: true', or both")
+        if self.dfs is not None:
+            _check_dfs(self)
+        elif self.method is None and not self.layer_swap:
+            raise ValueError("give a 'method', 'layer_swap: true', both, or 'dfs'")
         if SWAP_BASE in self.models or SWAP_MERGE in self.models:
             raise ValueError(f"model aliases {SWAP_BASE!r} and {SWAP_MERGE!r} are reserved")
         for m in self.methods:
@@ -258,6 +285,16 @@ class SearchSpace(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
                               sort_keys=False)
+
+
+def _check_dfs(space: SearchSpace) -> None:
+    if space.method is not None or space.layer_swap or space.parameters:
+        raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
+                         "and 'layer_swap' (merge in parameter space in a study of its own and "
+                         "name its best point as a model: study:NAME#best)")
+    start = space.dfs.start
+    if start is not None and start not in space.models:
+        raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:
