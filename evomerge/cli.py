@@ -34,16 +34,17 @@ def _size(text: str) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from evomerge.merge import merge_to_disk
+    from evomerge.merge import merge_stages
     from evomerge.progress import progress_bar
-    from evomerge.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
-        plan = merge_to_disk(recipe, args.out, device=args.device,
+        plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
                              max_shard_bytes=args.shard_size, progress=update)
+    for plan in plans[:-1]:
+        print(f"Built stage {plan.recipe.merge_method}: {plan.num_layers} layers.")
+    plan = plans[-1]
     print(f"Wrote {args.out}: {len(plan.tasks)} tensors, {plan.num_layers} layers, "
-          f"method {recipe.merge_method}.")
+          f"method {plan.recipe.merge_method}.")
     return 0
 
 
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--device", default="cpu", help="where the math runs: cpu, cuda, cuda:N")
     merge.add_argument("--shard-size", type=_size, default=_size("2GB"),
                        help="largest safetensors shard, e.g. 500MB (default 2GB)")
+    merge.add_argument("--stages", default=None,
+                       help="where the named stages of a multi-document recipe are built "
+                            "(default OUT-stages)")
     merge.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=_cmd_merge)
 

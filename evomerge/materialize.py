@@ -19,7 +19,7 @@ and cast once to the resident dtype, so the weights scored here are the weights 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -95,16 +95,21 @@ class Materializer:
         offload: keep the sources in host memory (pinned with CUDA) and stream them to
             ``device`` per tensor; device memory is then one model plus a tensor's workspace.
         compile: compile the fused kernels with ``torch.compile``.
+        recipes: recipe YAML of model references that name a recipe (a pinned study point);
+            each is built once into a resident source (:mod:`evomerge.derived`).
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
-                 offload: bool = False, compile: bool = True) -> None:
+                 offload: bool = False, compile: bool = True,
+                 recipes: Mapping[str, str] | None = None) -> None:
+        from evomerge.derived import open_model
+
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
         self.device = resolve_device(device)
         self.base_model = base_model
         self.offload = offload
-        self.sources = {ref: ModelSource(ref) for ref in refs}
+        self.sources = {ref: open_model(ref, recipes=recipes) for ref in refs}
         template = self.sources[refs[0]]
         self.dtype = dtype or template.stored_dtype
         store = torch.device("cpu") if offload else self.device
@@ -128,6 +133,11 @@ class Materializer:
 
     @staticmethod
     def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
+        from evomerge.derived import DerivedSource
+
+        if isinstance(src, DerivedSource):  # a recipe: built once, here (PS+DFS)
+            built = src.build(store)
+            return {n: t.pin_memory() for n, t in built.items()} if pin else built
         weights = {}
         for name in src.names:
             t = src.get(name, store)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from evomerge.recipe import Recipe
 from evomerge.sources import ModelSource, torch_dtype
 from evomerge.writer import ShardedWriter, TensorMeta
 
-__all__ = ["open_sources", "merge_to_disk", "TOKENIZER_FILES"]
+__all__ = ["open_sources", "merge_to_disk", "merge_stages", "TOKENIZER_FILES"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -125,3 +126,37 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
             if progress:
                 progress(i + 1, len(plan.tasks))
         writer.finish()
+
+
+def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | None = None,
+                 **options: Any) -> list[MergePlan]:
+    """Build the recipe file ``path``. A multi-document recipe (``mergekit-multimerge``'s
+    format: named stages, then the final recipe, which names them as models) builds each
+    stage into ``stages_dir/<name>``
+    (default ``<out>-stages``; a stage already built there is reused), then the final one
+    into ``out``. A single document is one plain merge. ``options`` go to
+    :func:`merge_to_disk`. Returns the plans, in order."""
+    import yaml
+
+    from evomerge.recipe import load_recipe
+    from evomerge.derived import load_chain, rename_models
+
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if "\n---" not in text:  # one document: a plain recipe (its errors name the file)
+        return [merge_to_disk(load_recipe(path), out, **options)]
+    out = Path(out)
+    stages_dir = Path(stages_dir) if stages_dir else out.with_name(f"{out.name}-stages")
+    built: dict[str, str] = {}
+    plans = []
+    for name, text_i in load_chain(text):
+        doc = rename_models(yaml.safe_load(text_i), built)
+        recipe = load_recipe(doc)
+        target = out if name is None else stages_dir / name
+        if name is not None and (target / "config.json").is_file():
+            built[name] = str(target)
+            continue
+        plans.append(merge_to_disk(recipe, target, **options))
+        if name is not None:
+            built[name] = str(target)
+    return plans

@@ -42,14 +42,21 @@ def select_trial(study: Any, space: SearchSpace, *, best: bool = False, trial: i
 def export_recipe(study: Any, space: SearchSpace, out: str | Path, **choice: Any) -> Path:
     """Write the chosen trial's recipe to ``out`` (validated again before writing), with the
     model references as written in the search space. Returns the path."""
+    from evomerge.derived import load_chain
+    from evomerge.search.chain import chained_docs
+
     t = select_trial(study, space, **choice)
     recipe = load_recipe(t.user_attrs["recipe"])
-    doc = yaml.safe_load(recipe.to_yaml())
-    doc.setdefault("evomerge", {})["scores"] = {o.key: v for o, v in zip(space.objectives, t.values)}
+    docs = chained_docs(recipe.to_yaml(), space.pinned)
+    docs[-1].setdefault("evomerge", {})["scores"] = {
+        o.key: v for o, v in zip(space.objectives, t.values)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    build = ("mergekit-multimerge %s -I STAGES_DIR --out-path OUT_DIR" % out.name
+             if len(docs) > 1 else "mergekit-yaml")
     out.write_text(f"# Exported from study {study.study_name!r}, trial {t.number}.\n"
-                   f"# Build it: evomerge merge {out.name} OUT_DIR   (or mergekit-yaml)\n"
-                   + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-    load_recipe(out)
+                   f"# Build it: evomerge merge {out.name} OUT_DIR   (or {build})\n"
+                   + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=None))
+    for _, text in load_chain(out.read_text()):
+        load_recipe(text)
     return out

@@ -191,6 +191,10 @@ class SearchSpace(_Strict):
     # Keep base and experts in host memory (pinned with CUDA) and stream them to the device
     # per tensor: device memory ~ one model. Also `--offload` on search/resume.
     offload: bool = False
+    # Filled in by the search, not by hand: the recipe each ``study:NAME#...`` model reference
+    # stood for when the study started (evomerge.search.chain), so a resumed study and its
+    # workers use the same model even after the other study has moved on.
+    pinned: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -212,6 +216,12 @@ class SearchSpace(_Strict):
         if not OPTIMIZERS.get(self.optimizer.name).multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
+        from evomerge.derived import STUDY_REF
+
+        for alias, ref in self.models.items():
+            if ref.startswith("study:") and not STUDY_REF.match(ref):
+                raise ValueError(f"models.{alias} {ref!r} is not a study point: write "
+                                 "study:NAME#best, study:NAME#trial=N or study:NAME#pareto=I")
         for choice in self.swap_choices:
             if choice not in (*self.models, SWAP_BASE, SWAP_MERGE):
                 raise ValueError(f"layer_swap choice {choice!r} is not a model alias, "
@@ -257,7 +267,7 @@ class SearchSpace(_Strict):
 
     def same_search(self, other: SearchSpace) -> bool:
         """Equal apart from run-time options that do not change any result (``offload``)."""
-        skip = {"offload"}
+        skip = {"offload", "pinned"}
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     def check_models(self) -> int:
@@ -268,12 +278,19 @@ class SearchSpace(_Strict):
             ModelError: a model is missing or unreadable.
             ConfigError: the models differ in depth.
         """
-        from evomerge.sources import ModelSource
+        from evomerge.derived import open_model
 
-        depths = {}
+        depths, archs = {}, set()
         for field, ref in [("base_model", self.base_model),
                            *((f"models.{a}", p) for a, p in self.models.items())]:
-            depths[ref] = ModelSource(ref, field=field).num_layers
+            src = open_model(ref, field, self.pinned)
+            depths[ref] = src.num_layers
+            archs.add(src.architecture)
+        if self.dfs is not None and self.dfs.scaling != "none":
+            from evomerge.search.dfs import out_projections
+
+            for arch in archs:
+                out_projections(arch)
         if len(set(depths.values())) > 1:
             detail = ", ".join(f"{r!r} has {d}" for r, d in depths.items())
             raise ConfigError(f"The search needs models with the same layer count ({detail}).")

@@ -175,10 +175,12 @@ class Worker:
         from evomerge.sources import torch_dtype
 
         self.space = space
-        self.materializer = Materializer(list(space.models.values()), base_model=space.base_model,
+        # A data-flow search runs the models' own layers: the base is only the tokenizer.
+        base = None if space.dfs is not None else space.base_model
+        self.materializer = Materializer(list(space.models.values()), base_model=base,
                                          device=device or space.device,
                                          dtype=torch_dtype(space.out_dtype),
-                                         offload=space.offload)
+                                         offload=space.offload, recipes=space.pinned)
         self.device = self.materializer.device
         self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
         self.evaluators = build_evaluators(space)

@@ -1,0 +1,164 @@
+"""Models that recipes build, used as sources of another merge or search (PS+DFS).
+
+A source reference is a model directory, a recipe file (``*.yaml``), or -- in a search space --
+a point of another study (``study:NAME#best``, ``#trial=N``, ``#pareto=I``) that the search
+pins to a recipe at its start (:mod:`evomerge.search.chain`). A recipe source is planned from
+its inputs' headers (names, shapes, config; no weights read) and built once, tensor by tensor
+from disk, when a materializer loads it: it then costs one model's memory, like any source.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+import torch
+import yaml
+
+from evomerge.errors import ConfigError
+from evomerge.recipe import Recipe, load_recipe
+from evomerge.sources import ModelSource, torch_dtype
+
+__all__ = ["DerivedSource", "open_model", "is_recipe_ref", "STUDY_REF", "rename_models",
+           "load_chain"]
+
+STUDY_REF = re.compile(r"^study:(?P<name>[\w.-]+)#(?P<sel>best|trial=\d+|pareto=\d+)$")
+
+
+def is_recipe_ref(ref: str) -> bool:
+    """Whether ``ref`` names a recipe rather than a model directory."""
+    return ref.startswith("study:") or ref.endswith((".yaml", ".yml"))
+
+
+def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None = None
+               ) -> ModelSource | DerivedSource:
+    """A model directory as a :class:`ModelSource`; a recipe (file, or a pinned ``study:``
+    reference in ``recipes``) as a :class:`DerivedSource`."""
+    if recipes and ref in recipes:
+        return DerivedSource(ref, load_recipe(recipes[ref]), field)
+    if ref.startswith("study:"):
+        raise ConfigError(f"{field} {ref!r}: a study point is a source only inside a search "
+                          "(which pins it); export the point (`evomerge export`) and name the "
+                          "recipe file instead.")
+    if ref.endswith((".yaml", ".yml")):
+        return DerivedSource(ref, load_recipe(ref), field)
+    return ModelSource(ref, field=field)
+
+
+class DerivedSource:
+    """The model ``recipe`` builds, seen through :class:`ModelSource`'s interface; its inputs
+    must be model directories (one level of chaining)."""
+
+    def __init__(self, ref: str, recipe: Recipe, field: str = "model") -> None:
+        from evomerge.plan import build_plan
+
+        self.ref, self.recipe = ref, recipe
+        nested = [r for r in recipe.referenced_models() if is_recipe_ref(r)]
+        if nested:
+            raise ConfigError(f"{field} {ref!r}: its recipe names another recipe ({nested[0]!r}) "
+                              "as a model; build that one first and name its directory.")
+        self.inputs = {r: ModelSource(r, field=f"{field} {ref!r}: model")
+                       for r in recipe.referenced_models()}
+        self.plan = build_plan(recipe, self.inputs)
+        self._first = self.inputs[recipe.referenced_models()[0]]
+        self._shapes = {t.out_name: t.shape for t in self.plan.tasks}
+        self.config: dict[str, Any] = self.plan.config
+        self.path = self._first.path  # tokenizer files and config template
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._shapes
+
+    @property
+    def num_layers(self) -> int:
+        return self.plan.num_layers
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self._first.vocab_size
+
+    @property
+    def architecture(self) -> str:
+        return self._first.architecture
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return self._first.tied_embeddings
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._first.tokenizer
+
+    @property
+    def tokenizer_digest(self) -> str | None:
+        return self._first.tokenizer_digest
+
+    @cached_property
+    def stored_dtype(self) -> torch.dtype:
+        return torch_dtype(self.recipe.out_dtype or self.recipe.dtype) or self._first.stored_dtype
+
+    @property
+    def nbytes(self) -> int:
+        size = torch.empty((), dtype=self.stored_dtype).element_size()
+        return sum(size * int(torch.Size(s).numel()) for s in self._shapes.values())
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self.stored_dtype
+
+    @torch.no_grad()
+    def build(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Every tensor of the model, merged on ``device`` (inputs read from disk per tensor,
+        so memory holds the output and one tensor's inputs)."""
+        from evomerge.fused import TensorEngine
+
+        device = torch.device(device)
+        # compiled on CUDA as the materializer and `evomerge merge` are (the same bits)
+        engine, out = TensorEngine(compile=device.type == "cuda"), {}
+        fetch = lambda model, name: self.inputs[model].get(name, device)  # noqa: E731
+        for task in self.plan.tasks:
+            out[task.out_name] = torch.empty(task.shape, dtype=self.stored_dtype, device=device)
+            engine.run(task, self.plan.method, fetch, self.plan.compute_dtype, out[task.out_name])
+        return out
+
+    def get(self, name: str, device: str | torch.device = "cpu",
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+        raise ConfigError(f"{self.ref!r} is a recipe: build it (`evomerge merge`) to read "
+                          "single tensors from disk.")
+
+
+def rename_models(obj: Any, names: Mapping[str, str]) -> Any:
+    """``obj`` (a parsed recipe) with every string equal to a key of ``names`` replaced."""
+    if isinstance(obj, str):
+        return names.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: rename_models(v, names) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rename_models(v, names) for v in obj]
+    return obj
+
+
+def load_chain(text: str) -> list[tuple[str | None, str]]:
+    """(stage name or None for the final recipe, recipe YAML) of a multi-document recipe, in
+    order; a single document gives one unnamed stage. Raises ConfigError on a bad chain."""
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    out, names = [], set()
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            raise ConfigError(f"Recipe document {i + 1} is not a mapping.")
+        name = d.pop("name", None)
+        if name is None and i != len(docs) - 1:
+            raise ConfigError(f"Recipe document {i + 1} has no 'name': only the last stage "
+                              "may be unnamed.")
+        if name in names:
+            raise ConfigError(f"Recipe stage name {name!r} is used twice.")
+        names.add(name)
+        out.append((name, yaml.safe_dump(d, sort_keys=False)))
+    return out
