@@ -52,9 +52,18 @@ def access_token(host: str, given: str | None) -> str | None:
 
 def _hover(space: Any, study: Any):
     """Hover lines of a front point: the recipe in brief (method, source per layer group)."""
-    from evomerge.search.genome import Genome
+    from evomerge.search.genome import make_genome
 
-    genome = Genome(space, int(study.user_attrs["evomerge_num_layers"]))
+    genome = make_genome(space, int(study.user_attrs["evomerge_num_layers"]))
+    if space.dfs is not None:
+        alias = {p: a for a, p in space.models.items()}
+
+        def path(t: Any) -> list[str]:
+            steps = [f"{alias[s.model]}.{s.layer}" + (f"×{s.scale:.2f}" if s.scale != 1 else "")
+                     for s in genome.path(t.params)]
+            return [f"path of {len(steps)} layers:",
+                    *(" ".join(steps[i:i + 6]) for i in range(0, len(steps), 6))]
+        return path
 
     def lines(t: Any) -> list[str]:
         out = [f"method: {space.method_name(t.params)}"]

@@ -187,7 +187,14 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
 
     from evomerge.scoring import score
 
-    model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
+    from evomerge.derived import DerivedSource
+    from evomerge.search.dfs import Step
+
+    src = worker.materializer.sources.get(path)
+    if isinstance(src, DerivedSource):  # a pinned study point: resident, scored in place
+        model = worker.materializer.path_model([Step(path, i) for i in range(src.num_layers)])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
     return score(model, worker.tokenizer, list(tests.values()))
 
 

@@ -2,6 +2,9 @@
 parameter, model and part) and the heatmap drawn from it, shared by the dashboard and
 ``pareto.html``.
 
+A data-flow candidate's view is its path instead: one column per step, the strip naming
+the source model, the cells its layer index and scale.
+
 The heatmap has one column per layer (and one for the embeddings / final norm / head, which
 share one set of coefficients) and one row per searched coefficient, e.g. ``weight[math].attn``;
 a strip on top shows where each layer comes from: ``merge`` or a whole layer copied from one
@@ -34,6 +37,8 @@ def layer_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> 
     coefficient columns; each row has ``layer`` (an index, or ``"embed/head"``), ``group``,
     ``source`` (``"merge"`` or the alias of the model the layer is copied from) and ``values``
     (one per header column; None where the layer is copied whole)."""
+    if space.dfs is not None:
+        return _path_table(space, num_layers, params)
     genome = Genome(space, num_layers)
     columns = _columns(space, genome, params)
     header = [f"{p}[{alias}].{part}" if alias else f"{p}.{part}" for p, alias, part in columns]
@@ -50,6 +55,24 @@ def layer_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> 
         rows.append({"layer": IO, "group": "io", "source": SWAP_MERGE, "values": io})
     return {"method": space.method_name(params), "header": header, "rows": rows,
             "sources": [SWAP_MERGE, SWAP_BASE, *space.models]}
+
+
+def _path_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> dict[str, Any]:
+    """A data-flow candidate's path: one row per step (``layer`` = position on the path),
+    ``source`` = the model alias its layer comes from, values = that layer's index in the
+    source and the scale of the hidden state entering it."""
+    from evomerge.search.dfs import PathGenome
+
+    alias = {path: a for a, path in space.models.items()}
+    try:
+        path = PathGenome(space, num_layers).path(params)
+    except KeyError:  # a trial without parameters (e.g. interrupted before it was asked)
+        path = []
+    rows = [{"layer": k, "group": k, "source": alias[s.model],
+             "label": f"{alias[s.model]} layer {s.layer}", "values": [s.layer, s.scale]}
+            for k, s in enumerate(path)]
+    return {"method": "path", "header": ["source layer", "scale"], "rows": rows,
+            "sources": list(space.models)}
 
 
 def heatmap_figure(table: dict[str, Any], title: str = "") -> Any:

@@ -38,6 +38,8 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float],
     >>> hypervolume([(1, 2), (2, 1)], (3, 3), ["minimize", "minimize"])
     3.0
     """
+    if len(points) == 0:  # e.g. no uniform grid for a data-flow space
+        return 0.0
     p = to_minimization(points, directions)
     ref = to_minimization([reference], directions)[0]
     p = p[np.all(p < ref, axis=1)]

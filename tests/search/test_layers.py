@@ -36,3 +36,21 @@ def test_table_and_heatmap_follow_the_genome(space, swapped):
     assert strip.z[0][2] == table["sources"].index(swapped)
     assert list(cells.y) == table["header"]
     assert cells.z[col][2] is None and cells.z[col][0] == params["weight.math.g0.attn"]
+
+
+def test_path_view_lists_each_step(tmp_path):
+    """A data-flow candidate's view is its path: source model, its layer, the scale."""
+    doc = space_dict(tmp_path, method=None, parameters={},
+                     dfs={"repeats": 2, "scaling": "pair"})
+    space = SearchSpace.model_validate(doc)
+    params = {"on.r0.math.l0": True, "on.r0.math.l1": False, "on.r0.lang.l0": False,
+              "on.r0.lang.l1": True, "on.r1.math.l0": True, "on.r1.math.l1": False,
+              "on.r1.lang.l0": False, "on.r1.lang.l1": False, "scale.math.math": 1.0,
+              "scale.math.lang": 1.5, "scale.lang.math": 0.7, "scale.lang.lang": 1.0}
+    table = layer_table(space, 2, params)
+    assert [(r["layer"], r["source"], r["values"]) for r in table["rows"]] == [
+        (0, "math", [0, 1.0]), (1, "lang", [1, 1.5]), (2, "math", [0, 0.7])]
+    assert table["rows"][1]["label"] == "lang layer 1"
+    strip, cells = heatmap_figure(table).data
+    assert list(strip.text[0]) == ["math", "lang", "math"]
+    assert list(cells.y) == ["source layer", "scale"]

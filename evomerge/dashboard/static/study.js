@@ -28,7 +28,7 @@ async function showTrial(number) {
     const row = body.insertRow();
     row.className = r.source === "merge" ? "merged" : "swapped";
     cell(row, String(r.layer));
-    cell(row, r.source === "merge" ? `merge (${view.method})` : `copy of ${r.source}`);
+    cell(row, r.label ?? (r.source === "merge" ? `merge (${view.method})` : `copy of ${r.source}`));
     r.values.forEach((v) => cell(row, v === null ? "-" : fmt(v, 3)));
   });
   document.getElementById("recipe").textContent = view.recipe;
