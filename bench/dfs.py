@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators  # noqa: E402
-from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
+from evomerge.search.objectives import weighted_loss  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
@@ -99,10 +99,10 @@ def source_scores(space_: Any) -> dict[str, dict[str, float]]:
 
 
 def run_seed(zoo: str, seed: int, evals: int, work: Path) -> dict[str, Any]:
+    from evomerge.recipe import load_recipe
     from evomerge.search.dfs import recipe_path
     from evomerge.search.driver import run_search
     from evomerge.search.ledger import default_storage, load_study, open_storage
-    from evomerge.recipe import load_recipe
 
     def study(name: str):
         return load_study(open_storage(default_storage(name, work)), name)

@@ -130,7 +130,7 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
 
 def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | None = None,
                  **options: Any) -> list[MergePlan]:
-    """Build the recipe file ``path``. A multi-document recipe (``mergekit-multimerge``'s
+    """Build the recipe file ``path``. A multi-document recipe (``mergekit-multi``'s
     format: named stages, then the final recipe, which names them as models) builds each
     stage into ``stages_dir/<name>``
     (default ``<out>-stages``; a stage already built there is reused), then the final one
@@ -138,8 +138,8 @@ def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | Non
     :func:`merge_to_disk`. Returns the plans, in order."""
     import yaml
 
-    from evomerge.recipe import load_recipe
     from evomerge.derived import load_chain, rename_models
+    from evomerge.recipe import load_recipe
 
     path = Path(path)
     text = path.read_text() if path.is_file() else ""

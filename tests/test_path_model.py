@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import save_tokenizer, tiny_config
 from transformers import LlamaForCausalLM
 
 from evomerge.materialize import Materializer
 from evomerge.search.dfs import Step, path_recipe, recipe_path
-from models import save_tokenizer, tiny_config
 
 MERGEKIT_YAML = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))
 # A repeated layer (a1 twice), a switch between models both ways, non-unit scales.

@@ -7,7 +7,7 @@ At the study's start the point is *pinned*: its recipe is copied into the space
 (``SearchSpace.pinned``) and stored with the study, so every worker builds the same model
 once at start-up (:mod:`evomerge.derived`) and a resumed study keeps it even if the other
 study has moved on. An export of such a study is a multi-document recipe: the pinned recipe
-as a named stage, then the study's own recipe naming it -- what ``mergekit-multimerge`` and
+as a named stage, then the study's own recipe naming it -- what ``mergekit-multi`` and
 ``evomerge merge`` build.
 """
 

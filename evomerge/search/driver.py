@@ -20,8 +20,8 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.evaluators.base import ratio
-from evomerge.search.executors import Executor
 from evomerge.search.chain import pin_sources
+from evomerge.search.executors import Executor
 from evomerge.search.fidelity import ANCHORS_ATTR, FULL, RUNGS_ATTR, STATS_ATTR, ladder_for
 from evomerge.search.genome import Genome, recipe_hash
 from evomerge.search.ledger import (

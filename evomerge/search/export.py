@@ -52,7 +52,7 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, **choice: Any
         o.key: v for o, v in zip(space.objectives, t.values)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build = ("mergekit-multimerge %s -I STAGES_DIR --out-path OUT_DIR" % out.name
+    build = (f"mergekit-multi {out.name} -I STAGES_DIR --out-path OUT_DIR"
              if len(docs) > 1 else "mergekit-yaml")
     out.write_text(f"# Exported from study {study.study_name!r}, trial {t.number}.\n"
                    f"# Build it: evomerge merge {out.name} OUT_DIR   (or {build})\n"

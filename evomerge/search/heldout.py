@@ -185,9 +185,8 @@ def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]
 def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
-    from evomerge.scoring import score
-
     from evomerge.derived import DerivedSource
+    from evomerge.scoring import score
     from evomerge.search.dfs import Step
 
     src = worker.materializer.sources.get(path)

@@ -243,3 +243,27 @@ def test_public_dashboard_prints_its_token_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_dfs_study_shows_its_paths(mini_zoo, tmp_path):
+    """A data-flow study: the layer view is the path (model, layer, scale per step) and the
+    front's hover text lists the steps."""
+    from search.spaces import space_dict
+
+    from evomerge.dashboard.server import study_payload
+    from evomerge.search.dfs import recipe_path
+    from evomerge.search.driver import run_search
+    from evomerge.search.space import load_space
+
+    space = load_space(space_dict(mini_zoo, name="dfs", method=None, parameters={},
+                                  budget={"trials": 4}, dfs={"repeats": 2}))
+    run_search(space, results_root=tmp_path)
+    [(_, study)] = Catalog(results=tmp_path).studies()
+    alias = {p: a for a, p in space.models.items()}
+    for t in study.trials:
+        view = layer_view(study, t.number)
+        path = recipe_path(load_recipe(t.user_attrs["recipe"]))
+        assert [(r["source"], r["values"]) for r in view["rows"]] == [
+            (alias[s.model], [s.layer, s.scale]) for s in path]
+    hover = study_payload(study)["front"]["data"][1]["text"]  # the front's points
+    assert hover and all("<br>path of " in h for h in hover)
