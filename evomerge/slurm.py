@@ -164,11 +164,10 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
         space = load_space(space_path)
         name = study or space.name
         url = storage or journal_storage(name, results)
-        store = open_storage(url)
-        space = pin_sources(space, store, name, results)  # study:NAME#best, pinned now
+        space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
         num_layers = space.check_models()
         build_evaluators(space)  # a bad evaluator fails here, not in the queued job
-        st = create_or_load(store, name, space, None, num_layers)
+        st = create_or_load(open_storage(url), name, space, None, num_layers)
     else:
         if study is None:
             raise ConfigError("Name the study to resume.")

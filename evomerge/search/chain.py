@@ -56,16 +56,20 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def pin_sources(space: SearchSpace, store: Any, study: str,
+def pin_sources(space: SearchSpace, storage: str, study: str,
                 results_root: str | Path = "results") -> SearchSpace:
     """``space`` with every ``study:`` model reference pinned: the pins stored with study
-    ``study`` when it exists (a resume), else resolved now. Raises ConfigError when a point
-    cannot be found."""
+    ``study`` in ``storage`` (a URL) when it exists (a resume), else resolved now. A space
+    without such references is returned as is (the storage is not opened). Raises
+    ConfigError when a point cannot be found."""
     import optuna
+
+    from evomerge.search.ledger import open_storage
 
     refs = [r for r in space.models.values() if r.startswith("study:")]
     if not refs:
         return space
+    store = open_storage(storage)
     pinned = dict(space.pinned)
     try:
         stored = optuna.load_study(study_name=study, storage=store).user_attrs

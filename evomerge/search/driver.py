@@ -379,12 +379,12 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
     name = study or space.name
     url = storage or default_storage(name, results_root)
-    store = open_storage(url)
-    space = pin_sources(space, store, name, results_root)  # study:NAME#best -> its recipe
+    space = pin_sources(space, url, name, results_root)  # study:NAME#best -> its recipe
     genome = Genome.of_models(space)
     evaluators = build_evaluators(space)  # a bad evaluator, objective or fidelity fails here,
     ladder = ladder_for(space, evaluators,  # before the study exists
                         space.optimizer.name == "cma" or len(space.objectives) == 1)
+    store = open_storage(url)
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, budget, progress)
     loop.ladder = ladder

@@ -26,7 +26,7 @@ def test_valid(mini_zoo):
     ({"budget": {"trials": 0}}, r"field 'budget\.trials' input should be greater than 0"),
     ({"optimizer": {"name": "adam"}}, r"optimizer\.name 'adam' is not one of cma, tpe"),
     ({"optimizer": {"name": "cmaes"}}, r"optimizer 'cmaes' handles one objective"),
-    ({"method": None}, r"give a 'method', 'layer_swap: true', or both"),
+    ({"method": None}, r"give a 'method', 'layer_swap: true', both, or 'dfs'"),
     ({"method": "model_stock", "parameters": {}, "layer_swap": True}, r"layer_swap with method .model_stock. is not supported"),
     ({"method": "slerp", "parameters": {"t": [0, 1]}}, r"method .slerp. cannot merge 2 models"),
     ({"layer_swap": {"choices": ["merge", "chef"]}}, r"layer_swap choice 'chef' is not a model alias"),
