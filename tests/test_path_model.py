@@ -143,3 +143,14 @@ def test_export_builds_the_same_model_with_mergekit_and_evomerge(pair, tmp_path)
     merge_to_disk(plain, tmp_path / "plain")
     other = LlamaForCausalLM.from_pretrained(tmp_path / "plain").eval()
     assert (logits(other, IDS) - want).abs().max().item() > 1e-2
+
+
+def test_greedy_generation_with_the_cache_equals_without(pair):
+    """Generative evaluators decode with the KV cache: the same tokens as recomputing every
+    step, on a path with a repeated layer."""
+    model = Materializer([pair["a"], pair["b"]], device="cpu").path_model(steps(pair))
+    kw = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        cached = model.generate(IDS[:, :5], use_cache=True, **kw)
+        plain = model.generate(IDS[:, :5], use_cache=False, **kw)
+    assert cached.shape == (1, 13) and torch.equal(cached, plain)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evomerge.errors import ConfigError
@@ -88,3 +90,23 @@ def test_two_processes_opening_one_new_study_database_both_succeed(tmp_path):
             p.join(60)
         outcomes += [queue.get(timeout=5) for _ in procs]
     assert outcomes == ["ok"] * 24, [o for o in outcomes if o != "ok"]
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_spaces_load_and_derive_a_genome(path, mini_zoo):
+    """Every space in search_spaces/ validates, and over the mini zoo (same model names) its
+    genome derives and decodes its start point to a recipe."""
+    from evomerge.quickstart import rebase_zoo
+    from evomerge.search.genome import Genome
+
+    space = rebase_zoo(load_space(path), str(mini_zoo))
+    if any(r.startswith("study:") for r in space.models.values()):
+        space = rebase_zoo(load_space(path), str(mini_zoo), models={
+            a: str(mini_zoo / "math") if r.startswith("study:") else r
+            for a, r in space.models.items()})
+    genome = Genome.of_models(space)
+    assert genome.dim > 0
+    genome.recipe(genome.from_unit(genome.start_point()))
