@@ -154,3 +154,31 @@ def test_greedy_generation_with_the_cache_equals_without(pair):
         cached = model.generate(IDS[:, :5], use_cache=True, **kw)
         plain = model.generate(IDS[:, :5], use_cache=False, **kw)
     assert cached.shape == (1, 13) and torch.equal(cached, plain)
+
+
+def test_smollm2_path_runs_the_real_model_and_its_export(smollm2, tmp_path):
+    """SmolLM2-135M in bf16 (GQA, tied embeddings): its identity path is the model itself, bit
+    for bit; a path over both experts with a repeated layer and scales, exported and built by
+    `evomerge merge` in float32, agrees with the path model computed in float32."""
+    from evomerge.merge import merge_to_disk
+
+    ids = torch.tensor([[1, 504, 3458, 314, 260, 2689, 30, 198, 1350, 2]])
+    mat = Materializer([smollm2["a"], smollm2["b"]], device="cpu")
+    depth = mat.sources[smollm2["a"]].num_layers
+    same = mat.path_model([Step(smollm2["a"], i) for i in range(depth)])
+    whole = LlamaForCausalLM.from_pretrained(smollm2["a"], dtype=torch.bfloat16).eval()
+    assert torch.equal(logits(same, ids), logits(whole, ids))
+
+    path = [Step(smollm2["a"], i) for i in range(20)] + [
+        Step(smollm2["b"], 18, 1.2), Step(smollm2["b"], 19, 0.9),
+        *(Step(smollm2["a"], i) for i in range(18, depth))]
+    recipe = path_recipe(path, dtype="float32", out_dtype="float32")
+    merge_to_disk(recipe, tmp_path / "built")
+    built = LlamaForCausalLM.from_pretrained(tmp_path / "built", dtype=torch.float32).eval()
+    assert built.config.num_hidden_layers == len(path) == depth + 4
+    fp32 = Materializer([smollm2["a"], smollm2["b"]], device="cpu", dtype=torch.float32)
+    fp32._weights = {k: {n: t.float() for n, t in w.items()} for k, w in fp32._weights.items()}
+    want = logits(fp32.path_model(path), ids)
+    diff = (logits(built, ids) - want).abs().max().item()
+    print(f"smollm2 path vs export: max |logit diff| {diff:.2e}")
+    assert diff < 1e-3
