@@ -136,6 +136,8 @@ def test_real_model_is_held_as_m_plus_2_copies(smollm2):
 
     mat = Materializer([smollm2["a"], smollm2["b"]], base_model=smollm2["base"])
     model_bytes = ModelSource(smollm2["base"]).nbytes
+    assert mat.resident_bytes() == {"sources": 3 * model_bytes, "model": 0}  # not yet used
+    mat.model  # noqa: B018 -- allocated on first use (a data-flow search never needs it)
     held = mat.resident_bytes()
     assert held == {"sources": 3 * model_bytes, "model": model_bytes}
     assert mat.model.lm_head.weight.data_ptr() == mat.model.model.embed_tokens.weight.data_ptr()
