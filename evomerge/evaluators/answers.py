@@ -57,7 +57,9 @@ class AnswerEvaluator(SubsetEvaluator):
         limit: first N examples per task.
         batch_size: sequences per forward pass.
         chat_template: wrap each prompt in the tokenizer's chat template (a user turn, with
-            ``system`` as the system turn when given, and the generation prompt).
+            ``system`` as the system turn when given, and the generation prompt); the
+            template's trailing newline then stays in the prompt, so ``answer_nll`` and the
+            other metrics score the answer's own tokens only.
         system: system message for the chat template.
         generate: also score ``exact_match`` by batched greedy decoding.
         stop: strings that end a generation (default: a newline).
@@ -122,9 +124,10 @@ class AnswerEvaluator(SubsetEvaluator):
             self._encoded = {}
             for task, exs in self._examples.items():
                 prompts = [self._prompt(tokenizer, ex["prompt"]) for ex in exs]
-                answers = [encode_pair(tokenizer, p, ex["answer"] + self._end)
+                keep = self._chat  # the template's closing newline is not the answer's
+                answers = [encode_pair(tokenizer, p, ex["answer"] + self._end, keep)
                            for p, ex in zip(prompts, exs)]
-                choices = [[encode_pair(tokenizer, p, c) for c in ex["choices"]]
+                choices = [[encode_pair(tokenizer, p, c, keep) for c in ex["choices"]]
                            for p, ex in zip(prompts, exs) if "choices" in ex]
                 self._encoded[task] = (prompts, answers, choices)
             self._tok_id = id(tokenizer)

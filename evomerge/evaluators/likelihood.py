@@ -16,10 +16,15 @@ import torch
 __all__ = ["encode_pair", "loglikelihoods"]
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) the way lm-eval's causal ``loglikelihood`` splits them."""
+def encode_pair(tokenizer: Any, context: str, continuation: str,
+                keep_context_space: bool = False) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) the way lm-eval's causal ``loglikelihood`` splits them.
+
+    ``keep_context_space``: leave the context's trailing whitespace in the context. A chat
+    template's generation prompt ends in a newline that belongs to the template; moved into
+    the continuation (lm-eval's rule), its token would be scored as part of the answer."""
     n = len(context) - len(context.rstrip())
-    if n:
+    if n and not keep_context_space:
         context, continuation = context[:-n], context[-n:] + continuation
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)

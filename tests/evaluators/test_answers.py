@@ -70,8 +70,11 @@ def test_metrics_and_generation(smol, tmp_path):
     for r in rows:
         prompt = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
                                          add_generation_prompt=True, tokenize=False)
-        lls = [loglikelihoods(model, [encode_pair(tok, prompt, c)], 1)[0][0]
+        lls = [loglikelihoods(model, [encode_pair(tok, prompt, c, True)], 1)[0][0]
                for c in r["choices"]]
+        # the template's closing newline stays in the prompt: the answer's tokens are its own
+        assert encode_pair(tok, prompt, "Blue", True)[1] == tok.encode("Blue")
+        assert encode_pair(tok, prompt, "Blue")[1] != tok.encode("Blue")
         right += r["choices"][lls.index(max(lls))] == r["answer"]
     assert scores["qa/choice_acc"] == right / 2
     assert scores == ev(model, tok)  # encodings reused, same numbers
