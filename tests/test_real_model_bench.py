@@ -1,0 +1,51 @@
+"""The real-model experiment's miniature (bench/real_model.py --mini): SmolLM2 experts
+fine-tuned for 2 steps, 4 candidates per search (PS, layer swap, DFS), the test table with
+intervals. The full experiment is a benchmark; this keeps its path working."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def test_wilson_interval():
+    from real_model import wilson
+
+    lo, hi = wilson(45, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.3561, 0.5476)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+
+
+def test_skills_are_disjoint_and_composite():
+    from real_skills import SKILLS, example, in_words, operand_splits
+
+    assert in_words(132) == "one hundred thirty-two" and in_words(40) == "forty"
+    assert in_words(115) == "one hundred fifteen" and in_words(100) == "one hundred"
+    splits = operand_splits(0)
+    seen = [set(p) for p in splits.values()]
+    assert sum(map(len, seen)) == 90 * 90 and len(set.union(*seen)) == 90 * 90
+    assert [example(s, 47, 85)["answer"] for s in SKILLS] == [
+        "132", "one hundred thirty-two", "one hundred thirty-two"]
+
+
+@pytest.mark.slow
+def test_miniature_runs_every_stage(smollm2, tmp_path):
+    from real_model import main
+
+    out = tmp_path / "mini.json"
+    doc = main(["--mini", "--base", smollm2["base"], "--build", str(tmp_path / "build"),
+                "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
+    for key in ("ps", "swap", "dfs"):
+        assert doc["searches"][key]["evaluations"] == 4
+        assert any(label.startswith(f"{key} trial") for label in doc["rows"])
+    for r in doc["rows"].values():
+        lo, hi = r["both/exact_match_ci"]
+        assert 0.0 <= lo <= r["scores"]["both/exact_match"] <= hi <= 1.0
+    assert all(v["seconds"] > 0 for v in doc["fine_tune"].values())
