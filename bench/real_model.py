@@ -3,7 +3,7 @@
 (addition answered in words), which neither expert was trained on. Skills and fine-tuning:
 bench/real_skills.py.
 
-    python bench/real_model.py [--seed 0] [--steps 100] [--minutes 40]
+    python bench/real_model.py [--seed 0] [--steps 60] [--minutes 12]     # ~1 h here
     python bench/real_model.py --mini            # the CI miniature: a few steps, a few candidates
 
 Stages (each cached under ``--build``, so a rerun resumes): tasks -> experts (full fine-tune
@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from real_skills import SKILLS, fine_tune, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
-FULL = {"sizes": {"train": 4000, "validation": 60, "test": 200}, "front": 4, "levels": 3}
+FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2}
 
 
@@ -207,8 +207,8 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=100, help="fine-tune steps per expert")
-    ap.add_argument("--minutes", type=float, default=40.0, help="wall time per search")
+    ap.add_argument("--steps", type=int, default=60, help="fine-tune steps per expert")
+    ap.add_argument("--minutes", type=float, default=12.0, help="wall time per search")
     ap.add_argument("--trials", type=int, default=400, help="evaluations per search at most")
     ap.add_argument("--build", default=str(ROOT / "build" / "real_model"))
     ap.add_argument("--base", default=None, help="an existing SmolLM2 directory to start from")
