@@ -3,6 +3,7 @@ residual stream -- and the export that mergekit builds into the same model."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 import subprocess
@@ -83,11 +84,13 @@ def test_kv_cache_gives_each_slot_its_own_entry(pair):
     pass: a repeated layer sharing a cache index would mix its two positions' keys."""
     model = Materializer([pair["a"], pair["b"]], device="cpu").path_model(steps(pair))
     full = logits(model, IDS)
+    # transformers >= 5.2x names the cache argument `cache` (`past_key_values` deprecated)
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         out = model(IDS[:, :4], use_cache=True)
         cache, step_logits = out.past_key_values, [out.logits[:, -1]]
         for t in range(4, IDS.shape[1]):
-            out = model(IDS[:, t:t + 1], past_key_values=cache, use_cache=True)
+            out = model(IDS[:, t:t + 1], use_cache=True, **{arg: cache})
             cache = out.past_key_values
             step_logits.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(step_logits, 1).float(), full[:, 3:], rtol=1e-4,
