@@ -4,6 +4,7 @@
 bench/real_skills.py.
 
     python bench/real_model.py [--seed 0] [--steps 60] [--minutes 12]     # ~1 h here
+    python bench/real_model.py --pair final --spaces ps swap   # add + a format skill
     python bench/real_model.py --mini            # the CI miniature: a few steps, a few candidates
 
 Stages (each cached under ``--build``, so a rerun resumes): tasks -> experts (full fine-tune
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from real_skills import SKILLS, fine_tune, write_tasks  # noqa: E402
+from real_skills import PAIRS, fine_tune, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
 FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3}
@@ -49,24 +50,26 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes: dict,
                minutes: float, trials: int, seed: int) -> dict[str, Any]:
-    val = {s: str(files[s]["validation"]) for s in SKILLS}
-    test = {s: str(files[s]["test"]) for s in SKILLS}
+    val = {s: str(f["validation"]) for s, f in files.items()}
+    test = {s: str(f["test"]) for s, f in files.items()}
     return {
         "name": name, "base_model": base, "models": experts,
         "evaluators": {"qa": {"type": "answers", "files": val, "chat_template": True,
                               "batch_size": 30, "max_new_tokens": 10,
                               "test": {"files": test, "generate": True, "limit": sizes["test"]}}},
         "objectives": [{"evaluator": "qa", "task": s, "metric": "answer_nll",
-                        "direction": "minimize"} for s in SKILLS],
+                        "direction": "minimize"} for s in files],
         "budget": {"trials": trials, "wall_time": minutes * 60},
         "optimizer": {"name": "cma", "popsize": 8, "seed": seed}, "device": "auto"}
 
 
 def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float,
-           trials: int, seed: int) -> dict[str, dict[str, Any]]:
+           trials: int, seed: int, pair: str = "words") -> dict[str, dict[str, Any]]:
     """The three searched spaces (names as in the README table)."""
+    tag = "" if pair == "words" else f"{pair}_"
+
     def make(name: str, **over: Any) -> dict[str, Any]:
-        return {**base_space(f"real_{name}_s{seed}", base, experts, files, sizes, minutes,
+        return {**base_space(f"real_{tag}{name}_s{seed}", base, experts, files, sizes, minutes,
                              trials, seed), **over}
     return {
         "ps": make("ps", method="dare_ties",
@@ -81,15 +84,16 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
 
 
 def build(root: Path, seed: int, steps: int, sizes: dict, base: str | None = None,
-          log=print) -> tuple[str, dict, dict]:
-    """SmolLM2 (bf16; ``base`` if given), the task files and the two experts; cached under
-    ``root``."""
+          log=print, pair: str = "words") -> tuple[str, dict, dict]:
+    """SmolLM2 (bf16; ``base`` if given), the task files of ``pair`` and its two experts;
+    cached under ``root`` (the ``add`` expert is the same for every pair)."""
     from evomerge.pretrained import build_smollm2
 
     base = Path(base) if base else build_smollm2(root / "smollm2")
-    files = write_tasks(root / f"tasks_s{seed}", seed, sizes)
+    tasks = root / (f"tasks_s{seed}" if pair == "words" else f"tasks_{pair}_s{seed}")
+    files = write_tasks(tasks, seed, sizes, pair)
     experts, logs = {}, {}
-    for skill in ("add", "words"):
+    for skill in PAIRS[pair][:2]:
         out = root / f"{skill}_s{seed}_{steps}"
         logs[skill] = fine_tune(base, out, files[skill]["train"], steps=steps, seed=seed, log=log)
         experts[skill] = str(out)
@@ -112,7 +116,7 @@ def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None
         scores = score(model, worker.tokenizer, list(tests.values()))
     n = {s: len(ev._examples[s]) for ev in tests.values() for s in ev._examples}
     out = {"scores": scores}
-    for s in SKILLS:
+    for s in n:
         k = round(scores[f"{s}/exact_match"] * n[s])
         out[f"{s}/exact_match_ci"] = wilson(k, n[s])
     return out
@@ -154,11 +158,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = MINI if args.mini else FULL
     root = Path(args.build)
     t0 = time.time()
-    base, experts, info = build(root, args.seed, args.steps, cfg["sizes"], args.base)
+    base, experts, info = build(root, args.seed, args.steps, cfg["sizes"], args.base,
+                                pair=args.pair)
     build_s = time.time() - t0
     docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.trials,
-                  args.seed)
-    ps = load_space(docs["ps"])
+                  args.seed, args.pair)
+    ps = load_space(docs["ps"])  # the uniform grids are PS recipes, searched or not
+    docs = {k: v for k, v in docs.items() if k in args.spaces}
     worker, tests = Worker(ps), heldout_evaluators(ps)
     rows: dict[str, Any] = {alias: test_row(worker, tests, None, path)
                             for alias, path in [("base", base), *experts.items()]}
@@ -184,7 +190,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         searches[key] = {"evaluations": out.evaluations, "failed": out.failed,
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1)}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
-    return {"seed": args.seed, "steps": args.steps, "minutes": args.minutes,
+    return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
+            "steps": args.steps, "minutes": args.minutes,
             "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
             "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
                           for k, v in info["fine_tune"].items()},
@@ -192,14 +199,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    lines = ["| model | " + " | ".join(f"{s} exact match [95% CI]" for s in SKILLS)
-             + " | " + " | ".join(f"{s} NLL" for s in SKILLS) + " |",
-             "|---" * (2 * len(SKILLS) + 1) + "|"]
+    skills = doc.get("skills", PAIRS["words"])
+    lines = ["| model | " + " | ".join(f"{s} exact match [95% CI]" for s in skills)
+             + " | " + " | ".join(f"{s} NLL" for s in skills) + " |",
+             "|---" * (2 * len(skills) + 1) + "|"]
     for label, r in doc["rows"].items():
         s = r["scores"]
         em = [f"{s[f'{k}/exact_match']:.3f} [{r[f'{k}/exact_match_ci'][0]:.3f}, "
-              f"{r[f'{k}/exact_match_ci'][1]:.3f}]" for k in SKILLS]
-        nll = [f"{s[f'{k}/answer_nll']:.3f}" for k in SKILLS]
+              f"{r[f'{k}/exact_match_ci'][1]:.3f}]" for k in skills]
+        nll = [f"{s[f'{k}/answer_nll']:.3f}" for k in skills]
         lines.append(f"| {label} | " + " | ".join(em + nll) + " |")
     return "\n".join(lines)
 
@@ -214,11 +222,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--base", default=None, help="an existing SmolLM2 directory to start from")
     ap.add_argument("--mini", action="store_true", help="the CI miniature")
     ap.add_argument("--out", default=None, help="JSON path (default results/bench/...)")
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="words",
+                    help="skill pair: add + words (default) or add + final-answer format")
+    ap.add_argument("--spaces", nargs="+", choices=["ps", "swap", "dfs"],
+                    default=["ps", "swap", "dfs"], help="searched spaces")
     args = ap.parse_args(argv)
     if args.mini:
         args.steps, args.minutes, args.trials = min(args.steps, 2), min(args.minutes, 5), 4
     doc = run(args)
-    out = Path(args.out) if args.out else OUT / f"real_model{'_mini' if args.mini else ''}.json"
+    tag = ("" if args.pair == "words" else f"_{args.pair}") + ("_mini" if args.mini else "")
+    out = Path(args.out) if args.out else OUT / f"real_model{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     out.with_suffix(".md").write_text(markdown(doc) + "\n")

@@ -7,6 +7,11 @@ SmolLM2-135M-Instruct, and a composite task neither was trained on.
 * ``both``   "What is 47 + 85? Reply in English words only."   -> "one hundred thirty-two"
              (the composite: the analogue of math asked and answered in Japanese)
 
+A second pair (``--pair final``) swaps the words skill for an output format:
+
+* ``final``  "Write 132 in the final-answer format." -> "#### 132"  (GSM8K's final-answer line)
+* ``both``   "What is 47 + 85? Reply in the final-answer format." -> "#### 132"
+
 Examples are drawn from disjoint operand pairs per split (a pair in one split never appears in
 another), seeded. The experts are full fine-tunes of the decoder layers (embeddings and head
 frozen, so the tied head stays the base's), AdamW, a fixed number of steps.
@@ -25,7 +30,8 @@ import torch
 ONES = "zero one two three four five six seven eight nine".split()
 TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-SKILLS = ("add", "words", "both")
+PAIRS = {"words": ("add", "words", "both"), "final": ("add", "final", "both")}
+SKILLS = PAIRS["words"]
 SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 
 
@@ -42,13 +48,18 @@ def in_words(n: int) -> str:
     return " ".join(out)
 
 
-def example(skill: str, a: int, b: int) -> dict[str, str]:
-    """One prompt/answer pair of ``skill`` for operands ``a``, ``b``."""
+def example(skill: str, a: int, b: int, pair: str = "words") -> dict[str, str]:
+    """One prompt/answer pair of ``skill`` (of skill pair ``pair``) for operands ``a``, ``b``."""
     if skill == "add":
         return {"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": str(a + b)}
     if skill == "words":
         return {"prompt": f"Write {a + b} in English words. Reply with the words only.",
                 "answer": in_words(a + b)}
+    if skill == "final":
+        return {"prompt": f"Write {a + b} in the final-answer format.", "answer": f"#### {a + b}"}
+    if pair == "final":
+        return {"prompt": f"What is {a} + {b}? Reply in the final-answer format.",
+                "answer": f"#### {a + b}"}
     return {"prompt": f"What is {a} + {b}? Reply in English words only.", "answer": in_words(a + b)}
 
 
@@ -64,18 +75,21 @@ def operand_splits(seed: int, low: int = 10, high: int = 99) -> dict[str, list[t
     return out
 
 
-def write_tasks(root: Path, seed: int, per_split: dict[str, int]) -> dict[str, dict[str, Path]]:
-    """JSONL files ``root/{skill}_{split}.jsonl`` (``per_split[split]`` examples each); each
-    skill draws its pairs from the same disjoint operand splits. Returns skill -> split -> path."""
+def write_tasks(root: Path, seed: int, per_split: dict[str, int],
+                pair: str = "words") -> dict[str, dict[str, Path]]:
+    """JSONL files ``root/{skill}_{split}.jsonl`` (``per_split[split]`` examples each) for the
+    skills of ``pair``; each skill draws its pairs from the same disjoint operand splits.
+    Returns skill -> split -> path."""
     root.mkdir(parents=True, exist_ok=True)
     splits = operand_splits(seed)
     files: dict[str, dict[str, Path]] = {}
-    for skill in SKILLS:
+    for skill in PAIRS[pair]:
         for split, pairs in splits.items():
             rnd = random.Random(f"{seed}:{skill}:{split}")
             chosen = rnd.sample(pairs, min(per_split[split], len(pairs)))
             path = root / f"{skill}_{split}.jsonl"
-            path.write_text("".join(json.dumps(example(skill, a, b)) + "\n" for a, b in chosen))
+            path.write_text("".join(json.dumps(example(skill, a, b, pair)) + "\n"
+                                     for a, b in chosen))
             files.setdefault(skill, {})[split] = path
     return files
 

@@ -33,6 +33,19 @@ def test_skills_are_disjoint_and_composite():
         "132", "one hundred thirty-two", "one hundred thirty-two"]
 
 
+def test_final_answer_pair_writes_its_own_tasks(tmp_path):
+    from real_skills import PAIRS, example, write_tasks
+
+    assert [example(s, 47, 85, "final")["answer"] for s in PAIRS["final"]] == [
+        "132", "#### 132", "#### 132"]
+    assert "47 + 85" in example("both", 47, 85, "final")["prompt"]
+    assert "+" not in example("final", 47, 85)["prompt"]  # the format expert never adds
+    files = write_tasks(tmp_path, 0, {"train": 5, "validation": 3, "test": 3}, "final")
+    assert set(files) == {"add", "final", "both"}
+    rows = [json.loads(x) for x in files["both"]["test"].read_text().splitlines()]
+    assert len(rows) == 3 and all(r["answer"].startswith("#### ") for r in rows)
+
+
 @pytest.mark.slow
 def test_miniature_runs_every_stage(smollm2, tmp_path):
     from real_model import main
