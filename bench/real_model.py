@@ -13,7 +13,7 @@ validation split (answer NLL of the three tasks, CMA-ES on their sum): ``ps`` (p
 DARE-TIES), ``swap`` (layer swapping) and ``dfs`` (data-flow paths), each ``--minutes`` of
 wall time -> the test split: base, experts, the best uniform TIES and task-arithmetic recipes
 (by validation), and every search's best and front points, by greedy exact match (with Wilson
-95% intervals) and answer NLL. Writes results/bench/real_model[_mini].json and .md.
+95% intervals) and answer NLL. Writes results/bench/real_model[_final][_mini].json and .md.
 """
 
 from __future__ import annotations
