@@ -64,9 +64,11 @@ def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes
 
 
 def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float,
-           trials: int, seed: int, pair: str = "words") -> dict[str, dict[str, Any]]:
+           trials: int, seed: int, pair: str = "words",
+           dfs_sigma0: float = 0.2) -> dict[str, dict[str, Any]]:
     """The three searched spaces (names as in the README table)."""
     tag = "" if pair == "words" else f"{pair}_"
+    dfs_name = "dfs" if dfs_sigma0 == 0.2 else f"dfs_sigma{dfs_sigma0:g}"  # its own study
 
     def make(name: str, **over: Any) -> dict[str, Any]:
         return {**base_space(f"real_{tag}{name}_s{seed}", base, experts, files, sizes, minutes,
@@ -77,9 +79,10 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
                    granularity={"layers_per_group": 3, "embeddings": False}),
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},
                      granularity={"layers_per_group": 3}),
-        "dfs": make("dfs", dfs={"repeats": 2, "max_length": 40, "scaling": "pair",
-                                "start": "add"},
-                    optimizer={"name": "cma", "popsize": 8, "seed": seed, "sigma0": 0.2}),
+        "dfs": make(dfs_name, dfs={"repeats": 2, "max_length": 40, "scaling": "pair",
+                                   "start": "add"},
+                    optimizer={"name": "cma", "popsize": 8, "seed": seed,
+                               "sigma0": dfs_sigma0}),
     }
 
 
@@ -162,14 +165,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 pair=args.pair)
     build_s = time.time() - t0
     docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.trials,
-                  args.seed, args.pair)
+                  args.seed, args.pair, args.dfs_sigma0)
     ps = load_space(docs["ps"])  # the uniform grids are PS recipes, searched or not
     docs = {k: v for k, v in docs.items() if k in args.spaces}
     worker, tests = Worker(ps), heldout_evaluators(ps)
     rows: dict[str, Any] = {alias: test_row(worker, tests, None, path)
                             for alias, path in [("base", base), *experts.items()]}
     print(f"[{time.time() - t0:.0f} s] built; sources scored", file=sys.stderr)
-    for method in ("ties", "task_arithmetic"):
+    for method in ("ties", "task_arithmetic") if args.uniform else ():
         yaml_, val = uniform_best(ps, method, cfg["levels"])
         rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None), "validation": val}
     print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1)}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
     return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
+            "dfs_sigma0": args.dfs_sigma0,
             "steps": args.steps, "minutes": args.minutes,
             "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
             "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
@@ -224,6 +228,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="JSON path (default results/bench/...)")
     ap.add_argument("--pair", choices=sorted(PAIRS), default="words",
                     help="skill pair: add + words (default) or add + final-answer format")
+    ap.add_argument("--dfs-sigma0", type=float, default=0.2,
+                    help="CMA-ES step size of the DFS search (a flag at 0.25 / 0.75 flips "
+                         "when a step crosses 0.5)")
+    ap.add_argument("--no-uniform", dest="uniform", action="store_false",
+                    help="skip the uniform TIES / task-arithmetic grids")
     ap.add_argument("--spaces", nargs="+", choices=["ps", "swap", "dfs"],
                     default=["ps", "swap", "dfs"], help="searched spaces")
     args = ap.parse_args(argv)
