@@ -37,6 +37,12 @@ from real_skills import PAIRS, fine_tune, write_tasks  # noqa: E402
 OUT = ROOT / "results" / "bench"
 FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2}
+DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
+
+
+def pair_tag(pair: str) -> str:
+    """The suffix naming a pair's tasks, studies and results ('' for the first pair, words)."""
+    return "" if pair == "words" else f"_{pair}"
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -65,13 +71,12 @@ def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes
 
 def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float,
            trials: int, seed: int, pair: str = "words",
-           dfs_sigma0: float = 0.2) -> dict[str, dict[str, Any]]:
+           dfs_sigma0: float = DFS_SIGMA0) -> dict[str, dict[str, Any]]:
     """The three searched spaces (names as in the README table)."""
-    tag = "" if pair == "words" else f"{pair}_"
-    dfs_name = "dfs" if dfs_sigma0 == 0.2 else f"dfs_sigma{dfs_sigma0:g}"  # its own study
+    dfs_name = "dfs" if dfs_sigma0 == DFS_SIGMA0 else f"dfs_sigma{dfs_sigma0:g}"  # own study
 
     def make(name: str, **over: Any) -> dict[str, Any]:
-        return {**base_space(f"real_{tag}{name}_s{seed}", base, experts, files, sizes, minutes,
+        return {**base_space(f"real{pair_tag(pair)}_{name}_s{seed}", base, experts, files, sizes, minutes,
                              trials, seed), **over}
     return {
         "ps": make("ps", method="dare_ties",
@@ -93,8 +98,7 @@ def build(root: Path, seed: int, steps: int, sizes: dict, base: str | None = Non
     from evomerge.pretrained import build_smollm2
 
     base = Path(base) if base else build_smollm2(root / "smollm2")
-    tasks = root / (f"tasks_s{seed}" if pair == "words" else f"tasks_{pair}_s{seed}")
-    files = write_tasks(tasks, seed, sizes, pair)
+    files = write_tasks(root / f"tasks{pair_tag(pair)}_s{seed}", seed, sizes, pair)
     experts, logs = {}, {}
     for skill in PAIRS[pair][:2]:
         out = root / f"{skill}_s{seed}_{steps}"
@@ -172,10 +176,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {alias: test_row(worker, tests, None, path)
                             for alias, path in [("base", base), *experts.items()]}
     print(f"[{time.time() - t0:.0f} s] built; sources scored", file=sys.stderr)
-    for method in ("ties", "task_arithmetic") if args.uniform else ():
-        yaml_, val = uniform_best(ps, method, cfg["levels"])
-        rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None), "validation": val}
-    print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
+    if args.uniform:
+        for method in ("ties", "task_arithmetic"):
+            yaml_, val = uniform_best(ps, method, cfg["levels"])
+            rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None),
+                                         "validation": val}
+        print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
     searches = {}
     for key, doc in docs.items():
         space = load_space(doc)
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="JSON path (default results/bench/...)")
     ap.add_argument("--pair", choices=sorted(PAIRS), default="words",
                     help="skill pair: add + words (default) or add + final-answer format")
-    ap.add_argument("--dfs-sigma0", type=float, default=0.2,
+    ap.add_argument("--dfs-sigma0", type=float, default=DFS_SIGMA0,
                     help="CMA-ES step size of the DFS search (a flag at 0.25 / 0.75 flips "
                          "when a step crosses 0.5)")
     ap.add_argument("--no-uniform", dest="uniform", action="store_false",
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.mini:
         args.steps, args.minutes, args.trials = min(args.steps, 2), min(args.minutes, 5), 4
     doc = run(args)
-    tag = ("" if args.pair == "words" else f"_{args.pair}") + ("_mini" if args.mini else "")
+    tag = pair_tag(args.pair) + ("_mini" if args.mini else "")
     out = Path(args.out) if args.out else OUT / f"real_model{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
