@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from evomerge.quickstart import rebase_zoo  # noqa: E402
+from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators  # noqa: E402
 from evomerge.search.objectives import weighted_loss  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
@@ -71,11 +71,11 @@ def test_scores(space_: Any, recipe_yaml: str) -> dict[str, float]:
 
 
 def uniform_best(space_: Any) -> dict[str, float]:
-    from evomerge.search.genome import Genome
     from evomerge.search.heldout import uniform_params
+    from evomerge.search.param_genome import ParamGenome
 
     worker = Worker(space_)
-    genome = Genome(space_, worker.materializer.num_layers)
+    genome = ParamGenome(space_, worker.materializer.num_layers)
     scored = []
     for params in uniform_params(genome, levels=3):
         r = worker.run(0, genome.recipe(params).to_yaml())
@@ -99,8 +99,8 @@ def source_scores(space_: Any) -> dict[str, dict[str, float]]:
 
 
 def run_seed(zoo: str, seed: int, evals: int, work: Path) -> dict[str, Any]:
-    from evomerge.recipe import load_recipe
-    from evomerge.search.dfs import recipe_path
+    from evomerge.engine.paths import recipe_path
+    from evomerge.engine.recipe import load_recipe
     from evomerge.search.driver import run_search
     from evomerge.search.ledger import default_storage, load_study, open_storage
 

@@ -43,11 +43,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from search_efficiency import run_single  # noqa: E402
 
-from evomerge.quickstart import rebase_zoo  # noqa: E402
+from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.fidelity import fit_anchors  # noqa: E402
-from evomerge.search.genome import Genome  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators  # noqa: E402
 from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
+from evomerge.search.param_genome import ParamGenome  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
@@ -79,7 +79,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(rank(a), rank(b))[0, 1])
 
 
-def per_example(worker: Worker, genome: Genome, rng: np.random.Generator, n: int) -> list:
+def per_example(worker: Worker, genome: ParamGenome, rng: np.random.Generator, n: int) -> list:
     """Per-example stats of ``n`` random candidates: [{task/metric: [nums, dens]}]."""
     out = []
     for _ in range(n):
@@ -102,7 +102,7 @@ def estimate(stats: dict, subsets: dict[str, tuple[list, list | None]], objectiv
 def part1(zoo: str, seeds: list[int]) -> dict[str, Any]:
     space = make_space(zoo, 250)
     worker = Worker(space)
-    genome = Genome(space, worker.materializer.num_layers)
+    genome = ParamGenome(space, worker.materializer.num_layers)
     objs = space.objectives
     tasks = sorted({o.task for o in objs})
     rho: dict[str, list] = {}

@@ -43,9 +43,9 @@ DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")  # "cpu" for a dry run of th
 def search_equals_export(family: dict, tmp: Path) -> dict:
     import torch
 
-    from evomerge.materialize import Materializer
-    from evomerge.merge import merge_to_disk
-    from evomerge.sources import ModelSource
+    from evomerge.engine.materialize import Materializer
+    from evomerge.engine.merge import merge_to_disk
+    from evomerge.engine.sources import ModelSource
 
     experts = [family[f"e{i}"] for i in (1, 2, 3)]
     mat = Materializer(experts, base_model=family["base"], device=DEVICE)
@@ -70,7 +70,7 @@ def worker(family: dict, candidates: int) -> dict:
     """One process = one worker: resident materializer + a forward pass per candidate."""
     import torch
 
-    from evomerge.materialize import Materializer
+    from evomerge.engine.materialize import Materializer
 
     experts = [family[f"e{i}"] for i in (1, 2, 3)]
     mat = Materializer(experts, base_model=family["base"], device=DEVICE)

@@ -37,9 +37,8 @@ SIZES = {  # hidden, intermediate, layers, vocab: ~0.5B and ~0.1B parameters
 def build_family(root: Path, size: str, dtype: str, m: int = 3) -> dict[str, str]:
     """A seeded random Llama base and ``m`` experts (rank-8 deltas in every decoder layer)."""
     import torch
+    from pretrained import derive_expert
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from evomerge.pretrained import derive_expert
 
     hidden, inter, layers, vocab = SIZES[size]
     base = root / f"{size}_{dtype}" / "base"
@@ -58,7 +57,7 @@ def build_family(root: Path, size: str, dtype: str, m: int = 3) -> dict[str, str
 
 
 def ties_recipe(base: str, experts: list[str], dtype: str, shift: float = 0.0):
-    from evomerge.recipe import load_recipe
+    from evomerge.engine.recipe import load_recipe
 
     models = "\n".join(f"  - {{model: {e}, parameters: {{weight: {0.3 + 0.1 * i}, "
                        f"density: {0.3 + 0.15 * i + shift:.3f}}}}}"
@@ -106,9 +105,9 @@ def _warm_compiler(device, m: int, dtype: str) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from evomerge.fused import TensorEngine
+    from evomerge.engine.fused import TensorEngine
+    from evomerge.engine.plan import TensorTask
     from evomerge.methods import get_method
-    from evomerge.plan import TensorTask
 
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=1, num_attention_heads=2))  # model code
@@ -130,7 +129,7 @@ def measure(family: dict[str, str], m: int, dtype: str, device: str = "cpu",
     """Load a materializer over base + ``m`` experts and time TIES candidates, in-process."""
     import torch
 
-    from evomerge.materialize import Materializer, resolve_device
+    from evomerge.engine.materialize import Materializer, resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -201,7 +200,7 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         return _one(args)
-    from evomerge.pretrained import build_smollm2, derive_expert
+    from pretrained import build_smollm2, derive_expert
 
     root = Path(args.build)
     families = [(f"random-{args.size}", d, build_family(root, args.size, d)) for d in

@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evomerge.materialize import Materializer  # noqa: E402
-from evomerge.merge import merge_to_disk  # noqa: E402
-from evomerge.recipe import load_recipe  # noqa: E402
-from evomerge.writer import ShardedWriter, TensorMeta  # noqa: E402
+from evomerge.engine.materialize import Materializer  # noqa: E402
+from evomerge.engine.merge import merge_to_disk  # noqa: E402
+from evomerge.engine.recipe import load_recipe  # noqa: E402
+from evomerge.engine.writer import ShardedWriter, TensorMeta  # noqa: E402
 
 SIZES = {  # hidden, intermediate, layers, vocab
     "0.5B": (1024, 4096, 24, 32000),

@@ -95,7 +95,7 @@ def build(root: Path, seed: int, steps: int, sizes: dict, base: str | None = Non
           log=print, pair: str = "words") -> tuple[str, dict, dict]:
     """SmolLM2 (bf16; ``base`` if given), the task files of ``pair`` and its two experts;
     cached under ``root`` (the ``add`` expert is the same for every pair)."""
-    from evomerge.pretrained import build_smollm2
+    from pretrained import build_smollm2
 
     base = Path(base) if base else build_smollm2(root / "smollm2")
     files = write_tasks(root / f"tasks{pair_tag(pair)}_s{seed}", seed, sizes, pair)
@@ -132,7 +132,7 @@ def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None
 def uniform_best(space: Any, method: str, levels: int) -> tuple[str, float]:
     """The uniform recipe of ``method`` (one weight per expert, density) with the lowest
     validation loss, as YAML, and that loss."""
-    from evomerge.search.genome import Genome
+    from evomerge.search.genome import genome_of_models
     from evomerge.search.heldout import uniform_params
     from evomerge.search.objectives import weighted_loss
     from evomerge.search.space import load_space
@@ -143,7 +143,7 @@ def uniform_best(space: Any, method: str, levels: int) -> tuple[str, float]:
                                            if k in ("weight", "density") and
                                            (method != "task_arithmetic" or k == "weight")})
     sp = load_space(data)
-    worker, genome = Worker(sp), Genome.of_models(sp)
+    worker, genome = Worker(sp), genome_of_models(sp)
     best = None
     for params in uniform_params(genome, levels):
         yaml_ = genome.recipe(params).to_yaml()

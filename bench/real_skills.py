@@ -124,7 +124,7 @@ def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    from evomerge.sources import ModelSource
+    from evomerge.engine.sources import ModelSource
 
     stored = ModelSource(str(base)).stored_dtype
     params = [p for n, p in model.named_parameters() if ".layers." in n]

@@ -44,11 +44,11 @@ def main() -> None:
     import torch
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
+    from pretrained import build_smollm2, cache_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from evomerge.cli.quiet import quiet_third_party
     from evomerge.evaluators.answers import encode_pair, loglikelihoods
-    from evomerge.pretrained import build_smollm2, cache_dir
-    from evomerge.quiet import quiet_third_party
 
     quiet_third_party()
     path = build_smollm2(cache_dir() / "fixtures" / "smollm2")

@@ -31,13 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from evomerge.quickstart import rebase_zoo  # noqa: E402
-from evomerge.search.genome import Genome  # noqa: E402
+from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators, uniform_params  # noqa: E402
 from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
+from evomerge.search.optimizer_config import OPTIMIZER_CONFIGS, CmaConfig  # noqa: E402
 from evomerge.search.optimizers import make_optimizer  # noqa: E402
+from evomerge.search.param_genome import ParamGenome  # noqa: E402
 from evomerge.search.pareto import hypervolume, pareto_front  # noqa: E402
-from evomerge.search.space import OptimizerConfig, load_space  # noqa: E402
+from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
 
@@ -53,7 +54,7 @@ class EvolveStyle:
     """mergekit-evolve's documented loop: cma over raw genes, abs()/clamp folding, x0 = 1/n,
     sigma0 = 1/6, told once per full generation (no bounds)."""
 
-    def __init__(self, genome: Genome, seed: int, popsize: int) -> None:
+    def __init__(self, genome: ParamGenome, seed: int, popsize: int) -> None:
         import cma
 
         self.genome = genome
@@ -70,11 +71,11 @@ class EvolveStyle:
 
 
 SINGLE = ("cma", "tpe", "gp", "random", "evolve")
-CMA = {k: getattr(OptimizerConfig(), k) for k in ("sigma0", "x0", "diagonal")}  # the defaults
+CMA = {k: getattr(CmaConfig(), k) for k in ("sigma0", "x0", "diagonal")}  # the defaults
 
 
 def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpoints):
-    genome = Genome(space, worker.materializer.num_layers)
+    genome = ParamGenome(space, worker.materializer.num_layers)
     objs = space.objectives
     best = (np.inf, None)
     curve: list[float] = []
@@ -108,8 +109,8 @@ def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpo
             opt.es.tell(X, fs)
         return curve
     if method in ("cma", "tpe", "gp", "random"):
-        cfg = OptimizerConfig(name=method, popsize=8, seed=seed,
-                              **(CMA if method == "cma" else {}))
+        cfg = OPTIMIZER_CONFIGS[method](name=method, seed=seed,
+                                        **({"popsize": 8, **CMA} if method == "cma" else {}))
         if method == "cma":
             opt = make_optimizer(cfg, genome, objs)
             while n < evals:
@@ -143,7 +144,7 @@ def run_single(space, worker, tests, method: str, seed: int, evals: int, checkpo
 
 
 def uniform_best(space, worker, tests) -> float:
-    genome = Genome(space, worker.materializer.num_layers)
+    genome = ParamGenome(space, worker.materializer.num_layers)
     objs = space.objectives
     scored = []
     for params in uniform_params(genome, levels=3):
@@ -158,7 +159,7 @@ def run_multi(space, worker, tests, method: str, seed: int, evals: int) -> float
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    genome = Genome(space, worker.materializer.num_layers)
+    genome = ParamGenome(space, worker.materializer.num_layers)
     objs = space.objectives
     sampler = {"nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=16),
                "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),

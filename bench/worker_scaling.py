@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.commands import executor_factory  # noqa: E402
-from evomerge.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.driver import run_search  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 

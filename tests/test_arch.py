@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from evomerge.arch import num_layers_of, place, rename_layer
+from evomerge.engine.arch import num_layers_of, place, rename_layer
 from evomerge.errors import ModelError
 
 

@@ -13,11 +13,11 @@ import torch
 import yaml
 from oracle import load_dir, max_abs_diff
 
-from evomerge.derived import DerivedSource, load_chain, open_model, rename_models
+from evomerge.engine.derived import DerivedSource, load_chain, open_model, rename_models
+from evomerge.engine.materialize import Materializer
+from evomerge.engine.merge import merge_stages, merge_to_disk
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-from evomerge.materialize import Materializer
-from evomerge.merge import merge_stages, merge_to_disk
-from evomerge.recipe import load_recipe
 
 MERGEKIT_MULTI = shutil.which("mergekit-multi", path=str(Path(sys.executable).parent))
 

@@ -8,10 +8,10 @@ from types import MappingProxyType
 import pytest
 import torch
 
-import evomerge.select as select
-from evomerge.fused import TensorEngine, fusable
+import evomerge.engine.select as select
+from evomerge.engine.fused import TensorEngine, fusable
+from evomerge.engine.plan import TensorTask
 from evomerge.methods import METHODS
-from evomerge.plan import TensorTask
 
 FUSABLE = [m.name for m in METHODS if fusable(m, {}) == "task_vectors"]
 N_BIG = select.EXACT_BELOW * 3 + 17  # large enough for the sampled-bracket path

@@ -6,10 +6,10 @@ import pytest
 import torch
 from oracle import load_dir, max_abs_diff
 
+from evomerge.engine.materialize import Materializer
+from evomerge.engine.merge import merge_to_disk
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-from evomerge.materialize import Materializer
-from evomerge.merge import merge_to_disk
-from evomerge.recipe import load_recipe
 
 
 def _recipe(tiny, method="ties", wa=0.6, seed=0, extra=""):

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.cli import main
-from evomerge.merge import merge_to_disk
-from evomerge.recipe import load_recipe
+from evomerge.engine.merge import merge_to_disk
+from evomerge.engine.recipe import load_recipe
 
 
 def _ties(tiny, b=None, method="ties", density_a=0.5, **extra):

@@ -11,9 +11,9 @@ import torch
 from oracle import load_dir, mergekit_merge
 from test_parity import RECIPES, _fill
 
-from evomerge.materialize import Materializer
-from evomerge.merge import merge_to_disk
-from evomerge.recipe import load_recipe
+from evomerge.engine.materialize import Materializer
+from evomerge.engine.merge import merge_to_disk
+from evomerge.engine.recipe import load_recipe
 
 STOCHASTIC = {
     "dare_ties": """
@@ -132,7 +132,7 @@ out_dtype: float32
 def test_real_model_is_held_as_m_plus_2_copies(smollm2):
     """Base + 2 experts of SmolLM2 in bf16: the sources are held once each, as stored, and the
     output model once (its tied head shares the embedding): exactly 4 model copies."""
-    from evomerge.sources import ModelSource
+    from evomerge.engine.sources import ModelSource
 
     mat = Materializer([smollm2["a"], smollm2["b"]], base_model=smollm2["base"])
     model_bytes = ModelSource(smollm2["base"]).nbytes

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from oracle import load_dir, max_abs_diff, mergekit_merge
 
-from evomerge.materialize import Materializer
-from evomerge.merge import merge_to_disk
-from evomerge.recipe import load_recipe
+from evomerge.engine.materialize import Materializer
+from evomerge.engine.merge import merge_to_disk
+from evomerge.engine.recipe import load_recipe
 
 # One recipe per deterministic method, exercising gradients, filters and precedence.
 RECIPES = {

@@ -15,8 +15,8 @@ import torch
 from models import save_tokenizer, tiny_config
 from transformers import LlamaForCausalLM
 
-from evomerge.materialize import Materializer
-from evomerge.search.dfs import Step, path_recipe, recipe_path
+from evomerge.engine.materialize import Materializer
+from evomerge.engine.paths import Step, path_recipe, recipe_path
 
 MERGEKIT_YAML = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))
 # A repeated layer (a1 twice), a switch between models both ways, non-unit scales.
@@ -124,8 +124,8 @@ def test_recipe_carries_the_path_and_inverse_running_scales(pair):
 def test_export_builds_the_same_model_with_mergekit_and_evomerge(pair, tmp_path):
     """The passthrough export (output projections scaled by 1/running product) built by
     mergekit-yaml and by `evomerge merge` gives the path model's logits within 1e-4."""
-    from evomerge.merge import merge_to_disk
-    from evomerge.recipe import load_recipe
+    from evomerge.engine.merge import merge_to_disk
+    from evomerge.engine.recipe import load_recipe
 
     mat = Materializer([pair["a"], pair["b"]], device="cpu")
     want = logits(mat.path_model(steps(pair)), IDS)
@@ -163,7 +163,7 @@ def test_smollm2_path_runs_the_real_model_and_its_export(smollm2, tmp_path):
     """SmolLM2-135M in bf16 (GQA, tied embeddings): its identity path is the model itself, bit
     for bit; a path over both experts with a repeated layer and scales, exported and built by
     `evomerge merge` in float32, agrees with the path model computed in float32."""
-    from evomerge.merge import merge_to_disk
+    from evomerge.engine.merge import merge_to_disk
 
     ids = torch.tensor([[1, 504, 3458, 314, 260, 2689, 30, 198, 1350, 2]])
     mat = Materializer([smollm2["a"], smollm2["b"]], device="cpu")

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from search.spaces import space_dict
 
-from evomerge.quickstart import quickstart
-from evomerge.recipe import load_recipe
+from evomerge.cli.quickstart import quickstart
+from evomerge.engine.recipe import load_recipe
 from evomerge.search.ledger import default_storage, load_study, open_storage
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from evomerge.engine.params import evaluate
+from evomerge.engine.recipe import Conditional, load_recipe
 from evomerge.errors import ConfigError
-from evomerge.params import evaluate
-from evomerge.recipe import Conditional, load_recipe
 
 OK = """
 merge_method: ties

@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from search.spaces import space_dict
 
 from evomerge.cli import main
+from evomerge.cluster.slurm import SlurmOptions, job_state, journal_storage, render_job, submit
 from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted, load_study, open_storage
-from evomerge.slurm import SlurmOptions, job_state, journal_storage, render_job, submit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_submitted_search_completes_on_slurm(cluster, mini_zoo, tmp_path, capsys
     assert _study("slurm_small", results).user_attrs["evomerge_launch"]["jobs"] == [job, second]
     # a second job for a finished study is allowed; one for a queued study is refused
     with pytest.raises(ConfigError, match="already has Slurm job"):
-        from evomerge.slurm import ACTIVE_STATES
+        from evomerge.cluster.slurm import ACTIVE_STATES
         ACTIVE_STATES.add("COMPLETED")
         try:
             submit(None, SlurmOptions(), study="slurm_small", results=results)

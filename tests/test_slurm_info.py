@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evomerge.slurm_info import from_json, parse_fields
+from evomerge.cluster.slurm_info import from_json, parse_fields
 
 LINE = ("JobId=42 JobName=evomerge-my study UserId=root(0) JobState=PENDING "
         "Reason=Not responding [root@2026-12-01T02:00:00] Restarts=1 "

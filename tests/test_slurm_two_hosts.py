@@ -22,9 +22,9 @@ from optuna.trial import TrialState
 from search.spaces import space_dict
 
 from evomerge.cli import main
+from evomerge.cluster.slurm import job_state, journal_storage
+from evomerge.cluster.slurm_info import node_address
 from evomerge.search.ledger import counted, load_study, open_storage
-from evomerge.slurm import job_state, journal_storage
-from evomerge.slurm_info import node_address
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

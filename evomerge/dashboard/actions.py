@@ -1,7 +1,7 @@
 """The dashboard's two actions: resume a stopped study, export a trial's recipe.
 
 Resume starts the study again the way it was launched (recorded in the study's
-``evomerge_launch`` attribute): a new Slurm job through :func:`evomerge.slurm.submit`, or a
+``evomerge_launch`` attribute): a new Slurm job through :func:`evomerge.cluster.slurm.submit`, or a
 detached local ``evomerge resume`` process. Study names and paths read from the storage only
 ever become items of an argument list, never part of a shell command line.
 """
@@ -38,7 +38,7 @@ def resume_study(study: Any, url: str) -> dict[str, Any]:
         raise ConfigError(f"Study {study.study_name!r} is running; nothing to resume.")
     launch = study.user_attrs.get("evomerge_launch") or {}
     if launch.get("via") == "slurm":
-        from evomerge.slurm import SlurmOptions, submit
+        from evomerge.cluster.slurm import SlurmOptions, submit
 
         job = submit(None, SlurmOptions(**launch.get("options", {})), study=study.study_name,
                      storage=url, results=launch.get("results", "results"))

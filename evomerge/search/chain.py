@@ -5,7 +5,7 @@ over the PS merge and a source): a space names another study's point as a model:
 
 At the study's start the point is *pinned*: its recipe is copied into the space
 (``SearchSpace.pinned``) and stored with the study, so every worker builds the same model
-once at start-up (:mod:`evomerge.derived`) and a resumed study keeps it even if the other
+once at start-up (:mod:`evomerge.engine.derived`) and a resumed study keeps it even if the other
 study has moved on. An export of such a study is a multi-document recipe: the pinned recipe
 as a named stage, then the study's own recipe naming it -- what ``mergekit-multi`` and
 ``evomerge merge`` build.
@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from evomerge.derived import STUDY_REF, rename_models
+from evomerge.engine.derived import STUDY_REF, rename_models
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-from evomerge.recipe import load_recipe
 from evomerge.search.space import SearchSpace
 
 __all__ = ["pin_sources", "stage_name", "chained_docs"]
@@ -32,7 +32,7 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
     referenced study's default storage under ``results_root``."""
     import optuna
 
-    from evomerge.search.export import select_trial
+    from evomerge.search.front import select_trial
     from evomerge.search.ledger import default_storage, open_storage, space_of
 
     m = STUDY_REF.match(ref)

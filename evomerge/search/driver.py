@@ -23,7 +23,8 @@ from evomerge.evaluators.base import ratio
 from evomerge.search.chain import pin_sources
 from evomerge.search.executors import Executor
 from evomerge.search.fidelity import ANCHORS_ATTR, FULL, RUNGS_ATTR, STATS_ATTR, ladder_for
-from evomerge.search.genome import Genome, recipe_hash
+from evomerge.search.gene import Genome, recipe_hash
+from evomerge.search.genome import genome_of_models
 from evomerge.search.ledger import (
     INTERRUPTED,
     counted,
@@ -380,7 +381,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     name = study or space.name
     url = storage or default_storage(name, results_root)
     space = pin_sources(space, url, name, results_root)  # study:NAME#best -> its recipe
-    genome = Genome.of_models(space)
+    genome = genome_of_models(space)
     evaluators = build_evaluators(space)  # a bad evaluator, objective or fidelity fails here,
     ladder = ladder_for(space, evaluators,  # before the study exists
                         space.optimizer.name == "cma" or len(space.objectives) == 1)

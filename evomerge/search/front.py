@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted
 from evomerge.search.pareto import pareto_front
 from evomerge.search.space import SearchSpace
 
-__all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed"]
+__all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed",
+           "select_trial"]
 
 
 def completed(study: Any) -> list[Any]:
@@ -200,3 +202,27 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
     layers = json.dumps(views).replace("</", "<\\/")  # never closes the script element
     path.write_text(_PAGE.format(title=study.study_name, front=body, layers=layers,
                                  first=json.dumps(shown[0].number if shown else None)))
+
+
+def select_trial(study: Any, space: SearchSpace, *, best: bool = False, trial: int | None = None,
+                 pareto: int | None = None) -> Any:
+    """The trial chosen by exactly one of ``best`` (lowest weighted loss), ``trial`` (number)
+    or ``pareto`` (index into the front, sorted by the first objective)."""
+    if sum([best, trial is not None, pareto is not None]) != 1:
+        raise ConfigError("Choose exactly one of --best, --trial N or --pareto I.")
+    if best:
+        t = best_trial(study, space)
+        if t is None:
+            raise ConfigError(f"Study {study.study_name!r} has no completed trial yet.")
+        return t
+    if trial is not None:
+        by_number = {t.number: t for t in completed(study)}
+        if trial not in by_number:
+            raise ConfigError(f"Trial {trial} of study {study.study_name!r} is not a completed "
+                              f"evaluation (completed: {len(by_number)} trials).")
+        return by_number[trial]
+    front = front_trials(study, space)
+    if not 0 <= pareto < len(front):
+        raise ConfigError(f"--pareto {pareto} is out of range: the front has {len(front)} "
+                          f"points (0..{len(front) - 1}).")
+    return front[pareto]

@@ -21,7 +21,8 @@ import numpy as np
 
 from evomerge.errors import ConfigError
 from evomerge.search.front import front_trials
-from evomerge.search.genome import Genome
+from evomerge.search.gene import Genome
+from evomerge.search.genome import genome_of_models
 from evomerge.search.pareto import hypervolume, pareto_front
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
@@ -82,7 +83,7 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
     """Score models, front and uniform recipes on the test split; write report.md/json."""
     from evomerge.search.worker import Worker
 
-    genome = Genome.of_models(space)
+    genome = genome_of_models(space)
     worker = Worker(space)
     tests = heldout_evaluators(space)
     objs = space.objectives
@@ -171,7 +172,7 @@ def plot_report(doc: dict[str, Any], path: Path) -> None:
 
 def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Grid points that build different models (e.g. density is moot for task arithmetic)."""
-    from evomerge.search.genome import recipe_hash
+    from evomerge.search.gene import recipe_hash
 
     seen, out = set(), []
     for params in grid:
@@ -185,9 +186,9 @@ def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]
 def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
 
-    from evomerge.derived import DerivedSource
+    from evomerge.engine.derived import DerivedSource
+    from evomerge.engine.paths import Step
     from evomerge.scoring import score
-    from evomerge.search.dfs import Step
 
     src = worker.materializer.sources.get(path)
     if isinstance(src, DerivedSource):  # a pinned study point: resident, scored in place

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from evomerge.search.genome import Genome
+from evomerge.search.dfs import PathGenome
+from evomerge.search.param_genome import ParamGenome
 from evomerge.search.space import SWAP_BASE, SWAP_MERGE, SearchSpace
 
 __all__ = ["layer_table", "heatmap_figure"]
@@ -23,7 +24,7 @@ __all__ = ["layer_table", "heatmap_figure"]
 IO = "embed/head"
 
 
-def _columns(space: SearchSpace, genome: Genome, params: dict[str, Any]) -> list[tuple]:
+def _columns(space: SearchSpace, genome: ParamGenome, params: dict[str, Any]) -> list[tuple]:
     """(parameter, model alias or None for a global parameter, part) per coefficient."""
     first = next(iter(space.models))
     return [(p, alias, part) for p in space.searched
@@ -39,7 +40,7 @@ def layer_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> 
     (one per header column; None where the layer is copied whole)."""
     if space.dfs is not None:
         return _path_table(space, num_layers, params)
-    genome = Genome(space, num_layers)
+    genome = ParamGenome(space, num_layers)
     columns = _columns(space, genome, params)
     header = [f"{p}[{alias}].{part}" if alias else f"{p}.{part}" for p, alias, part in columns]
     rows = []
@@ -61,8 +62,6 @@ def _path_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> 
     """A data-flow candidate's path: one row per step (``layer`` = position on the path),
     ``source`` = the model alias its layer comes from, values = that layer's index in the
     source and the scale of the hidden state entering it."""
-    from evomerge.search.dfs import PathGenome
-
     alias = {path: a for a, path in space.models.items()}
     try:
         path = PathGenome(space, num_layers).path(params)

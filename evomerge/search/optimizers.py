@@ -24,10 +24,18 @@ from typing import Any
 import numpy as np
 
 from evomerge.registry import Registry
-from evomerge.search.genome import Genome
+from evomerge.search.cma_state import es_state, load_es_state
+from evomerge.search.gene import Genome
 from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.space import Objective, OptimizerConfig
+from evomerge.search.optimizer_config import (
+    CmaConfig,
+    Nsga2Config,
+    OptimizerConfig,
+    OptunaCmaesConfig,
+    TpeConfig,
+)
+from evomerge.search.space import Objective
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +107,7 @@ class CmaOptimizer(Optimizer):
     """pycma CMA-ES with bounds [0, 1] on the genome's unit cube (not ``cma.fmin2``)."""
 
     def __init__(self, genome: Genome, objectives: Sequence[Objective],
-                 config: OptimizerConfig) -> None:
+                 config: CmaConfig) -> None:
         import optuna
 
         self.genome, self.objectives, self.config = genome, list(objectives), config
@@ -159,8 +167,6 @@ class CmaOptimizer(Optimizer):
             f = _rung_ranks(f, [-1 if self._losses[i] is None else self._rungs.get(i)
                                 for i in range(len(self._X))])
         self._es.tell(self._X, f)
-        from evomerge.search.cma_state import es_state
-
         self._checkpoint = {"generation": int(self._es.countiter), "state": es_state(self._es)}
         self._start_generation()
 
@@ -195,8 +201,6 @@ class CmaOptimizer(Optimizer):
     def _load(self, checkpoint: dict[str, Any], replayed: np.ndarray | None) -> None:
         """Start from ``checkpoint``, comparing it with the replayed state when there is one;
         an unreadable checkpoint leaves the replayed state in place."""
-        from evomerge.search.cma_state import load_es_state
-
         rng = np.random.get_state()  # pycma samples from it; a new strategy reseeds it
         es = self._new_es()
         try:
@@ -262,12 +266,11 @@ def _fingerprint(es: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """A registered optimizer: how to build it, and whether it takes several objectives
-    (natively, or as CMA-ES does through their weighted sum)."""
+    """A registered optimizer: its name (``optimizer.name``, whose settings are
+    :data:`~evomerge.search.optimizer_config.OPTIMIZER_CONFIGS` [name]) and how to build it."""
 
     name: str
     build: Callable[[OptimizerConfig, Genome, Sequence[Objective]], Optimizer]
-    multi_objective: bool = True
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
@@ -278,20 +281,31 @@ def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
     return spec
 
 
-def _optuna(name: str, sampler: Callable[[Any, OptimizerConfig], Any],
-            multi_objective: bool = True) -> OptimizerSpec:
+def _optuna(name: str, sampler: Callable[[Any, Any], Any]) -> OptimizerSpec:
     return register_optimizer(OptimizerSpec(
-        name, lambda config, genome, objectives: OptunaOptimizer(config, sampler),
-        multi_objective))
+        name, lambda config, genome, objectives: OptunaOptimizer(config, sampler)))
+
+
+def _tpe(s: Any, c: TpeConfig) -> Any:
+    return s.TPESampler(seed=c.seed, multivariate=True, n_startup_trials=c.n_startup_trials)
+
+
+def _cmaes(s: Any, c: OptunaCmaesConfig) -> Any:
+    # Optuna 5 deprecates sigma0 (a FutureWarning) and names no replacement: pass it only
+    # when the space sets it.
+    extra = {"sigma0": c.sigma0} if c.sigma0 is not None else {}
+    return s.CmaEsSampler(seed=c.seed, popsize=c.popsize, **extra)
+
+
+def _nsga2(s: Any, c: Nsga2Config) -> Any:
+    return s.NSGAIISampler(seed=c.seed, population_size=c.popsize)
 
 
 register_optimizer(OptimizerSpec("cma", lambda config, genome, objectives: CmaOptimizer(
     genome, objectives, config)))
-_optuna("tpe", lambda s, c: s.TPESampler(seed=c.seed, multivariate=True, n_startup_trials=10))
-_optuna("cmaes", lambda s, c: s.CmaEsSampler(seed=c.seed, popsize=c.popsize,
-                                             sigma0=c.sigma0 if c.sigma0 else None),
-        multi_objective=False)
-_optuna("nsga2", lambda s, c: s.NSGAIISampler(seed=c.seed, population_size=c.popsize or 16))
+_optuna("tpe", _tpe)
+_optuna("cmaes", _cmaes)
+_optuna("nsga2", _nsga2)
 _optuna("gp", lambda s, c: s.GPSampler(seed=c.seed))
 _optuna("random", lambda s, c: s.RandomSampler(seed=c.seed))
 

@@ -29,13 +29,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.engine.derived import STUDY_REF, open_model
+from evomerge.engine.paths import out_projections
+from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
-from evomerge.recipe import format_validation_error, read_mapping
+from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
 
-__all__ = ["SearchSpace", "Objective", "OptimizerConfig", "Fidelity", "DataFlow", "load_space",
+__all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
            "SWAP_MERGE", "SWAP_BASE"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
@@ -139,32 +142,6 @@ class Fidelity(_Strict):
         return self
 
 
-class OptimizerConfig(_Strict):
-    name: str = "cma"
-    popsize: int | None = Field(None, ge=2)  # CMA-ES population; default 4 + 3 ln(dim)
-    # CMA-ES initial step, in unit-cube coordinates, and start: the uniform soup (weight 1/n)
-    # or the box centre. bench/search_efficiency.py on the zoo (median test loss after 96
-    # evaluations, 3 seeds): sigma0 0.25 stalled at 4.91 (centre) / 5.02 (uniform); every
-    # smaller step did better: 0.12 centre 4.56, 0.12 uniform 4.39, 0.08 centre 4.25,
-    # 0.15 uniform 4.20; 0.12 uniform was best after 48 (4.46).
-    sigma0: float = Field(0.12, gt=0, le=1)
-    x0: Literal["center", "uniform"] = "uniform"
-    # Separable CMA-ES (pycma ``CMA_diagonal``): learn only per-gene step sizes, at a
-    # learning rate ~dim times larger than the full covariance's. Off by default: on the zoo
-    # benchmark it was behind full CMA-ES after 48 evaluations (5.16 vs 4.85; README).
-    diagonal: bool = False
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _name(self) -> OptimizerConfig:
-        from evomerge.search.optimizers import OPTIMIZERS  # the registry (imports this module)
-
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer.name {self.name!r} is not one of "
-                             f"{', '.join(OPTIMIZERS.names())}")
-        return self
-
-
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
@@ -180,7 +157,7 @@ class SearchSpace(_Strict):
     objectives: list[Objective] = Field(min_length=1)
     budget: Budget
     fidelity: Fidelity | None = None
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig = Field(default_factory=CmaConfig)
     seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # merges + evaluation
     # The dtype merges compute in (mergekit's ``dtype``); default: float32 for bf16/fp16
@@ -195,6 +172,8 @@ class SearchSpace(_Strict):
     # stood for when the study started (evomerge.search.chain), so a resumed study and its
     # workers use the same model even after the other study has moved on.
     pinned: dict[str, str] = {}
+
+    _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -211,13 +190,9 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
-        from evomerge.search.optimizers import OPTIMIZERS
-
-        if not OPTIMIZERS.get(self.optimizer.name).multi_objective and len(self.objectives) > 1:
+        if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
-        from evomerge.derived import STUDY_REF
-
         for alias, ref in self.models.items():
             if ref.startswith("study:") and not STUDY_REF.match(ref):
                 raise ValueError(f"models.{alias} {ref!r} is not a study point: write "
@@ -278,8 +253,6 @@ class SearchSpace(_Strict):
             ModelError: a model is missing or unreadable.
             ConfigError: the models differ in depth.
         """
-        from evomerge.derived import open_model
-
         depths, archs = {}, set()
         for field, ref in [("base_model", self.base_model),
                            *((f"models.{a}", p) for a, p in self.models.items())]:
@@ -287,8 +260,6 @@ class SearchSpace(_Strict):
             depths[ref] = src.num_layers
             archs.add(src.architecture)
         if self.dfs is not None and self.dfs.scaling != "none":
-            from evomerge.search.dfs import out_projections
-
             for arch in archs:
                 out_projections(arch)
         if len(set(depths.values())) > 1:

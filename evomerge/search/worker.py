@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from evomerge.recipe import load_recipe
+from evomerge.engine.recipe import load_recipe
 from evomerge.search.objectives import objective_values
 from evomerge.search.space import SearchSpace
 
@@ -171,8 +171,8 @@ class Worker:
     def __init__(self, space: SearchSpace, device: str | None = None) -> None:
         from transformers import AutoTokenizer
 
-        from evomerge.materialize import Materializer
-        from evomerge.sources import torch_dtype
+        from evomerge.engine.materialize import Materializer
+        from evomerge.engine.sources import torch_dtype
 
         self.space = space
         # A data-flow search runs the models' own layers: the base is only the tokenizer.

@@ -10,8 +10,8 @@ import yaml
 from evomerge.dashboard import server
 from evomerge.dashboard.catalog import Catalog, driver_state, layer_view, study_overview
 from evomerge.dashboard.server import create_app
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-from evomerge.recipe import load_recipe
 
 
 @pytest.fixture()
@@ -251,7 +251,7 @@ def test_dfs_study_shows_its_paths(mini_zoo, tmp_path):
     from search.spaces import space_dict
 
     from evomerge.dashboard.server import study_payload
-    from evomerge.search.dfs import recipe_path
+    from evomerge.engine.paths import recipe_path
     from evomerge.search.driver import run_search
     from evomerge.search.space import load_space
 

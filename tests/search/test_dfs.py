@@ -12,9 +12,10 @@ import yaml
 from optuna.trial import TrialState
 
 from evomerge.cli import main
+from evomerge.engine.paths import Step, recipe_path
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-from evomerge.recipe import load_recipe
-from evomerge.search.dfs import PathGenome, Step, recipe_path
+from evomerge.search.dfs import PathGenome
 from evomerge.search.driver import run_search
 from evomerge.search.ledger import counted, default_storage, load_study, open_storage
 from evomerge.search.space import load_space

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from evomerge.recipe import load_recipe
+from evomerge.engine.recipe import load_recipe
 from evomerge.search.driver import run_search
 from evomerge.search.ledger import counted, default_storage, load_study, open_storage
 from evomerge.search.space import load_space

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from evomerge.cli import main
-from evomerge.recipe import load_recipe
+from evomerge.engine.recipe import load_recipe
 from evomerge.search.driver import run_search
 from evomerge.search.space import load_space
 

@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from evomerge.materialize import Materializer
-from evomerge.search.genome import Genome, genome_hash, recipe_hash
+from evomerge.engine.materialize import Materializer
+from evomerge.search.gene import genome_hash, recipe_hash
+from evomerge.search.param_genome import ParamGenome
 from evomerge.search.space import load_space
 
 from .spaces import space_dict
 
 
 def _genome(zoo, **over):
-    return Genome(load_space(space_dict(zoo, **over)), num_layers=2)
+    return ParamGenome(load_space(space_dict(zoo, **over)), num_layers=2)
 
 
 def test_genes_follow_the_method_spec(mini_zoo):

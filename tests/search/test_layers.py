@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evomerge.search.genome import Genome
 from evomerge.search.layers import heatmap_figure, layer_table
+from evomerge.search.param_genome import ParamGenome
 from evomerge.search.space import SearchSpace
 from search.spaces import space_dict
 
@@ -19,7 +19,7 @@ def space(tmp_path) -> SearchSpace:
 
 @pytest.mark.parametrize("swapped", ["base", "math", "lang"])
 def test_table_and_heatmap_follow_the_genome(space, swapped):
-    genome = Genome(space, 4)
+    genome = ParamGenome(space, 4)
     params = {g.name: (g.choices[0] if g.choices else round(0.1 + 0.01 * i, 2))
               for i, g in enumerate(genome.genes)}
     params["swap.g2"] = swapped

@@ -99,14 +99,14 @@ SHIPPED = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*
 def test_shipped_spaces_load_and_derive_a_genome(path, mini_zoo):
     """Every space in search_spaces/ validates, and over the mini zoo (same model names) its
     genome derives and decodes its start point to a recipe."""
-    from evomerge.quickstart import rebase_zoo
-    from evomerge.search.genome import Genome
+    from evomerge.cli.quickstart import rebase_zoo
+    from evomerge.search.genome import genome_of_models
 
     space = rebase_zoo(load_space(path), str(mini_zoo))
     if any(r.startswith("study:") for r in space.models.values()):
         space = rebase_zoo(load_space(path), str(mini_zoo), models={
             a: str(mini_zoo / "math") if r.startswith("study:") else r
             for a, r in space.models.items()})
-    genome = Genome.of_models(space)
+    genome = genome_of_models(space)
     assert genome.dim > 0
     genome.recipe(genome.from_unit(genome.start_point()))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from evomerge.cli import main
-from evomerge.search.genome import Genome
+from evomerge.search.genome import genome_of_models
 from evomerge.search.space import load_space
 from evomerge.search.worker import Worker
 
@@ -21,7 +21,7 @@ def test_peak_memory_is_the_candidates_own(mini_zoo):
     candidate's: its peak is measured from its own start."""
     space = load_space(space_dict(mini_zoo))
     worker = Worker(space)
-    genome = Genome.of_models(space)
+    genome = genome_of_models(space)
     recipe = genome.recipe(genome.from_unit(np.full(genome.dim, 0.5))).to_yaml()
     first = worker.run(0, recipe)
     spike = np.ones(600 * 2**20 // 8)  # 600 MB, touched

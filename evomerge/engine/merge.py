@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from evomerge.engine.fused import TensorEngine
+from evomerge.engine.plan import MergePlan, build_plan
+from evomerge.engine.recipe import Recipe
+from evomerge.engine.sources import ModelSource, torch_dtype
+from evomerge.engine.writer import ShardedWriter, TensorMeta
 from evomerge.errors import ConfigError, ModelError
-from evomerge.fused import TensorEngine
-from evomerge.plan import MergePlan, build_plan
-from evomerge.recipe import Recipe
-from evomerge.sources import ModelSource, torch_dtype
-from evomerge.writer import ShardedWriter, TensorMeta
 
 __all__ = ["open_sources", "merge_to_disk", "merge_stages", "TOKENIZER_FILES"]
 
@@ -138,8 +138,8 @@ def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | Non
     :func:`merge_to_disk`. Returns the plans, in order."""
     import yaml
 
-    from evomerge.derived import load_chain, rename_models
-    from evomerge.recipe import load_recipe
+    from evomerge.engine.derived import load_chain, rename_models
+    from evomerge.engine.recipe import load_recipe
 
     path = Path(path)
     text = path.read_text() if path.is_file() else ""

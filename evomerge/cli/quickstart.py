@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from evomerge.progress import search_bar, stage_bar
+from evomerge.cli.progress import search_bar, stage_bar
 
 __all__ = ["quickstart"]
 
@@ -16,12 +16,12 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
                profile: str = "full", seed: int = 0) -> int:
     from rich.console import Console
 
+    from evomerge.cli.tables import print_outcome
     from evomerge.commands import local_launch
     from evomerge.search.driver import run_search
     from evomerge.search.export import export_recipe
     from evomerge.search.heldout import make_report
     from evomerge.search.space import load_space
-    from evomerge.tables import print_outcome
     from evomerge.zoo.build import build_zoo
 
     c = Console(stderr=True)

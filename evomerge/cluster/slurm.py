@@ -210,7 +210,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
 def job_state(job_id: str) -> dict[str, str]:
     """``scontrol show job`` fields (JobState, Reason, RunTime, Restarts, NodeList, ...);
     ``{"JobState": "UNKNOWN"}`` once Slurm has forgotten the job."""
-    from evomerge.slurm_info import job_fields
+    from evomerge.cluster.slurm_info import job_fields
 
     return job_fields(job_id)
 

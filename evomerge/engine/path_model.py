@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from evomerge.arch import place
+from evomerge.engine.arch import place
+from evomerge.engine.paths import Step
+from evomerge.engine.shell import parameters_on_meta
 from evomerge.errors import ConfigError
-from evomerge.search.dfs import Step
 
 __all__ = ["PathModels"]
 
@@ -65,15 +66,13 @@ class PathModels:
             return
         import copy
 
-        from evomerge.materialize import _parameters_on_meta
-
         cfg = copy.deepcopy(self.config)
         cfg.num_hidden_layers = n
         if isinstance(self._types, list):
             cfg.layer_types = [self._types[0]] * n
         from transformers import AutoModelForCausalLM
 
-        with _parameters_on_meta():
+        with parameters_on_meta():
             shell = AutoModelForCausalLM.from_config(cfg, dtype=self._dtype())
         for module in shell.modules():
             for name, b in module._buffers.items():

@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from evomerge.arch import LAYER_COUNT_KEYS, place
+from evomerge.engine.arch import LAYER_COUNT_KEYS, place
+from evomerge.engine.params import resolve
+from evomerge.engine.recipe import Recipe, Slice, SliceSource
+from evomerge.engine.sources import ModelSource
 from evomerge.errors import ConfigError, ModelError
 from evomerge.methods import MergeMethod
-from evomerge.params import resolve
-from evomerge.recipe import Recipe, Slice, SliceSource
-from evomerge.sources import ModelSource
 
 __all__ = ["TensorTask", "MergePlan", "build_plan", "execute", "normalized_slices"]
 
@@ -227,7 +227,7 @@ def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
     for name in post:
         planner.add(name, last, [name] * len(last.sources), 0.0)
     config = _out_config(recipe, sources, first, out_layer, layer_types)
-    from evomerge.sources import torch_dtype
+    from evomerge.engine.sources import torch_dtype
     return MergePlan(recipe, recipe.method, tuple(planner.tasks), config, out_layer,
                      torch_dtype(recipe.dtype))
 

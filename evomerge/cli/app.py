@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from evomerge.cli_slurm import add_slurm_commands
+from evomerge.cli.slurm_commands import add_slurm_commands
 from evomerge.errors import EvomergeError
 
 __all__ = ["main"]
@@ -35,8 +35,8 @@ def _size(text: str) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from evomerge.merge import merge_stages
-    from evomerge.progress import progress_bar
+    from evomerge.cli.progress import progress_bar
+    from evomerge.engine.merge import merge_stages
 
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
         plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
@@ -50,7 +50,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    from evomerge.progress import stage_bar
+    from evomerge.cli.progress import stage_bar
     from evomerge.zoo.build import build_zoo
 
     with stage_bar(enabled=not args.quiet) as update:
@@ -61,9 +61,9 @@ def _cmd_zoo_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from evomerge.cli.tables import print_scores
     from evomerge.commands import eval_evaluator
     from evomerge.scoring import load_model, nested_scores, score
-    from evomerge.tables import print_scores
 
     tasks = [t for t in args.tasks.split(",") if t]
     ev = eval_evaluator(args.evaluator, tasks, zoo=args.zoo, include=args.include,
@@ -79,13 +79,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _search_progress(quiet: bool):
-    from evomerge.progress import search_bar
+    from evomerge.cli.progress import search_bar
 
     return search_bar(enabled=not quiet)
 
 
 def _finish(outcome) -> int:
-    from evomerge.tables import print_outcome
+    from evomerge.cli.tables import print_outcome
 
     print_outcome(outcome)
     return 130 if outcome.stopped == "interrupted" else 0
@@ -121,17 +121,17 @@ def _ray_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from evomerge.cli.tables import print_status
     from evomerge.commands import status
-    from evomerge.tables import print_status
 
     print_status(args.study, status(args.study, args.storage, args.results))
     return 0
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
+    from evomerge.cli.tables import print_front
     from evomerge.commands import open_study
     from evomerge.search.front import front_trials
-    from evomerge.tables import print_front
 
     study, space = open_study(args.study, args.storage, args.results)
     print_front(args.study, front_trials(study, space), space)
@@ -150,8 +150,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from evomerge.cli.progress import stage_bar
     from evomerge.commands import open_study
-    from evomerge.progress import stage_bar
     from evomerge.search.heldout import make_report
     from evomerge.search.ledger import results_dir
 
@@ -164,7 +164,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from evomerge.quickstart import quickstart
+    from evomerge.cli.quickstart import quickstart
 
     return quickstart(zoo=args.zoo, space=args.space, results=args.results, quiet=args.quiet,
                       trials=args.trials, seed=args.seed)
@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``evomerge`` console script; exit code 2 for user errors."""
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
-        from evomerge.quiet import quiet_third_party
+        from evomerge.cli.quiet import quiet_third_party
 
         quiet_third_party()
     try:

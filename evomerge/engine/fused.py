@@ -16,7 +16,7 @@ once and computes, per entry (TIES steps 1-3, Yadav et al. 2023)::
     mixed  = sum_i a_i k_i,  div = sum_i a_i w_i                  disjoint merge (step 3)
     out    = b + lambda * mixed / div (div = 1 where 0; no division unless normalize)
 
-The trim thresholds lo_i/hi_i are exact order statistics of |d_i| (:mod:`evomerge.select`);
+The trim thresholds lo_i/hi_i are exact order statistics of |d_i| (:mod:`evomerge.engine.select`);
 entries equal to a threshold are kept. On large tensors the kernel first takes a sampled
 bracket of each threshold instead, counts the entries below it and marks those inside with NaN;
 only those few are recomputed with the exact thresholds (same element-wise code).
@@ -30,8 +30,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from evomerge.engine.select import (
+    EXACT_BELOW,
+    MagnitudeSample,
+    kth_smallest,
+    select_in_bracket,
+    threshold_ranks,
+)
 from evomerge.methods import MergeMethod
-from evomerge.select import EXACT_BELOW, MagnitudeSample, kth_smallest, select_in_bracket, threshold_ranks
 
 __all__ = ["fusable", "task_vector_kernel", "linear_kernel", "FusedKernel", "TensorEngine"]
 
@@ -162,7 +168,7 @@ class TensorEngine:
         ``fetch(model, name)`` returns a source tensor as stored, on ``out``'s device or in
         host memory (offload): task-vector merges then stream it to the device chunk by chunk,
         so device memory holds ``out`` plus a few chunks; other methods copy whole tensors."""
-        from evomerge.plan import execute
+        from evomerge.engine.plan import execute
 
         dev = out.device
         kind = fusable(method, task.shared) if task.inputs else None

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evomerge.arch import num_layers_of
+from evomerge.engine.arch import num_layers_of
 from evomerge.errors import ModelError
 
 __all__ = ["ModelSource", "torch_dtype", "read_header", "TensorEntry", "ST_DTYPES"]

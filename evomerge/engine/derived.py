@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import yaml
 
+from evomerge.engine.recipe import Recipe, load_recipe
+from evomerge.engine.sources import ModelSource, torch_dtype
 from evomerge.errors import ConfigError
-from evomerge.recipe import Recipe, load_recipe
-from evomerge.sources import ModelSource, torch_dtype
 
 __all__ = ["DerivedSource", "open_model", "is_recipe_ref", "STUDY_REF", "rename_models",
            "load_chain"]
@@ -52,7 +52,7 @@ class DerivedSource:
     must be model directories (one level of chaining)."""
 
     def __init__(self, ref: str, recipe: Recipe, field: str = "model") -> None:
-        from evomerge.plan import build_plan
+        from evomerge.engine.plan import build_plan
 
         self.ref, self.recipe = ref, recipe
         nested = [r for r in recipe.referenced_models() if is_recipe_ref(r)]
@@ -117,7 +117,7 @@ class DerivedSource:
     def build(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Every tensor of the model, merged on ``device`` (inputs read from disk per tensor,
         so memory holds the output and one tensor's inputs)."""
-        from evomerge.fused import TensorEngine
+        from evomerge.engine.fused import TensorEngine
 
         device = torch.device(device)
         # compiled on CUDA as the materializer and `evomerge merge` are (the same bits)

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import torch
 
-from evomerge.sources import ST_DTYPES
+from evomerge.engine.sources import ST_DTYPES
 
 __all__ = ["TensorMeta", "ShardedWriter"]
 

@@ -1,5 +1,5 @@
 """``evomerge slurm ...``: argument parsing for the Slurm commands (the CLI stays thin: the
-work is in evomerge.slurm)."""
+work is in evomerge.cluster.slurm)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ __all__ = ["add_slurm_commands"]
 def _slurm_options(args: argparse.Namespace):
     from pydantic import ValidationError
 
+    from evomerge.cluster.slurm import SlurmOptions
+    from evomerge.engine.recipe import format_validation_error
     from evomerge.errors import ConfigError
-    from evomerge.recipe import format_validation_error
-    from evomerge.slurm import SlurmOptions
 
     fields = {k: getattr(args, k) for k in SlurmOptions.model_fields if getattr(args, k, None)
               is not None}
@@ -24,7 +24,7 @@ def _slurm_options(args: argparse.Namespace):
 
 
 def _cmd_slurm_submit(args: argparse.Namespace) -> int:
-    from evomerge.slurm import submit
+    from evomerge.cluster.slurm import submit
 
     resume = args.command_slurm == "resume"
     job = submit(None if resume else args.target, _slurm_options(args),
@@ -37,8 +37,8 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_node_address(args: argparse.Namespace) -> int:
+    from evomerge.cluster.slurm_info import node_address
     from evomerge.errors import ConfigError
-    from evomerge.slurm_info import node_address
 
     try:
         print(node_address(args.node))
@@ -48,8 +48,8 @@ def _cmd_slurm_node_address(args: argparse.Namespace) -> int:
 
 
 def _cmd_slurm_status(args: argparse.Namespace) -> int:
-    from evomerge.slurm import slurm_status
-    from evomerge.tables import print_slurm_status
+    from evomerge.cli.tables import print_slurm_status
+    from evomerge.cluster.slurm import slurm_status
 
     print_slurm_status(args.study, slurm_status(args.study, args.storage, args.results))
     return 0

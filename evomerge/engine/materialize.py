@@ -13,24 +13,27 @@ The output model is built from its config with parameters on the meta device and
 storage once, so it never costs a second load of the base. With ``offload`` the sources stay in
 host memory (pinned when CUDA is present) and stream tensor by tensor to the device, where only
 the output model and one tensor's workspace live. Every tensor goes through the same
-:class:`~evomerge.fused.TensorEngine` as ``evomerge merge``, in the recipe's compute ``dtype``
+:class:`~evomerge.engine.fused.TensorEngine` as ``evomerge merge``, in the recipe's compute ``dtype``
 and cast once to the resident dtype, so the weights scored here are the weights export builds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 
 import torch
 
+from evomerge.engine.derived import DerivedSource, open_model
+from evomerge.engine.fused import TensorEngine
+from evomerge.engine.path_model import PathModels
+from evomerge.engine.paths import Step, recipe_path
+from evomerge.engine.plan import MergePlan, build_plan
+from evomerge.engine.recipe import Recipe
+from evomerge.engine.shell import empty_model
+from evomerge.engine.sources import ModelSource, torch_dtype
 from evomerge.errors import ConfigError
-from evomerge.fused import TensorEngine
-from evomerge.plan import MergePlan, build_plan
-from evomerge.recipe import Recipe
-from evomerge.sources import ModelSource, torch_dtype
 
-__all__ = ["Materializer", "resolve_device", "empty_model"]
+__all__ = ["Materializer", "resolve_device"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -38,48 +41,6 @@ def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextmanager
-def _parameters_on_meta():
-    """Create parameters on the meta device (no memory) and buffers for real: rotary
-    frequencies and other non-persistent buffers are computed at construction and are not in
-    any checkpoint, so they must not be left empty."""
-    register = torch.nn.Module.register_parameter
-
-    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":  # tying re-registers a meta one
-            module._parameters[name] = torch.nn.Parameter(
-                param.to("meta"), requires_grad=param.requires_grad)
-
-    torch.nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = register
-
-
-def empty_model(path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """The model of ``path``'s config with uninitialised parameters of ``dtype`` on ``device``
-    (tied parameters stay one tensor) and real buffers; one model's bytes, no weights read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(path)
-    with _parameters_on_meta():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    storage: dict[int, torch.nn.Parameter] = {}
-    for module in model.modules():
-        for name, p in module._parameters.items():
-            if p is not None:
-                if id(p) not in storage:
-                    storage[id(p)] = torch.nn.Parameter(
-                        torch.empty(p.shape, dtype=p.dtype, device=device), requires_grad=False)
-                module._parameters[name] = storage[id(p)]
-        for name, b in module._buffers.items():
-            if b is not None:
-                module._buffers[name] = b.to(device)
-    return model.eval()
 
 
 class Materializer:
@@ -96,15 +57,13 @@ class Materializer:
             ``device`` per tensor; device memory is then one model plus a tensor's workspace.
         compile: compile the fused kernels with ``torch.compile``.
         recipes: recipe YAML of model references that name a recipe (a pinned study point);
-            each is built once into a resident source (:mod:`evomerge.derived`).
+            each is built once into a resident source (:mod:`evomerge.engine.derived`).
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
                  offload: bool = False, compile: bool = True,
                  recipes: Mapping[str, str] | None = None) -> None:
-        from evomerge.derived import open_model
-
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
         self.device = resolve_device(device)
         self.base_model = base_model
@@ -133,8 +92,6 @@ class Materializer:
 
     @staticmethod
     def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
-        from evomerge.derived import DerivedSource
-
         if isinstance(src, DerivedSource):  # a recipe: built once, here (PS+DFS)
             built = src.build(store)
             return {n: t.pin_memory() for n, t in built.items()} if pin else built
@@ -175,9 +132,7 @@ class Materializer:
     def materialize(self, recipe: Recipe) -> torch.nn.Module:
         """Write ``recipe``'s merged weights into the resident model and return it; a
         data-flow recipe (``evomerge.path``) returns a path model over the resident layers
-        instead (:mod:`evomerge.path_model`)."""
-        from evomerge.search.dfs import recipe_path
-
+        instead (:mod:`evomerge.engine.path_model`)."""
         path = recipe_path(recipe)
         if path is not None:
             return self.path_model(path)
@@ -187,11 +142,9 @@ class Materializer:
                              self._params[task.out_name].data)
         return self.model
 
-    def path_model(self, path) -> torch.nn.Module:
-        """The model of a data-flow ``path`` (a list of :class:`~evomerge.search.dfs.Step`):
+    def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
+        """The model of a data-flow ``path`` (a list of :class:`~evomerge.engine.paths.Step`):
         its layers reference the resident sources' tensors, no copy."""
-        from evomerge.path_model import PathModels
-
         missing = [s.model for s in path if s.model not in self._weights]
         if missing:
             raise ConfigError(f"Path references model {missing[0]!r}, which this materializer "

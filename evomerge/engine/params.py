@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from evomerge.recipe import Conditional, ParamValue
+from evomerge.engine.recipe import Conditional, ParamValue
 
 __all__ = ["evaluate", "resolve"]
 

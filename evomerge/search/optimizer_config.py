@@ -1,0 +1,101 @@
+"""Each optimizer's settings, its own pydantic model, joined in a discriminated union on
+``name`` (as evaluator options are): a setting that does not apply to the chosen optimizer is
+an error naming it (``sigma0`` on ``tpe``), never silently ignored.
+
+    optimizer: {name: cma, popsize: 12, sigma0: 0.12, seed: 0}
+    optimizer: {name: tpe, seed: 3}
+
+``objectives`` (a class attribute) says how an optimizer treats several objectives:
+``pareto`` (natively multi-objective: NSGA-II, TPE, GP, random), ``weighted_sum`` (CMA-ES
+minimizes sum_i w_i * (+-v_i), :func:`~evomerge.search.objectives.weighted_loss`) or ``one``
+(a single objective only).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Nsga2Config",
+           "GpConfig", "RandomConfig", "OPTIMIZER_CONFIGS", "optimizer_config_input"]
+
+
+class _Optimizer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    objectives: ClassVar[Literal["pareto", "weighted_sum", "one"]] = "pareto"
+    seed: int = 0
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the optimizer takes several objectives (natively or as a weighted sum)."""
+        return self.objectives != "one"
+
+
+class CmaConfig(_Optimizer):
+    """pycma CMA-ES over the genome's unit cube (evomerge's default)."""
+
+    objectives: ClassVar = "weighted_sum"
+    name: Literal["cma"] = "cma"
+    popsize: int | None = Field(None, ge=2)  # default 4 + 3 ln(dim)
+    # Initial step in unit-cube coordinates; where it starts: the uniform soup (weight 1/n)
+    # or the box centre. Chosen with bench/search_efficiency.py (docs/benchmarks.md).
+    sigma0: float = Field(0.12, gt=0, le=1)
+    x0: Literal["center", "uniform"] = "uniform"
+    # Separable CMA-ES (pycma ``CMA_diagonal``): per-gene step sizes only.
+    diagonal: bool = False
+
+
+class TpeConfig(_Optimizer):
+    """Optuna's multivariate TPE."""
+
+    name: Literal["tpe"]
+    n_startup_trials: int = Field(10, ge=1)  # random trials before TPE models the study
+
+
+class OptunaCmaesConfig(_Optimizer):
+    """Optuna's ``CmaEsSampler`` (one objective)."""
+
+    objectives: ClassVar = "one"
+    name: Literal["cmaes"]
+    popsize: int | None = Field(None, ge=2)
+    sigma0: float | None = Field(None, gt=0)  # in the genes' own units; None: Optuna's default
+
+
+class Nsga2Config(_Optimizer):
+    """Optuna's NSGA-II."""
+
+    name: Literal["nsga2"]
+    popsize: int = Field(16, ge=2)
+
+
+class GpConfig(_Optimizer):
+    """Optuna's Gaussian-process sampler."""
+
+    name: Literal["gp"]
+
+
+class RandomConfig(_Optimizer):
+    """Uniform random sampling (a baseline)."""
+
+    name: Literal["random"]
+
+
+OPTIMIZER_CONFIGS: dict[str, type[_Optimizer]] = {
+    "cma": CmaConfig, "tpe": TpeConfig, "cmaes": OptunaCmaesConfig, "nsga2": Nsga2Config,
+    "gp": GpConfig, "random": RandomConfig}
+
+OptimizerConfig = Annotated[Union[CmaConfig, TpeConfig, OptunaCmaesConfig, Nsga2Config,  # noqa: UP007
+                                  GpConfig, RandomConfig], Field(discriminator="name")]
+
+
+def optimizer_config_input(value: Any) -> Any:
+    """Before validation: a block without ``name`` is CMA-ES; an unknown name is one
+    sentence listing the valid ones."""
+    if isinstance(value, dict):
+        name = value.get("name", "cma")
+        if name not in OPTIMIZER_CONFIGS:
+            raise ValueError(f"optimizer.name {name!r} is not one of "
+                             f"{', '.join(OPTIMIZER_CONFIGS)}")
+        return {**value, "name": name}
+    return value
