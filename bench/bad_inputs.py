@@ -127,7 +127,12 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
                 {"sources": [{"model": models["a"], "layer_range": [2, 9]}]}]}),
             ("reversed layer_range", {"merge_method": "passthrough", "slices": [
                 {"sources": [{"model": models["a"], "layer_range": [3, 1]}]}]}),
-            ("tokenizer_source union", r(models, tokenizer_source="union")),
+            ("tokenizer_source beside a tokenizer block",
+             r(models, tokenizer_source="base", tokenizer={"source": "union"})),
+            ("pad_to_multiple_of 0", r(models, tokenizer={"pad_to_multiple_of": 0})),
+            ("named chat template", r(models, tokenizer_source="base", chat_template="chatml")),
+            ("token row from an unmerged model", r(models, tokenizer={
+                "tokens": {"<x>": {"source": models["deep"]}}})),
             ("not a mapping", ["merge_method", "ties"]),
         ],
         "source models": [
@@ -135,6 +140,8 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
             ("different tokenizers, one size",
              _with_b(models, _damaged(models["b"], tmp / "tok", _swap_tokens))),
             ("vocabulary sizes differ", _with_b(models, models["vocab"])),
+            ("union over different base vocabularies",
+             {**_with_b(models, models["vocab"]), "tokenizer_source": "union"}),
             ("tied beside untied head", _with_b(models, models["tied"])),
             ("layer counts differ", _with_b(models, models["deep"])),
             ("architecture differs", _with_b(models, _damaged(models["b"], tmp / "arch", _arch))),

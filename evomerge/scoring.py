@@ -20,7 +20,7 @@ def load_model(target: str | Path, device: str | None = "cpu") -> tuple[Any, Any
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.engine.materialize import Materializer, resolve_device
-    from evomerge.engine.merge import _tokenizer_ref, merge_to_disk
+    from evomerge.engine.merge import merge_to_disk
     from evomerge.engine.recipe import load_recipe
 
     path = Path(target)
@@ -33,17 +33,17 @@ def load_model(target: str | Path, device: str | None = "cpu") -> tuple[Any, Any
     if path.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{str(target)!r} is neither a model directory nor a recipe YAML.")
     recipe = load_recipe(path)
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_ref(recipe))
     refs = recipe.referenced_models()
     mat = Materializer(refs, base_model=recipe.base_model or refs[0], device=device)
-    try:
-        return mat.materialize(recipe), tokenizer
+    try:  # the tokenizer the merged model is written with (a tokenizer rule's output one)
+        return mat.materialize(recipe), mat.tokenizer(recipe)
     except EvomergeError:
         tmp = Path(tempfile.mkdtemp(prefix="evomerge-eval-"))
         try:
             merge_to_disk(recipe, tmp / "model")
             dev = resolve_device(device)
             model = AutoModelForCausalLM.from_pretrained(tmp / "model").to(dev).eval()
+            tokenizer = AutoTokenizer.from_pretrained(tmp / "model")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return model, tokenizer

@@ -65,6 +65,40 @@ def smollm2() -> dict[str, str]:
             "b": str(derive_expert(base, root / "smollm2_b", seed=2))}
 
 
+@pytest.fixture(scope="session")
+def vocab_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny untied (and tied) models whose tokenizers differ: ``chat`` adds two ChatML tokens,
+    ``chat2`` those and ``<tool>``, ``plain`` a plain token, ``padded`` pads its embedding to
+    64 rows; ``tbase``/``tchat``: the tied-embedding pair."""
+    from vocab_models import vocab_variant
+
+    root = tmp_path_factory.mktemp("vocab")
+    base = make_model(root / "base", 0)
+    tbase = make_model(root / "tbase", 7, tied=True)
+    chatml = ["<|im_start|>", "<|im_end|>"]
+    paths = {"base": base, "chat": vocab_variant(base, root / "chat", 1, chatml),
+             "chat2": vocab_variant(base, root / "chat2", 2, [*chatml, "<tool>"]),
+             "plain": vocab_variant(base, root / "plain", 4, ["w_new"], special=False),
+             "padded": vocab_variant(base, root / "padded", 3, pad_to=64),
+             "tbase": tbase, "tchat": vocab_variant(tbase, root / "tchat", 8, chatml[:1])}
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def smollm2_vocab(smollm2: dict[str, str]) -> dict[str, str]:
+    """SmolLM2-135M-Instruct cut to 2 layers (its real tokenizer and embeddings), a fine-tune
+    adding tool-call tokens and one padding its embedding to a multiple of 64 (cached)."""
+    from pretrained import cache_dir
+    from vocab_models import truncated, vocab_variant
+
+    root = cache_dir() / "fixtures"
+    base = truncated(smollm2["base"], root / "smollm2_l2")
+    return {"base": str(base),
+            "tools": str(vocab_variant(base, root / "smollm2_l2_tools", 2,
+                                       ["<tool_call>", "</tool_call>"])),
+            "padded": str(vocab_variant(base, root / "smollm2_l2_padded", 3, pad_to=64))}
+
+
 @pytest.fixture(scope="session", params=["bfloat16", "float16"])
 def half(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A base and three experts stored in bf16 or fp16, with tensors large enough (>= 2^16

@@ -14,7 +14,8 @@ from typing import Literal
 
 from evomerge.errors import ModelError
 
-__all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS"]
+__all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS",
+           "is_vocab_tensor"]
 
 # prefix + index + rest; the prefix is kept when a tensor is renumbered for a layer swap.
 _LAYER = [
@@ -31,6 +32,12 @@ _FINAL = re.compile(
     r"|transformer\.ln_f|gpt_neox\.final_layer_norm|lm_head|embed_out)\.[\w.]+$"
 )
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+# Token-indexed tensors (one row per token id: the vocabulary is axis 0), which a tokenizer
+# rule re-indexes: the token embedding and the LM head (position embeddings are not).
+_VOCAB = re.compile(
+    r"^(?:model\.)?(?:language_model\.)?(?:decoder\.)?(?:transformer\.|gpt_neox\.)?"
+    r"(?:embed_tokens|wte|embed_in)\.weight$|^(?:lm_head|embed_out)\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,15 @@ def place(name: str) -> TensorPlace:
         "Gemma-style 'model.layers.N.', GPT-2-style 'transformer.h.N.' and GPT-NeoX-style "
         "'gpt_neox.layers.N.' decoders."
     )
+
+
+def is_vocab_tensor(name: str) -> bool:
+    """Whether ``name`` holds one row per token id (axis 0).
+
+    >>> is_vocab_tensor("model.embed_tokens.weight"), is_vocab_tensor("transformer.wpe.weight")
+    (True, False)
+    """
+    return bool(_VOCAB.match(name))
 
 
 def rename_layer(name: str, new_index: int) -> str:

@@ -59,6 +59,10 @@ class DerivedSource:
         if nested:
             raise ConfigError(f"{field} {ref!r}: its recipe names another recipe ({nested[0]!r}) "
                               "as a model; build that one first and name its directory.")
+        if recipe.tokenizer_settings is not None:
+            raise ConfigError(f"{field} {ref!r}: its recipe builds its own vocabulary (a "
+                              "tokenizer block); build it with `evomerge merge` and name the "
+                              "directory.")
         self.inputs = {r: ModelSource(r, field=f"{field} {ref!r}: model")
                        for r in recipe.referenced_models()}
         self.plan = build_plan(recipe, self.inputs)
@@ -97,6 +101,10 @@ class DerivedSource:
     @property
     def tokenizer_digest(self) -> str | None:
         return self._first.tokenizer_digest
+
+    @property
+    def core_vocab(self) -> Any:
+        return self._first.core_vocab
 
     @cached_property
     def stored_dtype(self) -> torch.dtype:

@@ -12,14 +12,18 @@ that each recipe's merged weights are written into in place::
 The output model is built from its config with parameters on the meta device and then given
 storage once, so it never costs a second load of the base. With ``offload`` the sources stay in
 host memory (pinned when CUDA is present) and stream tensor by tensor to the device, where only
-the output model and one tensor's workspace live. Every tensor goes through the same
+the output model and one tensor's workspace live. Sources whose tokenizers differ (a recipe's
+tokenizer rule, :mod:`evomerge.engine.vocab`) also keep their token rows re-indexed to the output
+vocabulary, once: one more embedding (and LM head) per source. Every tensor goes through the same
 :class:`~evomerge.engine.fused.TensorEngine` as ``evomerge merge``, in the recipe's compute ``dtype``
 and cast once to the resident dtype, so the weights scored here are the weights export builds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -27,11 +31,15 @@ from evomerge.engine.derived import DerivedSource, open_model
 from evomerge.engine.fused import TensorEngine
 from evomerge.engine.path_model import PathModels
 from evomerge.engine.paths import Step, recipe_path
-from evomerge.engine.plan import MergePlan, build_plan
+from evomerge.engine.plan import MergePlan, TensorTask, build_plan
 from evomerge.engine.recipe import Recipe
 from evomerge.engine.shell import empty_model
 from evomerge.engine.sources import ModelSource, torch_dtype
+from evomerge.engine.vocab import VocabPlan, build_vocab, output_tokenizer
+from evomerge.engine.vocab_align import aligned_inputs
 from evomerge.errors import ConfigError
+
+_ALIGNED_KEPT = 4  # re-indexed token-row sets kept (a search uses one or two)
 
 __all__ = ["Materializer", "resolve_device"]
 
@@ -81,12 +89,17 @@ class Materializer:
         self.num_layers = template.num_layers
         self._engine = TensorEngine(compile)
         self._paths = None
+        self._rows: int | None = None  # the resident model's vocabulary rows, if a rule sets them
+        self._vocabs: dict[str, VocabPlan] = {}   # output vocabularies by tokenizer settings
+        self._aligned: dict[tuple, dict[str, torch.Tensor]] = {}  # re-indexed token rows
+        self._tokenizers: dict[str, Any] = {}  # output tokenizers by tokenizer setting
 
     @property
     def model(self) -> torch.nn.Module:
         """The resident output model (one model's bytes, allocated on first use)."""
         if self._model is None:
-            self._model = empty_model(str(self._template.path), self.dtype, self.device)
+            self._model = empty_model(str(self._template.path), self.dtype, self.device,
+                                      self._rows)
             self._params = self._model.state_dict(keep_vars=True)
         return self._model
 
@@ -110,10 +123,18 @@ class Materializer:
         if missing:
             raise ConfigError(f"Recipe references model {missing[0]!r}, which this materializer "
                               f"did not load (loaded: {', '.join(self.sources)}).")
-        plan = build_plan(recipe, self.sources)
+        plan = build_plan(recipe, self.sources, self.vocab(recipe))
+        if self._model is None and plan.vocab is not None:
+            self._rows = plan.vocab.rows
         self.model  # noqa: B018 -- the shapes below are the resident model's
         fits = {t.out_name for t in plan.tasks} == self._expected and all(
             tuple(self._params[t.out_name].shape) == t.shape for t in plan.tasks)
+        vocab_task = next((t for t in plan.tasks if t.vocab), None)
+        if vocab_task and tuple(self._params[vocab_task.out_name].shape) != vocab_task.shape:
+            raise ConfigError(
+                f"Recipe builds a {vocab_task.shape[0]}-token vocabulary but the resident model "
+                f"has {self._params[vocab_task.out_name].shape[0]} rows: the recipes one "
+                f"materializer serves share one tokenizer rule.")
         if not fits:
             raise ConfigError(
                 f"Recipe output does not fit the resident model: the recipe builds "
@@ -138,9 +159,51 @@ class Materializer:
             return self.path_model(path)
         plan = self.plan(recipe)
         for task in plan.tasks:
-            self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
+            fetch = self._vocab_fetch(plan, task) if task.vocab else self._fetch
+            self._engine.run(task, plan.method, fetch, plan.compute_dtype,
                              self._params[task.out_name].data)
         return self.model
+
+    def vocab(self, recipe: Recipe) -> VocabPlan | None:
+        """The output vocabulary of ``recipe``'s tokenizer rule (None without one), built once
+        per rule and model set (tokenizer files only)."""
+        settings = recipe.tokenizer_settings
+        if settings is None:
+            return None
+        refs = recipe.referenced_models()
+        key = json.dumps([settings.key, recipe.tokenizer_base, refs])
+        if key not in self._vocabs:
+            missing = [m for m in refs if m not in self.sources]
+            if missing:
+                raise ConfigError(f"Recipe references model {missing[0]!r}, which this "
+                                  f"materializer did not load (loaded: {', '.join(self.sources)}).")
+            self._vocabs[key] = build_vocab(settings, recipe.tokenizer_base, refs, self.sources)
+        return self._vocabs[key]
+
+    def tokenizer(self, recipe: Recipe) -> Any:
+        """The tokenizer of ``recipe``'s model (the one `evomerge merge` writes with it):
+        evaluate the resident model with this one. Loaded once per tokenizer setting."""
+        settings = recipe.tokenizer_settings
+        key = json.dumps([settings.key if settings else None, recipe.tokenizer_source,
+                          recipe.tokenizer_base, recipe.chat_template,
+                          recipe.referenced_models()])
+        if key not in self._tokenizers:
+            self._tokenizers[key] = output_tokenizer(recipe, self.vocab(recipe))
+        return self._tokenizers[key]
+
+    def _vocab_fetch(self, plan: MergePlan, task: TensorTask) -> Callable:
+        """Re-indexed token rows of ``task``'s inputs: they depend on the tokenizer rule and
+        the models only, so they are computed once and kept (a few layouts at most)."""
+        key = (task.out_name, task.inputs, task.base, task.vocab_base, plan.compute_dtype,
+               id(plan.vocab))
+        if key not in self._aligned:
+            if len(self._aligned) >= _ALIGNED_KEPT:
+                self._aligned.pop(next(iter(self._aligned)))
+            fetch = aligned_inputs(task, plan.vocab, self._fetch, plan.compute_dtype)
+            refs = [*task.inputs, *([task.base] if task.base else [])]
+            self._aligned[key] = {m: fetch(m, n) for m, n in refs}
+        done = self._aligned[key]
+        return lambda model, name: done[model]
 
     def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
         """The model of a data-flow ``path`` (a list of :class:`~evomerge.engine.paths.Step`):

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from evomerge.engine.fused import TensorEngine
-from evomerge.engine.plan import MergePlan, build_plan
+from evomerge.engine.plan import MergePlan, TensorTask, build_plan
 from evomerge.engine.recipe import Recipe
 from evomerge.engine.sources import ModelSource, torch_dtype
+from evomerge.engine.vocab import output_tokenizer
+from evomerge.engine.vocab_align import aligned_inputs
 from evomerge.engine.writer import ShardedWriter, TensorMeta
 from evomerge.errors import ConfigError, ModelError
 
@@ -44,10 +46,20 @@ def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[T
     return metas
 
 
-def _tokenizer_ref(recipe: Recipe) -> str:
-    """``tokenizer_source`` if it names a model, else the base (or the first model)."""
-    src = recipe.tokenizer_source
-    return recipe.referenced_models()[0] if src in (None, "base") else src
+def _write_tokenizer(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Path) -> None:
+    """The output tokenizer: copied file by file from the base (or the first model) when the
+    sources share it; built (:mod:`evomerge.engine.vocab`) or given a chat template and saved
+    by transformers otherwise. ``generation_config.json`` comes from the base either way."""
+    recipe = plan.recipe
+    donor = sources[recipe.tokenizer_base].path
+    if plan.vocab is None and recipe.chat_template is None:
+        names = TOKENIZER_FILES
+    else:
+        output_tokenizer(recipe, plan.vocab).save_pretrained(str(tmp))
+        names = ("generation_config.json",)
+    for name in names:
+        if (donor / name).is_file():
+            shutil.copy2(donor / name, tmp / name)
 
 
 def _model_card(recipe: Recipe, plan: MergePlan) -> str:
@@ -81,18 +93,12 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
         raise ConfigError(f"Output directory {str(out)!r} exists and is not empty.")
     sources = open_sources(recipe)
     plan = build_plan(recipe, sources)
-    tok_ref = _tokenizer_ref(recipe)
-    if tok_ref not in sources:
-        sources[tok_ref] = ModelSource(tok_ref, field="tokenizer_source")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         _write_weights(plan, sources, tmp, device, max_shard_bytes, progress)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2))
-        for name in TOKENIZER_FILES:
-            src = sources[tok_ref].path / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
+        _write_tokenizer(plan, sources, tmp)
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
         (tmp / "README.md").write_text(_model_card(recipe, plan))
         if out.exists():
@@ -109,6 +115,11 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
     def fetch(model: str, name: str) -> torch.Tensor:
         return sources[model].get(name, device=device)
 
+    def inputs(task: TensorTask) -> Callable[[str, str], torch.Tensor]:
+        if not task.vocab:
+            return fetch
+        return aligned_inputs(task, plan.vocab, fetch, plan.compute_dtype)
+
     # The same engine as the resident materializer: compiled on CUDA, where the materializer
     # compiles too (Triton may contract mul+add into FMA, so both sides must run one kernel);
     # eager on CPU, whose compiled kernels compute the same bits (tested).
@@ -117,7 +128,7 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
     with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
         for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
             out = torch.empty(task.shape, dtype=meta.dtype, device=device)
-            engine.run(task, plan.method, fetch, plan.compute_dtype, out)
+            engine.run(task, plan.method, inputs(task), plan.compute_dtype, out)
             if out.is_floating_point() and not bool(torch.isfinite(out).all()):
                 raise ModelError(f"The merge of tensor {task.out_name!r} has non-finite values "
                                  f"(inf or NaN: huge weights or a source with non-finite "

@@ -1,10 +1,13 @@
 """Plan a merge: for every output tensor, which source tensors feed it and with which
 parameters. The plan is computed from tensor names and shapes only (no weights are read), and
-serves both the streaming merge to disk and the in-memory materializer.
+serves both the streaming merge to disk and the in-memory materializer. A recipe with a
+tokenizer rule also gets its output vocabulary (:mod:`evomerge.engine.vocab`: tokenizer files
+only), and its token-indexed tasks are marked ``vocab``: their inputs are re-indexed to it.
 """
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,10 +16,11 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.arch import LAYER_COUNT_KEYS, place
+from evomerge.engine.arch import LAYER_COUNT_KEYS, is_vocab_tensor, place
 from evomerge.engine.params import resolve
 from evomerge.engine.recipe import Recipe, Slice, SliceSource
 from evomerge.engine.sources import ModelSource
+from evomerge.engine.vocab import VocabPlan, build_vocab, check_base_vocabularies
 from evomerge.errors import ConfigError, ModelError
 from evomerge.methods import MergeMethod
 
@@ -37,6 +41,10 @@ class TensorTask:
         per_model: per-model parameter values, each a tuple aligned with ``inputs``.
         seed: seed of this tensor's random stream (stochastic methods only).
         shape: output shape.
+        vocab: a token-indexed tensor whose inputs are re-indexed to the plan's output
+            vocabulary first (:func:`evomerge.engine.vocab_align.aligned_inputs`).
+        vocab_base: the base model there (the slice's or the recipe's ``base_model``): the
+            row a token takes for models that lack it, when the base has it.
     """
 
     out_name: str
@@ -46,11 +54,14 @@ class TensorTask:
     per_model: Mapping[str, tuple[Any, ...]]
     seed: int | None
     shape: tuple[int, ...]
+    vocab: bool = False
+    vocab_base: str | None = None
 
 
 @dataclass(frozen=True)
 class MergePlan:
-    """The tasks of one recipe plus what is needed to write the output model."""
+    """The tasks of one recipe plus what is needed to write the output model; ``vocab``: the
+    output vocabulary of a recipe with a tokenizer rule."""
 
     recipe: Recipe
     method: MergeMethod
@@ -58,6 +69,7 @@ class MergePlan:
     config: dict[str, Any]
     num_layers: int
     compute_dtype: torch.dtype | None
+    vocab: VocabPlan | None = None
 
 
 def normalized_slices(recipe: Recipe) -> list[Slice]:
@@ -91,23 +103,27 @@ def _full_depth(slices: list[Slice], recipe: Recipe,
 def _check_models(recipe: Recipe, sources: Mapping[str, ModelSource]) -> None:
     refs = recipe.referenced_models()
     first = sources[refs[0]]
+    rule = recipe.tokenizer_settings is not None
+    if rule:  # the rule builds one vocabulary; only a different base tokenizer is refused
+        check_base_vocabularies([sources[r] for r in refs])
     for ref in refs[1:]:
         other = sources[ref]
         if other.architecture != first.architecture:
             raise ModelError(f"Architecture mismatch: {first.ref!r} is {first.architecture} but "
                              f"{ref!r} is {other.architecture}.")
-        if other.vocab_size != first.vocab_size:
+        if other.vocab_size != first.vocab_size and not rule:
             raise ModelError(f"Vocabulary size mismatch: {first.ref!r} has {first.vocab_size} "
-                             f"tokens but {ref!r} has {other.vocab_size}; evomerge merges "
-                             f"embeddings of one size only (a padded vocabulary included): "
-                             f"resize one model's embeddings to the other's and save it first.")
+                             f"tokens but {ref!r} has {other.vocab_size}; set tokenizer_source "
+                             f"(base, union or a model) to build one output vocabulary "
+                             f"(added tokens, padded embeddings: docs/tokenizers.md).")
         if other.tied_embeddings != first.tied_embeddings:
             tied, untied = (first, other) if first.tied_embeddings else (other, first)
             raise ModelError(f"Tied-embedding mismatch: {tied.ref!r} ties its LM head to the "
                              f"input embedding but {untied.ref!r} has its own lm_head; merging "
                              f"them would drop one head. Untie {tied.ref!r} (save it with "
                              f"tie_word_embeddings false and an lm_head) or tie the other.")
-        _check_tokenizers(first, other)
+        if not rule:
+            _check_tokenizers(first, other)
 
 
 def _check_tokenizers(first: ModelSource, other: ModelSource) -> None:
@@ -122,8 +138,9 @@ def _check_tokenizers(first: ModelSource, other: ModelSource) -> None:
     else:
         detail = "their tokenizer files differ"
     raise ModelError(f"Tokenizer mismatch: {first.ref!r} and {other.ref!r} have different "
-                     f"tokenizers ({detail}); merged weights would mix unrelated tokens. Merge "
-                     f"only fine-tunes that share the base's tokenizer.")
+                     f"tokenizers ({detail}); merged weights would mix unrelated tokens. Set "
+                     f"tokenizer_source (base, union or a model) to re-index each model's "
+                     f"token rows to one output tokenizer (docs/tokenizers.md).")
 
 
 def _check_ranges(slices: list[Slice], sources: Mapping[str, ModelSource]) -> None:
@@ -141,7 +158,10 @@ class _Planner:
         self.recipe, self.sources, self.method = recipe, sources, recipe.method
         self.tasks: list[TensorTask] = []
 
-    def add(self, out_name: str, sl: Slice, in_names: list[str], t: float) -> None:
+    def add(self, out_name: str, sl: Slice, in_names: list[str], t: float,
+            vocab_rows: int | None = None) -> None:
+        """Plan ``out_name``; ``vocab_rows``: a token-indexed tensor of that many output rows,
+        whose inputs may differ in rows (they are re-indexed first)."""
         recipe, method = self.recipe, self.method
         base_ref = sl.base_model or recipe.base_model
         refs = list(zip([s.model for s in sl.sources], in_names))
@@ -149,7 +169,8 @@ class _Planner:
             if name not in self.sources[model]:
                 raise ModelError(f"Model {model!r} has no tensor {name!r} (needed for "
                                  f"{out_name!r}); are the sources the same architecture?")
-        shapes = {(m, self.sources[m].shape(n)) for m, n in refs}
+        cut = 1 if vocab_rows is not None else 0  # rows may differ before re-indexing
+        shapes = {(m, self.sources[m].shape(n)[cut:]) for m, n in refs}
         if len({s for _, s in shapes}) > 1:
             detail = ", ".join(f"{m!r} has {list(s)}" for m, s in sorted(shapes))
             raise ModelError(f"Shape mismatch for tensor {out_name!r}: {detail}.")
@@ -172,8 +193,12 @@ class _Planner:
         if method.stochastic:
             seed = zlib.crc32(f"{recipe.evomerge.seed}:{out_name}".encode())
         shape = self.sources[refs[0][0] if refs else base[0]].shape(in_names[0])
+        if vocab_rows is not None:
+            shape = (vocab_rows, *shape[1:])
         self.tasks.append(TensorTask(out_name, tuple(refs), base, MappingProxyType(shared),
-                                     MappingProxyType(per_model), seed, shape))
+                                     MappingProxyType(per_model), seed, shape,
+                                     vocab_rows is not None,
+                                     base_ref if vocab_rows is not None else None))
 
     def _value(self, spec: Any, tables: list, tensor_name: str, t: float, model: str | None) -> Any:
         value = resolve(spec.name, tables, tensor_name, t)
@@ -188,14 +213,22 @@ class _Planner:
         return value
 
 
-def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
+def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource],
+               vocab: VocabPlan | None = None) -> MergePlan:
     """Plan ``recipe`` over opened ``sources`` (keyed by the recipe's model references).
+    ``vocab``: the output vocabulary of the recipe's tokenizer rule, when the caller keeps one
+    (the materializer); built here otherwise.
 
     Raises:
         ModelError: architecture, vocabulary or shape mismatch between sources.
         ConfigError: a layer range beyond a model, or a parameter without a value.
     """
     _check_models(recipe, sources)
+    settings = recipe.tokenizer_settings
+    if settings is not None and vocab is None:
+        vocab = build_vocab(settings, recipe.tokenizer_base, recipe.referenced_models(),
+                            sources)
+    rows = vocab.rows if vocab is not None else None
     slices = _full_depth(normalized_slices(recipe), recipe, sources)
     _check_ranges(slices, sources)
     planner = _Planner(recipe, sources)
@@ -204,7 +237,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
     pre = [n for n in template.names if place(n).group == "embed"]
     post = [n for n in sources[last.sources[0].model].names if place(n).group == "final"]
     for name in pre:
-        planner.add(name, first, [name] * len(first.sources), 0.0)
+        planner.add(name, first, [name] * len(first.sources), 0.0,
+                    rows if is_vocab_tensor(name) else None)
     out_layer = 0
     layer_types: list[Any] = []
     for sl in slices:
@@ -225,22 +259,26 @@ def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
                 layer_types.append(types[src_layer])
             out_layer += 1
     for name in post:
-        planner.add(name, last, [name] * len(last.sources), 0.0)
-    config = _out_config(recipe, sources, first, out_layer, layer_types)
+        planner.add(name, last, [name] * len(last.sources), 0.0,
+                    rows if is_vocab_tensor(name) else None)
+    config = _out_config(recipe, sources, first, out_layer, layer_types, rows)
     from evomerge.engine.sources import torch_dtype
     return MergePlan(recipe, recipe.method, tuple(planner.tasks), config, out_layer,
-                     torch_dtype(recipe.dtype))
+                     torch_dtype(recipe.dtype), vocab)
 
 
 def _out_config(recipe: Recipe, sources: Mapping[str, ModelSource], first: Slice,
-                num_layers: int, layer_types: list[Any]) -> dict[str, Any]:
+                num_layers: int, layer_types: list[Any], vocab_rows: int | None
+                ) -> dict[str, Any]:
     ref = recipe.base_model or first.sources[0].model
-    config = dict(sources[ref].config)
+    config = copy.deepcopy(sources[ref].config)  # nested text_config is edited below
     target = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     keys = [k for k in LAYER_COUNT_KEYS if k in target] or ["num_hidden_layers"]
     target[keys[0]] = num_layers
     if layer_types and len(layer_types) == num_layers and "layer_types" in target:
         target["layer_types"] = layer_types
+    if vocab_rows is not None:
+        target["vocab_size"] = vocab_rows
     out = recipe.out_dtype or recipe.dtype
     if out:
         config["dtype" if "dtype" in config else "torch_dtype"] = out

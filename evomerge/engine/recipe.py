@@ -13,7 +13,11 @@ model with ``mergekit-yaml``::
           weight: [{filter: self_attn, value: 0.3}, {value: 0.7}]   # first match wins
     parameters: {lambda: 1.0}
     dtype: float32
+    tokenizer: {source: union, pad_to_multiple_of: 64}   # sources whose tokenizers differ
     evomerge: {seed: 0}    # evomerge-only block; mergekit ignores unknown top-level keys
+
+``tokenizer_source`` / ``tokenizer`` / ``chat_template`` are mergekit's keys
+(:mod:`evomerge.engine.vocab_config`, :mod:`evomerge.engine.vocab`).
 
 Everything here is validated before any weights are read.
 """
@@ -24,8 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from evomerge.engine.vocab_config import (
+    TokenizerConfig,
+    TokenizerSettings,
+    check_chat_template,
+    model_ref,
+)
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 
@@ -117,6 +134,8 @@ class Recipe(_Strict):
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
+    chat_template: str | None = None
     evomerge: EvomergeExtras = EvomergeExtras()
 
     @model_validator(mode="after")
@@ -127,16 +146,39 @@ class Recipe(_Strict):
             value = getattr(self, name)
             if value is not None and value not in DTYPES:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(DTYPES)}")
-        if self.tokenizer_source == "union":
-            raise ValueError("tokenizer_source 'union' is not supported; name a model or 'base'")
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
+        settings = self.tokenizer_settings
+        for ref in settings.token_models() if settings else []:
+            if ref not in self.referenced_models():
+                raise ValueError(f"tokenizer.tokens takes a row from model {ref!r}, which the "
+                                 "recipe does not merge")
         method = get_method(self.merge_method)
         _check_parameters(self, method)
         _check_structure(self, method)
         return self
 
+    @field_validator("tokenizer_source")
+    @classmethod
+    def _tokenizer_ref(cls, value: str | None) -> str | None:
+        return None if value is None else model_ref(value)
+
+    _chat_template = field_validator("chat_template")(check_chat_template)
+
     @property
     def method(self) -> MergeMethod:
         return get_method(self.merge_method)
+
+    @property
+    def tokenizer_settings(self) -> TokenizerSettings | None:
+        """How the output vocabulary is built (:mod:`evomerge.engine.vocab`); None: the
+        sources share one tokenizer, which is copied."""
+        return TokenizerSettings.of(self.tokenizer_source, self.tokenizer)
+
+    @property
+    def tokenizer_base(self) -> str:
+        """The model whose tokenizer a ``base`` or ``union`` vocabulary starts from."""
+        return self.base_model or self.referenced_models()[0]
 
     def referenced_models(self) -> list[str]:
         """Every model the recipe names, in first-mention order."""
@@ -218,15 +260,18 @@ def _check_structure(recipe: Recipe, method: MergeMethod) -> None:
     ):
         raise ValueError(f"merge method {method.name!r} needs a base_model")
     _check_required(recipe, method)
-    groups: list[list[str]] = []
+    # (inputs, whether the base joins them): ``models:`` merges the base with the models (as
+    # the plan does); a slice merges its sources only, so a base there only names the
+    # tokenizer base (passthrough) and is not an input.
+    groups: list[tuple[list[str], bool]] = []
     if recipe.models is not None:
-        groups.append([e.model for e in recipe.models])
+        groups.append(([e.model for e in recipe.models], True))
     for sl in recipe.slices or []:
-        groups.append([s.model for s in sl.sources])
-    for group in groups:
+        groups.append(([s.model for s in sl.sources], False))
+    for group, joins in groups:
         base = recipe.base_model
         n = len([m for m in group if m != base]) if method.base != "input" else len(
-            group if base is None or base in group else group + [base]
+            group if base is None or base in group or not joins else group + [base]
         )
         if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
             bound = (f"exactly {method.min_inputs}" if method.min_inputs == method.max_inputs

@@ -31,12 +31,16 @@ def parameters_on_meta():
         torch.nn.Module.register_parameter = register
 
 
-def empty_model(path: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+def empty_model(path: str, dtype: torch.dtype, device: torch.device,
+                vocab_size: int | None = None) -> torch.nn.Module:
     """The model of ``path``'s config with uninitialised parameters of ``dtype`` on ``device``
-    (tied parameters stay one tensor) and real buffers; one model's bytes, no weights read."""
+    (tied parameters stay one tensor) and real buffers; one model's bytes, no weights read.
+    ``vocab_size``: rows of the token-indexed tensors, where a tokenizer rule changes them."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
+    if vocab_size is not None:
+        config.get_text_config().vocab_size = vocab_size
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     storage: dict[int, torch.nn.Parameter] = {}

@@ -198,27 +198,48 @@ class ModelSource:
         return tied or not any(n.endswith("lm_head.weight") for n in self._entries)
 
     @cached_property
-    def tokenizer(self) -> dict[int, str] | str | None:
-        """The tokenizer as id -> token (``tokenizer.json`` or ``vocab.json``), a digest of
-        ``tokenizer.model`` (SentencePiece), or None if the directory has no tokenizer."""
+    def _tokenizer_tables(self) -> tuple[dict[int, str] | str | None, dict[int, str]]:
+        """(core, added): the tokenizer model's own id -> token (``tokenizer.json``'s model
+        vocabulary or ``vocab.json``) or a digest of ``tokenizer.model`` (SentencePiece), and
+        the tokens added on top (``added_tokens``); (None, {}) without a tokenizer."""
         import hashlib
 
         tj, vj, spm = (self.path / n for n in ("tokenizer.json", "vocab.json", "tokenizer.model"))
+        added_json = self.path / "added_tokens.json"
         try:
             if tj.is_file():
                 data = json.loads(tj.read_text())
                 vocab = (data.get("model") or {}).get("vocab")
-                table = ({int(i): str(t) for t, i in vocab.items()} if isinstance(vocab, dict)
-                         else {i: str(v[0]) for i, v in enumerate(vocab or [])})
-                for tok in data.get("added_tokens") or []:
-                    table[int(tok["id"])] = str(tok["content"])
-                return table
+                core = ({int(i): str(t) for t, i in vocab.items()} if isinstance(vocab, dict)
+                        else {i: str(v[0]) for i, v in enumerate(vocab or [])})
+                return core, {int(tok["id"]): str(tok["content"])
+                              for tok in data.get("added_tokens") or []}
+            added = ({int(i): str(t) for t, i in json.loads(added_json.read_text()).items()}
+                     if added_json.is_file() else {})
             if vj.is_file():
-                return {int(i): str(t) for t, i in json.loads(vj.read_text()).items()}
+                return {int(i): str(t) for t, i in json.loads(vj.read_text()).items()}, added
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
                 AttributeError) as exc:
             raise ModelError(f"{self.ref!r}: unreadable tokenizer file ({exc}).") from None
-        return hashlib.sha256(spm.read_bytes()).hexdigest() if spm.is_file() else None
+        if spm.is_file():
+            return hashlib.sha256(spm.read_bytes()).hexdigest(), added
+        return None, {}
+
+    @property
+    def core_vocab(self) -> dict[int, str] | str | None:
+        """The tokenizer's own vocabulary without tokens added on top (id -> token), a digest
+        of a SentencePiece ``tokenizer.model``, or None without a tokenizer."""
+        return self._tokenizer_tables[0]
+
+    @cached_property
+    def tokenizer(self) -> dict[int, str] | str | None:
+        """The tokenizer as id -> token (core vocabulary and added tokens), a digest of
+        ``tokenizer.model`` (SentencePiece) and its added tokens, or None if the directory has
+        no tokenizer."""
+        core, added = self._tokenizer_tables
+        if isinstance(core, str):
+            return core + json.dumps(sorted(added.items())) if added else core
+        return None if core is None else {**core, **added}
 
     @cached_property
     def tokenizer_digest(self) -> str | None:

@@ -184,7 +184,7 @@ def _distinct(genome: Genome, grid: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.engine.derived import DerivedSource
     from evomerge.engine.paths import Step
@@ -193,9 +193,13 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
     src = worker.materializer.sources.get(path)
     if isinstance(src, DerivedSource):  # a pinned study point: resident, scored in place
         model = worker.materializer.path_model([Step(path, i) for i in range(src.num_layers)])
+        tokenizer = worker.tokenizer
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
-    return score(model, worker.tokenizer, list(tests.values()))
+        # sources whose tokenizers differ (a tokenizer rule) are scored with their own
+        tokenizer = worker.tokenizer if not worker.space.tokenizer_keys() else (
+            AutoTokenizer.from_pretrained(path))
+    return score(model, tokenizer, list(tests.values()))
 
 
 def _describe(params: dict[str, Any]) -> str:

@@ -156,7 +156,7 @@ class ParamGenome:
         space = self.space
         swaps = [params.get(f"swap.g{g}", SWAP_MERGE) for g in range(len(self.groups))]
         meta = {"seed": space.seed, **(extras or {})}
-        doc: dict[str, Any] = {"evomerge": meta}
+        doc: dict[str, Any] = {"evomerge": meta, **space.tokenizer_keys()}
         dtype, out_dtype = space.recipe_dtypes(self.source_dtype)
         if dtype:
             doc["dtype"] = dtype
@@ -166,6 +166,8 @@ class ParamGenome:
             doc["merge_method"] = "passthrough"
             doc["slices"] = [{"sources": [{"model": self._path(c), "layer_range": list(r)}]}
                              for c, r in zip(swaps, self.groups)]
+            if space.tokenizer_keys():  # the output tokenizer starts from the base, always
+                doc["base_model"] = space.base_model
             return load_recipe(doc)
         method = next(m for m in space.methods if m.name == space.method_name(params))
         slices = [self._slice(params, method, g, swaps[g]) for g in range(len(self.groups))]

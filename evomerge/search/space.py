@@ -18,6 +18,7 @@
     budget: {trials: 200, wall_time: 600}
     fidelity: {rungs: [0.11, 0.33, 1.0], eta: 3}    # optional: cheaper fitness
     optimizer: {name: cma, popsize: 12, sigma0: 0.25, seed: 0}
+    tokenizer: {source: union, pad_to_multiple_of: 64}   # optional: tokenizers that differ
 
 Everything here is checked before any model is loaded: unknown methods or parameters, bounds
 reversed or outside what the method accepts, empty objectives, a budget <= 0.
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evomerge.engine.derived import STUDY_REF, open_model
 from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
+from evomerge.engine.vocab_config import TokenizerConfig, check_chat_template
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
@@ -172,11 +174,20 @@ class SearchSpace(_Strict):
     # stood for when the study started (evomerge.search.chain), so a resumed study and its
     # workers use the same model even after the other study has moved on.
     pinned: dict[str, str] = {}
+    # Sources whose tokenizers differ (added tokens, padded embeddings): mergekit's recipe keys,
+    # copied into every candidate recipe (evomerge.engine.vocab); the candidates are scored
+    # with the output tokenizer that export writes.
+    tokenizer_source: str | None = None
+    tokenizer: TokenizerConfig | None = None
+    chat_template: str | None = None
 
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
+    _chat_template = field_validator("chat_template")(check_chat_template)
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
+        if self.tokenizer_source is not None and self.tokenizer is not None:
+            raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
         if self.dfs is not None:
             _check_dfs(self)
         elif self.method is None and not self.layer_swap:
@@ -270,12 +281,22 @@ class SearchSpace(_Strict):
     def model_paths(self) -> list[str]:
         return [self.base_model, *self.models.values()]
 
+    def tokenizer_keys(self) -> dict[str, Any]:
+        """The tokenizer keys every candidate recipe carries (mergekit's spelling)."""
+        keys = {"tokenizer_source": self.tokenizer_source, "chat_template": self.chat_template,
+                "tokenizer": (self.tokenizer.model_dump(mode="json", exclude_none=True)
+                              if self.tokenizer is not None else None)}
+        return {k: v for k, v in keys.items() if v is not None}
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
                               sort_keys=False)
 
 
 def _check_dfs(space: SearchSpace) -> None:
+    if space.tokenizer_source is not None or space.tokenizer is not None:
+        raise ValueError("a 'dfs' space runs the models' own layers and embeddings: its models "
+                         "need one tokenizer (drop 'tokenizer_source' / 'tokenizer')")
     if space.method is not None or space.layer_swap or space.parameters:
         raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
                          "and 'layer_swap' (merge in parameter space in a study of its own and "

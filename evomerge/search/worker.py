@@ -182,8 +182,15 @@ class Worker:
                                          dtype=torch_dtype(space.out_dtype),
                                          offload=space.offload, recipes=space.pinned)
         self.device = self.materializer.device
-        self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)
+        self.tokenizer = AutoTokenizer.from_pretrained(space.base_model)  # the base's own
         self.evaluators = build_evaluators(space)
+
+    def tokenizer_for(self, recipe: Any) -> Any:
+        """The tokenizer a candidate is scored with: the one export writes with its model (a
+        tokenizer rule's output tokenizer, a recipe's chat template), else the base's."""
+        if recipe.tokenizer_settings is None and recipe.chat_template is None:
+            return self.tokenizer
+        return self.materializer.tokenizer(recipe)
 
     def run(self, trial: int, recipe_yaml: str, evaluators: dict[str, Any] | None = None,
             job: dict[str, Any] | None = None) -> CandidateResult:
@@ -195,12 +202,13 @@ class Worker:
         t0 = time.perf_counter()
         merge_s = 0.0
         try:
-            model = self.materializer.materialize(load_recipe(recipe_yaml))
+            recipe = load_recipe(recipe_yaml)
+            model = self.materializer.materialize(recipe)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             merge_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            scores, totals, examples, stats = _score(model, self.tokenizer,
+            scores, totals, examples, stats = _score(model, self.tokenizer_for(recipe),
                                                      evaluators or self.evaluators, job)
             values = objective_values(scores, self.space.objectives)
             return CandidateResult(trial, values, scores, None, merge_s,
