@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from oracle import load_dir, max_abs_diff, mergekit_merge
 from transformers import AutoTokenizer
 
@@ -18,6 +19,8 @@ from evomerge.engine.materialize import Materializer
 from evomerge.engine.merge import merge_to_disk
 from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError, ModelError
+from evomerge.evaluators import make_evaluator
+from evomerge.scoring import load_model, score
 
 # Every recipe names its base_model, and new tokens of the models besides the base come in one
 # order: mergekit visits those models in the order of an unordered set (it varies between
@@ -171,7 +174,8 @@ tokenizer: {source: union, pad_to_multiple_of: 64}
 def test_smollm2_added_tokens_and_padded_vocabulary_match_mergekit(smollm2_vocab, tmp_path):
     """The real SmolLM2 tokenizer (BPE, 49152 tokens, chat template): a fine-tune adding
     tool-call tokens and one padded to 49216 rows, union vocabulary padded to 64, configured
-    rows; the same tensors and tokenizer as mergekit, on disk and in memory."""
+    rows; the same tensors and tokenizer as mergekit, on disk and in memory, and the same
+    scores in memory as from the exported directory."""
     text = _fill("""
 merge_method: task_arithmetic
 base_model: BASE
@@ -192,7 +196,34 @@ tokenizer:
     merge_to_disk(recipe, tmp_path / "ours")
     _check_same_model(tmp_path / "ours", tmp_path / "mk", expected)
     assert AutoTokenizer.from_pretrained(tmp_path / "ours").get_vocab()["</tool_call>"] == 49153
-    assert _in_memory(recipe, expected, torch.float32) <= 1e-6
+    mat = Materializer(recipe.referenced_models(), base_model=recipe.base_model,
+                       dtype=torch.float32)
+    model = mat.materialize(recipe)
+    state = {k: v for k, v in model.state_dict().items() if k in expected}
+    assert max_abs_diff(state, expected) <= 1e-6
+    # The scorer and lm-eval score the resident model with the output tokenizer: the numbers
+    # of the exported model loaded with its own saved tokenizer.
+    evs = _tool_call_evaluators(tmp_path)
+    in_memory = score(model, mat.tokenizer(recipe), evs)
+    assert in_memory == pytest.approx(score(*load_model(tmp_path / "ours"), evs), rel=1e-5)
+    assert set(in_memory) >= {"calls/answer_nll", "calls_lm/perplexity"}
+
+
+def _tool_call_evaluators(tmp_path: Path) -> list:
+    """The answers scorer and lm-eval on prompts that use the added tokens."""
+    rows = [{"prompt": "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n",
+             "answer": '<tool_call>{"name": "weather", "city": "Paris"}</tool_call>'},
+            {"prompt": "Call the clock.<tool_call>", "answer": '{"name": "time"}</tool_call>'}]
+    data = tmp_path / "calls.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "calls_lm.yaml").write_text(yaml.safe_dump({
+        "task": "calls_lm", "dataset_path": "json", "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(data)}}, "output_type": "loglikelihood",
+        "doc_to_text": "{{prompt}}", "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "perplexity", "aggregation": "perplexity",
+                         "higher_is_better": False}]}))
+    return [make_evaluator("answers", files={"calls": str(data)}),
+            make_evaluator("lm_eval", tasks=["calls_lm"], include_path=str(tmp_path))]
 
 
 MERGEKIT_YAML = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))

@@ -190,6 +190,8 @@ class SearchSpace(_Strict):
             raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
         if self.dfs is not None:
             _check_dfs(self)
+        if self.method is None and self.layer_swap:
+            _check_swap_tokenizer(self)
         elif self.method is None and not self.layer_swap:
             raise ValueError("give a 'method', 'layer_swap: true', both, or 'dfs'")
         if SWAP_BASE in self.models or SWAP_MERGE in self.models:
@@ -304,6 +306,19 @@ def _check_dfs(space: SearchSpace) -> None:
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
+
+
+def _check_swap_tokenizer(space: SearchSpace) -> None:
+    """A pure layer-swap candidate merges only the models its groups name, so a union
+    vocabulary (or a token row from a model) would change from candidate to candidate."""
+    rule = space.tokenizer.source if space.tokenizer else space.tokenizer_source
+    tokens = space.tokenizer.tokens or {} if space.tokenizer else {}
+    if rule == "union" or any(isinstance(t.source, str) or getattr(t.source, "model", None)
+                              for t in tokens.values()):
+        raise ValueError("a layer-swap space without a method merges different models in "
+                         "each candidate, so a 'union' vocabulary or a token row taken from a "
+                         "model would change between candidates: use source 'base' or a model, "
+                         "or add a method")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:
