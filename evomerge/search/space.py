@@ -190,10 +190,10 @@ class SearchSpace(_Strict):
             raise ValueError("give 'tokenizer_source' or a 'tokenizer' block, not both")
         if self.dfs is not None:
             _check_dfs(self)
-        if self.method is None and self.layer_swap:
-            _check_swap_tokenizer(self)
         elif self.method is None and not self.layer_swap:
             raise ValueError("give a 'method', 'layer_swap: true', both, or 'dfs'")
+        if self.method is None and self.layer_swap:
+            _check_swap_tokenizer(self)
         if SWAP_BASE in self.models or SWAP_MERGE in self.models:
             raise ValueError(f"model aliases {SWAP_BASE!r} and {SWAP_MERGE!r} are reserved")
         for m in self.methods:
