@@ -5,7 +5,7 @@
     evomerge eval MODEL_OR_RECIPE --tasks add_l1,add_l2 [--evaluator zoo|lm_eval] [--split test]
     evomerge search SPACE.yaml [--study NAME] [--storage URL] [--trials N] [--workers N]
     evomerge resume STUDY | status STUDY | front STUDY | report STUDY
-    evomerge export STUDY (--best | --trial N | --pareto I) -o recipe.yaml
+    evomerge export STUDY (--best | --trial N | --pareto I) [-o recipe.yaml] [--model-dir DIR]
     evomerge quickstart          # the whole job on the embedded zoo
     evomerge slurm submit SPACE.yaml [--nodes N --gpus-per-node G --time T --partition P]
     evomerge slurm resume STUDY | slurm status STUDY
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evomerge.cli.slurm_commands import add_slurm_commands
-from evomerge.errors import EvomergeError
+from evomerge.errors import ConfigError, EvomergeError
 
 __all__ = ["main"]
 
@@ -34,13 +34,20 @@ def _size(text: str) -> int:
     return int(upper)
 
 
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-model-id", action="append", default=None, metavar="HUB_ID",
+                   help="Hub id for the model card's base_model (repeat it; default: the "
+                        "sources named by Hub id)")
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.cli.progress import progress_bar
     from evomerge.engine.merge import merge_stages
 
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
         plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
-                             max_shard_bytes=args.shard_size, progress=update)
+                             max_shard_bytes=args.shard_size, progress=update,
+                             base_model_ids=args.base_model_id)
     for plan in plans[:-1]:
         print(f"Built stage {plan.recipe.merge_method}: {plan.num_layers} layers.")
     plan = plans[-1]
@@ -140,12 +147,22 @@ def _cmd_front(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from evomerge.commands import open_study
-    from evomerge.search.export import export_recipe
+    from evomerge.search.export import export_model, export_recipe
+    from evomerge.search.ledger import results_dir
 
+    if args.output is None and args.model_dir is None:
+        raise ConfigError("Give -o RECIPE.yaml, --model-dir DIR, or both.")
     study, space = open_study(args.study, args.storage, args.results)
-    out = export_recipe(study, space, args.output, best=args.best, trial=args.trial,
-                        pareto=args.pareto)
-    print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
+    choice = {"best": args.best, "trial": args.trial, "pareto": args.pareto}
+    if args.model_dir is None:
+        out = export_recipe(study, space, args.output, **choice)
+        print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
+        return 0
+    out = export_model(study, space, args.model_dir, args.output,
+                       results_dir(args.study, args.results), args.base_model_id,
+                       args.device, **choice)
+    print(f"Wrote {out} (model card: {out / 'README.md'}). Upload it with: "
+          f"hf upload ORG/NAME {out}   (huggingface-cli upload before huggingface_hub 1.0)")
     return 0
 
 
@@ -237,7 +254,12 @@ def _add_study_commands(sub) -> None:
     e.add_argument("--best", action="store_true", help="lowest weighted loss")
     e.add_argument("--trial", type=int, default=None, help="trial number")
     e.add_argument("--pareto", type=int, default=None, help="index on the Pareto front")
-    e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
+    e.add_argument("-o", "--output", default=None, help="recipe YAML to write")
+    e.add_argument("--model-dir", default=None,
+                   help="also build the model here, with a Hub model card (study, trial, "
+                        "objective values, front plot)")
+    e.add_argument("--device", default="cpu", help="where --model-dir's merge runs")
+    _card_args(e)
     e.set_defaults(func=_cmd_export)
     rep = sub.add_parser("report", help="re-score front, sources and uniform recipes on test")
     _study_args(rep)
@@ -267,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where the named stages of a multi-document recipe are built "
                             "(default OUT-stages)")
     merge.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _card_args(merge)
     merge.set_defaults(func=_cmd_merge)
 
     zoo = sub.add_parser("zoo", help="the embedded model zoo").add_subparsers(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from evomerge.engine.card import Provenance, model_card
 from evomerge.engine.fused import TensorEngine
 from evomerge.engine.plan import MergePlan, TensorTask, build_plan
 from evomerge.engine.recipe import Recipe
@@ -62,17 +63,11 @@ def _write_tokenizer(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: P
             shutil.copy2(donor / name, tmp / name)
 
 
-def _model_card(recipe: Recipe, plan: MergePlan) -> str:
-    models = "\n".join(f"- `{m}`" for m in recipe.referenced_models())
-    return (f"---\ntags: [merge, evomerge]\n---\n# Merged model\n\nBuilt by evomerge with the "
-            f"`{recipe.merge_method}` method ({plan.method.paper}) from:\n\n{models}\n\n"
-            f"Output layers: {plan.num_layers}. The exact recipe is in `mergekit_config.yml`; "
-            f"rebuild with `evomerge merge mergekit_config.yml OUT` or `mergekit-yaml`.\n")
-
-
 def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
                   max_shard_bytes: int = 2 * 1024**3,
-                  progress: Callable[[int, int], None] | None = None) -> MergePlan:
+                  progress: Callable[[int, int], None] | None = None,
+                  provenance: Provenance | None = None,
+                  base_model_ids: Sequence[str] | None = None) -> MergePlan:
     """Merge ``recipe`` into the model directory ``out``.
 
     Args:
@@ -81,6 +76,10 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
         device: where the tensor math runs ("cpu", "cuda", "cuda:1", ...).
         max_shard_bytes: largest safetensors shard.
         progress: called as ``progress(done, total)`` after each tensor.
+        provenance: the study and trial the recipe came from, for the model card
+            (:mod:`evomerge.engine.card`); its front plot is written as ``front.png``.
+        base_model_ids: Hub ids for the card's ``base_model`` (default: the sources that
+            are Hub ids).
 
     Returns:
         The executed plan.
@@ -100,7 +99,10 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2))
         _write_tokenizer(plan, sources, tmp)
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
-        (tmp / "README.md").write_text(_model_card(recipe, plan))
+        (tmp / "README.md").write_text(model_card(plan, provenance, base_model_ids,
+                                                  name=out.name))
+        if provenance is not None and provenance.plot_png:
+            (tmp / "front.png").write_bytes(provenance.plot_png)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -140,13 +142,16 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
 
 
 def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | None = None,
+                 provenance: Provenance | None = None,
+                 base_model_ids: Sequence[str] | None = None,
                  **options: Any) -> list[MergePlan]:
     """Build the recipe file ``path``. A multi-document recipe (``mergekit-multi``'s
     format: named stages, then the final recipe, which names them as models) builds each
     stage into ``stages_dir/<name>``
     (default ``<out>-stages``; a stage already built there is reused), then the final one
     into ``out``. A single document is one plain merge. ``options`` go to
-    :func:`merge_to_disk`. Returns the plans, in order."""
+    :func:`merge_to_disk`; ``provenance`` and ``base_model_ids`` go to the final model's
+    card. Returns the plans, in order."""
     import yaml
 
     from evomerge.engine.derived import load_chain, rename_models
@@ -154,8 +159,9 @@ def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | Non
 
     path = Path(path)
     text = path.read_text() if path.is_file() else ""
+    card = {"provenance": provenance, "base_model_ids": base_model_ids}
     if "\n---" not in text:  # one document: a plain recipe (its errors name the file)
-        return [merge_to_disk(load_recipe(path), out, **options)]
+        return [merge_to_disk(load_recipe(path), out, **options, **card)]
     out = Path(out)
     stages_dir = Path(stages_dir) if stages_dir else out.with_name(f"{out.name}-stages")
     built: dict[str, str] = {}
@@ -167,7 +173,7 @@ def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | Non
         if name is not None and (target / "config.json").is_file():
             built[name] = str(target)
             continue
-        plans.append(merge_to_disk(recipe, target, **options))
+        plans.append(merge_to_disk(recipe, target, **options, **(card if name is None else {})))
         if name is not None:
             built[name] = str(target)
     return plans

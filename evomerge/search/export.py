@@ -1,19 +1,24 @@
-"""Export a trial of a study as a mergekit-compatible recipe YAML."""
+"""Export a trial of a study: as a mergekit-compatible recipe YAML, or built into a model
+directory whose model card says which study and trial it came from (``--model-dir``)."""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from evomerge.engine.card import ObjectiveValue, Provenance
 from evomerge.engine.derived import load_chain
 from evomerge.engine.recipe import load_recipe
 from evomerge.search.chain import chained_docs
-from evomerge.search.front import select_trial
+from evomerge.search.front import completed, front_trials, marked_front_png, select_trial
 from evomerge.search.space import SearchSpace
 
-__all__ = ["export_recipe"]
+__all__ = ["export_recipe", "export_model", "provenance"]
 
 
 def export_recipe(study: Any, space: SearchSpace, out: str | Path, **choice: Any) -> Path:
@@ -34,3 +39,40 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, **choice: Any
     for _, text in load_chain(out.read_text()):
         load_recipe(text)
     return out
+
+
+def provenance(study: Any, space: SearchSpace, trial: Any, results_dir: Path | None
+               ) -> Provenance:
+    """The model card's account of ``trial``: its objective values on validation, and on
+    test where the study's report (``results_dir/report.json``) re-scored it; the front plot
+    with the trial marked."""
+    tests: dict[str, float] = {}
+    report = results_dir / "report.json" if results_dir is not None else None
+    if report is not None and report.is_file():
+        rows = json.loads(report.read_text()).get("rows", [])
+        tests = next((r.get("test", {}) for r in rows if r.get("kind") == "search front"
+                      and r.get("name") == f"trial {trial.number}"), {})
+    values = tuple(ObjectiveValue(o.key, o.direction, v, tests.get(o.key))
+                   for o, v in zip(space.objectives, trial.values))
+    return Provenance(study.study_name, trial.number, values, len(completed(study)),
+                      space.optimizer.name, len(front_trials(study, space)),
+                      marked_front_png(study, space, trial))
+
+
+def export_model(study: Any, space: SearchSpace, model_dir: str | Path,
+                 recipe_out: str | Path | None = None, results_dir: Path | None = None,
+                 base_model_ids: Sequence[str] | None = None, device: str = "cpu",
+                 **choice: Any) -> Path:
+    """Build the chosen trial into ``model_dir`` (as ``evomerge merge`` does), its model card
+    naming the study, the trial, its objective values and the front plot; the recipe is also
+    written to ``recipe_out`` when given. Returns ``model_dir``."""
+    from evomerge.engine.merge import merge_stages
+
+    trial = select_trial(study, space, **choice)
+    card = provenance(study, space, trial, results_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = export_recipe(study, space, recipe_out or Path(tmp) / "recipe.yaml",
+                               trial=trial.number)
+        merge_stages(recipe, model_dir, provenance=card, base_model_ids=base_model_ids,
+                     device=device)
+    return Path(model_dir)

@@ -15,7 +15,7 @@ from evomerge.search.pareto import pareto_front
 from evomerge.search.space import SearchSpace
 
 __all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed",
-           "select_trial"]
+           "select_trial", "marked_front_png"]
 
 
 def completed(study: Any) -> list[Any]:
@@ -163,6 +163,45 @@ def _plots(study: Any, space: SearchSpace, front: list[Any], out_dir: Path) -> N
     plt.close(fig)
     html.update_layout(title=study.study_name)
     _write_html(study, space, front, html, out_dir / "pareto.html")
+
+
+def marked_front_png(study: Any, space: SearchSpace, trial: Any) -> bytes:
+    """The front plot (``pareto.png``'s) with ``trial`` marked, as PNG bytes: the figure of
+    an exported model's card. One objective: best value so far against evaluations."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objs, trials = space.objectives, completed(study)
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    if len(objs) == 1:
+        xs, best = best_so_far(study, space)
+        ax.plot(xs, [t.values[0] for t in best], drawstyle="steps-post", label="best so far")
+        n = next(i for i, t in enumerate(trials) if t.number == trial.number) + 1
+        ax.scatter([n], [trial.values[0]], marker="*", s=160, c="C3", zorder=3,
+                   label=f"trial {trial.number}")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel(f"{objs[0].key} ({objs[0].direction})")
+    else:
+        front = front_trials(study, space)
+        ax.scatter([t.values[0] for t in trials], [t.values[1] for t in trials], s=8,
+                   c="lightgray", label="evaluated")
+        ax.scatter([t.values[0] for t in front], [t.values[1] for t in front], s=18, c="C0",
+                   label="Pareto front")
+        ax.scatter([trial.values[0]], [trial.values[1]], marker="*", s=160, c="C3", zorder=3,
+                   label=f"trial {trial.number} (this model)")
+        ax.set_xlabel(f"{objs[0].key} ({objs[0].direction})")
+        ax.set_ylabel(f"{objs[1].key} ({objs[1].direction})")
+    ax.legend()
+    ax.set_title(study.study_name)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 _PAGE = """<!DOCTYPE html>

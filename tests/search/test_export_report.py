@@ -70,3 +70,39 @@ def test_report_scores_test_split(study_root, mini_zoo, capsys):
     img = matplotlib.image.imread(study_root / "t" / "report.png")
     n = len(doc["objectives"])
     assert img.shape[1] == 500 * max(1, n * (n - 1) // 2)  # one 5-inch panel per pair, 100 dpi
+    # a model exported from the front now carries the report's test values in its card
+    out = study_root / "front0"
+    assert main(["export", "t", "--results", str(study_root), "--pareto", "0",
+                 "--model-dir", str(out)]) == 0
+    row = next(r for r in doc["rows"] if r["kind"] == "search front")
+    text = (out / "README.md").read_text()
+    assert f"Trial {row['name'].split()[1]} of" in text
+    for key in keys:
+        assert f"| {row['validation'][key]:.6g} | {row['test'][key]:.6g} |" in text
+
+
+def test_export_model_dir_has_the_hub_card_of_its_trial(study_root, tmp_path):
+    """`export --model-dir` builds the model in one step; its card names the study, the trial
+    and its objective values (as the study holds them), with the front plot."""
+    from huggingface_hub import ModelCard
+    from matplotlib.image import imread
+
+    from evomerge.commands import open_study
+    from evomerge.search.front import front_trials
+
+    out = tmp_path / "model"
+    assert main(["export", "t", "--results", str(study_root), "--pareto", "0", "--model-dir",
+                 str(out), "--base-model-id", "org/zoo-base"]) == 0
+    study, space = open_study("t", results=str(study_root))
+    trial = front_trials(study, space)[0]
+    text = (out / "README.md").read_text()
+    assert ModelCard(text).data.to_dict()["base_model"] == ["org/zoo-base"]
+    assert f"Trial {trial.number} of the evomerge study `t`" in text
+    for obj, value in zip(space.objectives, trial.values):
+        assert f"| {obj.key} | {obj.direction} | {value:.6g} |" in text
+    assert imread(out / "front.png").shape[:2] == (450, 600)
+    written, searched = (load_recipe(r).model_dump(exclude={"evomerge"}) for r in (
+        out / "mergekit_config.yml", trial.user_attrs["recipe"]))
+    assert written == searched
+    assert (out / "model.safetensors").is_file()
+    assert main(["export", "t", "--results", str(study_root), "--best"]) == 2  # no target
