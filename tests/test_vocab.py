@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from oracle import load_dir, max_abs_diff, mergekit_merge
+from oracle import load_dir, max_abs_diff, mergekit_cli, mergekit_merge
 from transformers import AutoTokenizer
 
 from evomerge.engine.materialize import Materializer
@@ -226,15 +224,12 @@ def _tool_call_evaluators(tmp_path: Path) -> list:
             make_evaluator("lm_eval", tasks=["calls_lm"], include_path=str(tmp_path))]
 
 
-MERGEKIT_YAML = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))
-
-
 @pytest.mark.e2e
-@pytest.mark.skipif(MERGEKIT_YAML is None, reason="mergekit-yaml not installed")
 def test_written_recipe_builds_the_same_model_with_mergekit_yaml(vocab_tiny, tmp_path):
     """The recipe written beside the model (``model:`` prefix dropped) is a mergekit config."""
+    cli = mergekit_cli("mergekit-yaml")
     merge_to_disk(load_recipe(_fill(RECIPES["tokens_block"], vocab_tiny)), tmp_path / "ours")
-    subprocess.run([MERGEKIT_YAML, str(tmp_path / "ours" / "mergekit_config.yml"),
+    subprocess.run([cli, str(tmp_path / "ours" / "mergekit_config.yml"),
                     str(tmp_path / "mk"), "--quiet"], check=True, capture_output=True)
     _check_same_model(tmp_path / "ours", tmp_path / "mk", load_dir(tmp_path / "mk"))
 

@@ -89,6 +89,7 @@ def test_export_model_dir_has_the_hub_card_of_its_trial(study_root, tmp_path):
 
     from evomerge.commands import open_study
     from evomerge.search.front import front_trials
+    from evomerge.search.records import TrialRecord
 
     out = tmp_path / "model"
     assert main(["export", "t", "--results", str(study_root), "--pareto", "0", "--model-dir",
@@ -102,7 +103,7 @@ def test_export_model_dir_has_the_hub_card_of_its_trial(study_root, tmp_path):
         assert f"| {obj.key} | {obj.direction} | {value:.6g} |" in text
     assert imread(out / "front.png").shape[:2] == (450, 600)
     written, searched = (load_recipe(r).model_dump(exclude={"evomerge"}) for r in (
-        out / "mergekit_config.yml", trial.user_attrs["recipe"]))
+        out / "mergekit_config.yml", TrialRecord(trial).recipe))
     assert written == searched
     assert (out / "model.safetensors").is_file()
     assert main(["export", "t", "--results", str(study_root), "--best"]) == 2  # no target
