@@ -58,8 +58,8 @@ def executor_factory(workers: int, **ray_options: Any
 def search(space_path: str, study: str | None = None, storage: str | None = None,
            trials: int | None = None, workers: int = 0, results: str = "results",
            progress: Callable[[dict], None] | None = None, offload: bool = False,
-           **ray_options: Any) -> SearchOutcome:
-    space = _with_offload(load_space(space_path), offload)
+           track: str | None = None, **ray_options: Any) -> SearchOutcome:
+    space = _with_run_options(load_space(space_path), offload, track)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
@@ -68,9 +68,10 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
            results: str = "results", progress: Callable[[dict], None] | None = None,
-           offload: bool = False, **ray_options: Any) -> SearchOutcome:
+           offload: bool = False, track: str | None = None,
+           **ray_options: Any) -> SearchOutcome:
     study, space = open_study(name, storage, results)
-    space = _with_offload(space, offload)
+    space = _with_run_options(space, offload, track)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, **ray_options),
@@ -78,9 +79,15 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
                       launch=local_launch(results, workers, ray_options))
 
 
-def _with_offload(space: SearchSpace, offload: bool) -> SearchSpace:
-    """``--offload`` turns the space's ``offload`` on for this run (no result changes)."""
-    return space.model_copy(update={"offload": True}) if offload else space
+def _with_run_options(space: SearchSpace, offload: bool, track: str | None) -> SearchSpace:
+    """``--offload`` turns the space's ``offload`` on for this run, ``--track`` sets its
+    tracker (:func:`evomerge.tracking.parse_track`); neither changes a result."""
+    from evomerge.tracking import parse_track
+
+    update: dict[str, Any] = {"offload": True} if offload else {}
+    if track is not None:
+        update["tracking"] = parse_track(track)
+    return space.model_copy(update=update) if update else space
 
 
 def local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from evomerge.cli.run_args import track_arg
 from evomerge.cli.slurm_commands import add_slurm_commands
 from evomerge.errors import ConfigError, EvomergeError
 
@@ -104,7 +105,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, **_ray_options(args))
+                         offload=args.offload, track=args.track, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -114,7 +115,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = resume(args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, **_ray_options(args))
+                         offload=args.offload, track=args.track, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -229,6 +230,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true",
                    help="keep source models in host memory, stream them to the device per "
                         "tensor (device memory ~ one model)")
+    track_arg(p)
     p.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from evomerge.cli.run_args import track_arg
+
 __all__ = ["add_slurm_commands"]
 
 
@@ -29,7 +31,7 @@ def _cmd_slurm_submit(args: argparse.Namespace) -> int:
     resume = args.command_slurm == "resume"
     job = submit(None if resume else args.target, _slurm_options(args),
                  study=args.target if resume else args.study, storage=args.storage,
-                 results=args.results, trials=args.trials)
+                 results=args.results, trials=args.trials, track=args.track)
     print(f"Submitted Slurm job {job.job_id} for study {job.study!r}.\n"
           f"  script:  {job.script}\n  storage: {job.storage}\n"
           f"  watch:   evomerge slurm status {job.study} --results {args.results}")
@@ -84,6 +86,7 @@ def add_slurm_commands(sub, study_args) -> None:
                        help="extra sbatch option, e.g. --sbatch-arg=--account=proj (repeatable)")
         p.add_argument("--head-address", default=None,
                        help="Ray head address (default: Slurm's NodeAddr of the first node)")
+        track_arg(p)
         p.set_defaults(func=_cmd_slurm_submit)
     na = ssub.add_parser("node-address", help="the address Slurm uses for a node (job scripts)")
     na.add_argument("node", help="node name, e.g. $SLURMD_NODENAME")

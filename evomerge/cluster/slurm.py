@@ -120,8 +120,10 @@ def _directives(study: str, opts: SlurmOptions, log: Path) -> str:
 
 
 def render_job(study: str, storage: str, results: str | Path, opts: SlurmOptions,
-               python: str | None = None, workdir: str | Path | None = None) -> str:
-    """The job script for ``study`` (every interpolated value shell-quoted)."""
+               python: str | None = None, workdir: str | Path | None = None,
+               track: str | None = None) -> str:
+    """The job script for ``study`` (every interpolated value shell-quoted); ``track``: the
+    ``--track`` value its driver logs to (validated by the caller)."""
     python = python or sys.executable
     ray = Path(python).parent / "ray"
     ray_bin = str(ray) if ray.exists() else (shutil.which("ray") or "ray")
@@ -139,7 +141,8 @@ def render_job(study: str, storage: str, results: str | Path, opts: SlurmOptions
         python=q(python), ray=q(ray_bin), study=q(study), storage=q(storage),
         results=q(str(results)), workers=opts.actors(), gpus=opts.gpus_per_node,
         head_address=q(opts.head_address or ""),
-        actor_options=" ".join(q(a) for a in actor))
+        actor_options=" ".join(q(a) for a in actor),
+        track_option=f"--track {q(track)}" if track else "")
 
 
 def _sbatch(script: Path) -> str:
@@ -181,12 +184,18 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
 
 def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = None,
            storage: str | None = None, results: str | Path = "results",
-           trials: int | None = None, python: str | None = None) -> SlurmJob:
-    """Validate, create the study, write the job script and ``sbatch`` it.
+           trials: int | None = None, python: str | None = None,
+           track: str | None = None) -> SlurmJob:
+    """Validate, create the study, write the job script and ``sbatch`` it; ``track``: an
+    experiment tracker for the job's driver (``--track``, checked here).
 
     With ``space_path=None`` the existing ``study`` is resumed by a new job. Refuses while the
     study already has a pending or running job.
     """
+    from evomerge.tracking import parse_track
+
+    if track is not None:
+        parse_track(track)  # a bad --track fails here, not in the queued job
     results = Path(results).resolve()
     st, name, url = _prepare_study(space_path, study, storage, results, trials)
     launch = dict(StudyRecord(st).launch)
@@ -198,7 +207,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     folder = results / name / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
-    script.write_text(render_job(name, url, results, opts, python=python))
+    script.write_text(render_job(name, url, results, opts, python=python, track=track))
     script.chmod(0o755)
     job_id = _sbatch(script)
     jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]

@@ -37,6 +37,8 @@ from evomerge.search.optimizers import make_optimizer
 from evomerge.search.proposals import Flight, Proposals
 from evomerge.search.records import StudyRecord, T, TrialRecord
 from evomerge.search.space import SearchSpace
+from evomerge.search.study_note import annotate_study
+from evomerge.search.tracking import StudyTracking
 from evomerge.search.worker import CandidateResult, build_evaluators
 
 __all__ = ["SearchOutcome", "run_search"]
@@ -223,9 +225,19 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         loop.record.set_launch({**launch, "storage": url})
     loop.heart.refuse_second_driver()
     loop.restore()
+    annotate_study(loop.study, space, genome)
     loop.heart.beat(force=True)
     out_dir = results_dir(name, results_root)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tracking = None
+    if space.tracking is not None:  # observes the ledger; a failing tracker only warns
+        tracking = StudyTracking(space.tracking, loop.study, space, genome).open()
+        loop.writer.observers.append(tracking.trial)
+
+    def on_generation() -> None:
+        write_front(loop.study, space, out_dir)
+        if tracking is not None:
+            tracking.generation()
     if executor_factory is None:
         from evomerge.search.executors import InlineExecutor
         executor_factory = InlineExecutor
@@ -235,8 +247,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         with StopSignal() as stop:
             executor = executor_factory(space)
             stop.reinstall()
-            stopped = loop.run(executor, space.budget.wall_time, stop,
-                               lambda: write_front(loop.study, space, out_dir))
+            stopped = loop.run(executor, space.budget.wall_time, stop, on_generation)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM while Ray was starting
         loop.interrupt_in_flight()
         stopped = "interrupted"
@@ -246,4 +257,6 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
             executor.close()
         loop.heart.beat(state=stopped, force=True)
         write_front(loop.study, space, out_dir)
+        if tracking is not None:
+            tracking.close(out_dir)
     return SearchOutcome(name, url, loop.done, loop.failed, stopped, out_dir)

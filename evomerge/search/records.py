@@ -11,6 +11,8 @@ A study (Optuna user attributes of the study) holds:
 ``evomerge_driver``             the driver's heartbeat: host, pid, state, time, progress
 ``evomerge_optimizer_checkpoint`` the optimizer's JSON state (CMA-ES: per generation)
 ``evomerge_anchors``            anchor examples of the ``anchors`` fidelity estimator
+``evomerge_tracking``           the experiment tracker's run: ``{"type", "run_id"}``
+``evomerge_description``        what the study is, in words (optuna-dashboard shows it)
 ==============================  ==========================================================
 
 A trial (Optuna user attributes of the trial) holds the decoded ``recipe`` (YAML) and its
@@ -46,6 +48,8 @@ class S:
     DRIVER = "evomerge_driver"
     CHECKPOINT = "evomerge_optimizer_checkpoint"
     ANCHORS = "evomerge_anchors"     # {rung: {evaluator: {task: [indices, weights]}}}
+    TRACKING = "evomerge_tracking"   # {"type": "mlflow", "run_id": "..."}
+    DESCRIPTION = "evomerge_description"
 
 
 class T:
@@ -177,6 +181,8 @@ class StudyRecord:
     driver = property(lambda self: self._get(S.DRIVER) or {})
     checkpoint = property(lambda self: self._get(S.CHECKPOINT))
     anchors = property(lambda self: self._get(S.ANCHORS))
+    tracking = property(lambda self: self._get(S.TRACKING) or {})
+    description = property(lambda self: self._get(S.DESCRIPTION))
 
     def set_space(self, space: SearchSpace, num_layers: int) -> None:
         self.study.set_user_attr(S.SPACE, space.model_dump(mode="json"))
@@ -196,3 +202,9 @@ class StudyRecord:
 
     def set_anchors(self, anchors: dict[str, Any]) -> None:
         self.study.set_user_attr(S.ANCHORS, anchors)
+
+    def set_tracking(self, kind: str, run_id: str) -> None:
+        self.study.set_user_attr(S.TRACKING, {"type": kind, "run_id": run_id})
+
+    def set_description(self, text: str) -> None:
+        self.study.set_user_attr(S.DESCRIPTION, text)

@@ -44,6 +44,7 @@ from evomerge.search.optimizer_config import (
     OptimizerConfig,
     optimizer_config_input,
 )
+from evomerge.tracking.config import TrackingConfig
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
            "SWAP_MERGE", "SWAP_BASE"]
@@ -185,6 +186,8 @@ class SearchSpace(_Strict):
     tokenizer_source: str | None = None
     tokenizer: TokenizerConfig | None = None
     chat_template: str | None = None
+    # An experiment tracker watching the search (evomerge.search.tracking); also `--track`.
+    tracking: TrackingConfig | None = None
 
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
     _chat_template = field_validator("chat_template")(check_chat_template)
@@ -259,8 +262,9 @@ class SearchSpace(_Strict):
         return dtype, out
 
     def same_search(self, other: SearchSpace) -> bool:
-        """Equal apart from run-time options that do not change any result (``offload``)."""
-        skip = {"offload", "pinned"}
+        """Equal apart from run-time options that do not change any result (``offload``,
+        ``tracking``)."""
+        skip = {"offload", "pinned", "tracking"}
         return self.model_dump(exclude=skip) == other.model_dump(exclude=skip)
 
     def check_models(self) -> int:
