@@ -47,6 +47,16 @@ def test_job_script_quotes_every_value_and_parses(tmp_path):
     assert "PY='/opt/py thon'" in script
     assert "--workers \"$WORKERS\"" in script and "WORKERS=8" in script  # one actor per GPU
     assert "--num-gpus 1" in script
+    assert "@@{" not in script and "--track" not in script
+
+
+def test_job_script_passes_the_tracker_to_its_driver(tmp_path):
+    track = "{type: mlflow, tracking_uri: 'http://mlflow:5000'}; rm -rf ~"
+    script = render_job("s", "journal:///j.log", tmp_path, SlurmOptions(), track=track)
+    (tmp_path / "job.sh").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0
+    quoted = "'{type: mlflow, tracking_uri: '\"'\"'http://mlflow:5000'\"'\"'}; rm -rf ~'"
+    assert f"--track {quoted} -q &" in script
 
 
 @pytest.mark.parametrize(("field", "value"), [
@@ -209,3 +219,12 @@ def test_preempted_job_requeues_and_finishes_the_budget(cluster, mini_zoo, tmp_p
     hashes = [t.user_attrs["recipe_hash"] for t in evaluations]
     assert len(set(hashes)) == len(hashes)  # no candidate evaluated twice
     assert _no_ray_left(job)
+
+
+def test_a_bad_tracker_is_refused_before_the_study_is_made(tmp_path, capsys):
+    from evomerge.cli import main
+
+    assert main(["slurm", "submit", str(tmp_path / "space.yaml"), "--results", str(tmp_path),
+                 "--track", "neptune"]) == 2
+    assert "--track 'neptune' is neither a tracker" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
