@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.search.records import StudyRecord
 
 __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
            "journal_storage", "ACTIVE_STATES"]
@@ -174,7 +175,7 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
         name, url = study, storage or journal_storage(study, results)
         st = load_study(open_storage(url), name)
     if trials is not None:
-        st.set_user_attr("evomerge_trials", trials)
+        StudyRecord(st).set_budget(trials)
     return st, name, url
 
 
@@ -188,7 +189,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     """
     results = Path(results).resolve()
     st, name, url = _prepare_study(space_path, study, storage, results, trials)
-    launch = dict(st.user_attrs.get("evomerge_launch") or {})
+    launch = dict(StudyRecord(st).launch)
     for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
         state = job_state(job_id)["JobState"]
         if state in ACTIVE_STATES:
@@ -201,7 +202,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     script.chmod(0o755)
     job_id = _sbatch(script)
     jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
-    st.set_user_attr("evomerge_launch", {
+    StudyRecord(st).set_launch({
         "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
         "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
     return SlurmJob(job_id, script, name, url)

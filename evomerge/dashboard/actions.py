@@ -16,6 +16,7 @@ from typing import Any
 
 from evomerge.dashboard.catalog import driver_state
 from evomerge.errors import ConfigError
+from evomerge.search.records import StudyRecord
 
 __all__ = ["resume_study", "export_yaml", "local_resume_command"]
 
@@ -36,7 +37,7 @@ def resume_study(study: Any, url: str) -> dict[str, Any]:
     state = driver_state(study)
     if state == "running":
         raise ConfigError(f"Study {study.study_name!r} is running; nothing to resume.")
-    launch = study.user_attrs.get("evomerge_launch") or {}
+    launch = StudyRecord(study).launch
     if launch.get("via") == "slurm":
         from evomerge.cluster.slurm import SlurmOptions, submit
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.records import T
 
 __all__ = ["Grid", "Cell", "grid_of", "archive_cells", "archive_trial"]
 
@@ -89,7 +90,7 @@ def archive_cells(trials: Sequence[Any], space: Any) -> list[Cell]:
     grid = grid_of(space)
     best: dict[tuple[int, ...], Cell] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state != TrialState.COMPLETE or "duplicate_of" in t.user_attrs:
+        if t.state != TrialState.COMPLETE or T.DUPLICATE_OF in t.user_attrs:
             continue
         m = grid.measures(t.values)
         c = Cell(grid.cell(m), t.number, weighted_loss(t.values, space.objectives),

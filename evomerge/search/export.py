@@ -11,6 +11,7 @@ from evomerge.engine.derived import load_chain
 from evomerge.engine.recipe import load_recipe
 from evomerge.search.chain import chained_docs
 from evomerge.search.front import select_trial
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["export_recipe"]
@@ -20,7 +21,7 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, **choice: Any
     """Write the chosen trial's recipe to ``out`` (validated again before writing), with the
     model references as written in the search space. Returns the path."""
     t = select_trial(study, space, **choice)
-    recipe = load_recipe(t.user_attrs["recipe"])
+    recipe = load_recipe(TrialRecord(t).recipe)
     docs = chained_docs(recipe.to_yaml(), space.pinned)
     docs[-1].setdefault("evomerge", {})["scores"] = {
         o.key: v for o, v in zip(space.objectives, t.values)}

@@ -29,9 +29,8 @@ import numpy as np
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
 from evomerge.search.gene import Genome
-from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.optimizer_base import Optimizer, Proposal
+from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import (
     CmaConfig,
     Nsga2Config,
@@ -41,11 +40,12 @@ from evomerge.search.optimizer_config import (
 )
 from evomerge.search.path_ga import PathGaOptimizer
 from evomerge.search.qd import MapElitesOptimizer
+from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
+__all__ = ["Proposal", "Optimizer", "FixedSampler", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
            "OPTIMIZERS", "register_optimizer", "make_optimizer"]
 
 
@@ -72,12 +72,12 @@ class OptunaOptimizer(Optimizer):
 class CmaOptimizer(Optimizer):
     """pycma CMA-ES with bounds [0, 1] on the genome's unit cube (not ``cma.fmin2``)."""
 
+    proposes = True
+
     def __init__(self, genome: Genome, objectives: Sequence[Objective],
                  config: CmaConfig) -> None:
-        import optuna
-
         self.genome, self.objectives, self.config = genome, list(objectives), config
-        self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
+        self.sampler = FixedSampler()  # the study samples what ask() proposed
         self._es = self._new_es()
         self._checkpoint: dict[str, Any] | None = None  # taken between a tell and an ask
         self._start_generation()
@@ -111,15 +111,15 @@ class CmaOptimizer(Optimizer):
         i = self._queue.pop(0)
         x = self._X[i]
         return Proposal(self.genome.from_unit(x),
-                        {"cma_gen": self._gen, "cma_index": i, "x": [float(v) for v in x]})
+                        {T.CMA_GEN: self._gen, T.CMA_INDEX: i, T.X: [float(v) for v in x]})
 
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None:
-        if attrs.get("cma_gen") != self._gen:
+        if attrs.get(T.CMA_GEN) != self._gen:
             return  # a straggler of an older generation: CMA-ES has moved on
         loss = None if values is None else weighted_loss(values, self.objectives)
         # A candidate pruned at a lower rung ranks below every one that went further.
-        self._losses[attrs["cma_index"]] = loss
-        self._rungs[attrs["cma_index"]] = attrs.get("fidelity_rung")
+        self._losses[attrs[T.CMA_INDEX]] = loss
+        self._rungs[attrs[T.CMA_INDEX]] = attrs.get(T.FIDELITY_RUNG)
         if len(self._losses) == len(self._X):
             self._finish_generation()
 
@@ -149,8 +149,8 @@ class CmaOptimizer(Optimizer):
         cache have no trial, so the driver re-derives them through its genome cache."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
-            if "cma_gen" in t.user_attrs:
-                by_gen.setdefault(t.user_attrs["cma_gen"], {})[t.user_attrs["cma_index"]] = t
+            if T.CMA_GEN in t.user_attrs:
+                by_gen.setdefault(t.user_attrs[T.CMA_GEN], {})[t.user_attrs[T.CMA_INDEX]] = t
         upto = checkpoint["generation"] if checkpoint else None
         self._es = self._new_es()
         self._start_generation()
@@ -196,7 +196,7 @@ class CmaOptimizer(Optimizer):
         while self._gen in by_gen and (upto is None or self._gen < upto):
             done = by_gen[self._gen]
             for i, t in done.items():
-                x = np.asarray(t.user_attrs["x"])
+                x = np.asarray(t.user_attrs[T.X])
                 if i < len(self._X) and not np.allclose(self._X[i], x, atol=1e-9):
                     log.warning("Trial %d differs from CMA-ES generation %d as replayed "
                                 "(max %.3g); told as stored", t.number, self._gen,

@@ -33,27 +33,25 @@ import numpy as np
 
 from evomerge.errors import ConfigError
 from evomerge.search.gene import genome_hash
-from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.optimizer_base import Optimizer, Proposal
+from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import PathGaConfig
 from evomerge.search.path_ops import OPERATORS, PathCodec, crossover, describe, mutate
+from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
 __all__ = ["PathGaOptimizer"]
 
-# The driver matches a proposal with its trial by these two attributes (generation, index);
-# CMA-ES set the names.
-GEN, INDEX = "cma_gen", "cma_index"
+GEN, INDEX = T.CMA_GEN, T.CMA_INDEX  # generation and index, named as CMA-ES's
 TRIES = 200  # draws for one new child before a repeat is accepted
 
 
 class PathGaOptimizer(Optimizer):
     """Genetic algorithm over segment paths of a ``dfs`` space (module docstring)."""
 
-    def __init__(self, genome: Any, objectives: Sequence[Objective], config: PathGaConfig) -> None:
-        import optuna
+    proposes = True
 
+    def __init__(self, genome: Any, objectives: Sequence[Objective], config: PathGaConfig) -> None:
         if getattr(genome, "dfs", None) is None:
             raise ConfigError("optimizer 'path_ga' searches data-flow paths: the space needs a "
                               "'dfs' block.")
@@ -65,7 +63,7 @@ class PathGaOptimizer(Optimizer):
             raise ConfigError(f"optimizer.starts {bad[0]!r} is not a model alias "
                               f"({', '.join(aliases)}).")
         self.starts = [self.codec.canonical(self.codec.own(a)) for a in starts]
-        self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
+        self.sampler = FixedSampler()  # the study samples what ask() proposed
         self.pool: list[tuple[tuple[float, float], int, Any]] = []  # (rank key, order, path)
         self.seen: set[str] = set()
         self._gen = 0
@@ -134,7 +132,7 @@ class PathGaOptimizer(Optimizer):
         i = self._queue.pop(0)
         path = self._paths[i]
         return Proposal(self.codec.encode(path),
-                        {GEN: self._gen, INDEX: i, "path": describe(path)})
+                        {GEN: self._gen, INDEX: i, T.PATH: describe(path)})
 
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None:
         if attrs.get(GEN) != self._gen:
@@ -143,7 +141,7 @@ class PathGaOptimizer(Optimizer):
         if values is None:
             self._told[i] = None
         else:
-            rung = attrs.get("fidelity_rung")
+            rung = attrs.get(T.FIDELITY_RUNG)
             # complete candidates first, then pruned ones by the rung they reached
             self._told[i] = ((0.0 if rung is None else 1.0 / (1 + rung),
                               weighted_loss(values, self.objectives)), self._paths[i])
@@ -159,7 +157,7 @@ class PathGaOptimizer(Optimizer):
         the one replayed (another version drew it) is told as stored."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
-            if GEN in t.user_attrs and "path" in t.user_attrs:
+            if GEN in t.user_attrs and T.PATH in t.user_attrs:
                 by_gen.setdefault(t.user_attrs[GEN], {})[t.user_attrs[INDEX]] = t
         self.pool, self.seen, self._gen = [], set(), 0
         self._start_generation()

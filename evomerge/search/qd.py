@@ -31,30 +31,30 @@ import numpy as np
 from evomerge.errors import ConfigError
 from evomerge.search.archive import grid_of
 from evomerge.search.gene import genome_hash
-from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.optimizer_base import Optimizer, Proposal
+from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import MapElitesConfig
 from evomerge.search.path_ops import OPERATORS, PathCodec, crossover, describe, mutate
+from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
 __all__ = ["MapElitesOptimizer"]
 
-GEN, INDEX = "cma_gen", "cma_index"  # the driver matches proposals to trials by these
+GEN, INDEX = T.CMA_GEN, T.CMA_INDEX  # generation and index, named as CMA-ES's
 TRIES = 200
 
 
 class MapElitesOptimizer(Optimizer):
     """MAP-Elites with pyribs (module docstring)."""
 
+    proposes = True
+
     def __init__(self, genome: Any, objectives: Sequence[Objective],
                  config: MapElitesConfig) -> None:
-        import optuna
-
         self.genome, self.objectives, self.config = genome, list(objectives), config
         self.grid = grid_of(genome.space)
         self.codec = PathCodec(genome) if getattr(genome, "dfs", None) is not None else None
-        self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
+        self.sampler = FixedSampler()  # the study samples what ask() proposed
         self._reset()
 
     @property
@@ -130,16 +130,16 @@ class MapElitesOptimizer(Optimizer):
             return None
         i = self._queue.pop(0)
         params = self.genome.from_unit(self._X[i])
-        attrs = {GEN: self._gen, INDEX: i, "x": [float(v) for v in self._X[i]]}
+        attrs = {GEN: self._gen, INDEX: i, T.X: [float(v) for v in self._X[i]]}
         if self.codec is not None:
-            attrs["path"] = describe(self.codec.decode(params))
+            attrs[T.PATH] = describe(self.codec.decode(params))
         return Proposal(params, attrs)
 
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None:
         if attrs.get(GEN) != self._gen:
             return
         i = attrs[INDEX]
-        pruned = attrs.get("fidelity_rung") is not None  # an estimate: kept out of the archive
+        pruned = attrs.get(T.FIDELITY_RUNG) is not None  # an estimate: kept out of the archive
         self._told[i] = None if values is None or pruned else tuple(values)
         if len(self._told) == len(self._X):
             self._finish_generation()
@@ -178,14 +178,14 @@ class MapElitesOptimizer(Optimizer):
         the replayed one is told as stored)."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
-            if GEN in t.user_attrs and "x" in t.user_attrs:
+            if GEN in t.user_attrs and T.X in t.user_attrs:
                 by_gen.setdefault(t.user_attrs[GEN], {})[t.user_attrs[INDEX]] = t
         self._reset()
         while self._gen in by_gen:
             done, gen = by_gen[self._gen], self._gen
             for i, t in done.items():
                 if i < len(self._X):
-                    self._X[i] = np.asarray(t.user_attrs["x"], dtype=float)
+                    self._X[i] = np.asarray(t.user_attrs[T.X], dtype=float)
             self._queue = [i for i in range(len(self._X)) if i not in done]
             for t in done.values():
                 self.tell(t.user_attrs, told_values(t))
