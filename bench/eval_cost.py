@@ -137,7 +137,8 @@ def part1(zoo: str, seeds: list[int], fractions=FRACTIONS) -> dict[str, Any]:
     for seed in seeds:
         rng = np.random.default_rng(seed)
         fit, test = per_example(worker, genome, rng, 20), per_example(worker, genome, rng, 100)
-        full = [estimate(s, {t: (np.arange(250), None) for t in tasks}, objs) for s in test]
+        n = len(fit[0][objs[0].key][0])  # examples per task (250; fewer in a small zoo)
+        full = [estimate(s, {t: (np.arange(n), None) for t in tasks}, objs) for s in test]
         for frac in fractions:
             picks = _picks(fit, tasks, objs, frac, seed, rng)
             ests = {name: [estimate(s, picks[name], objs) for s in test]
@@ -153,7 +154,7 @@ def part1(zoo: str, seeds: list[int], fractions=FRACTIONS) -> dict[str, Any]:
                     rho.setdefault(f"{name}@{frac:g}/{key}", []).append(spearman(a, b))
         print("part 1 seed", seed, {k: round(v[-1], 3) for k, v in rho.items()
                                     if k.endswith("weighted_loss")}, flush=True)
-    return {"candidates": 100, "fit_candidates": 20, "examples_per_task": 250,
+    return {"candidates": 100, "fit_candidates": 20, "examples_per_task": n,
             "fractions": list(fractions),
             "spearman": {k: {"median": float(np.median(v)), "min": float(np.min(v)),
                              "seeds": v} for k, v in rho.items()}}
@@ -287,7 +288,8 @@ def markdown(res: dict[str, Any]) -> str:
                          for k in keys]
                 lines.append(f"| {name.replace('@', ' at ')} | " + " | ".join(cells) + " |")
         lines += ["", "Smallest fraction whose median rho of the weighted loss is >= 0.9 "
-                      "(examples per task; times fewer than the 250 of full fidelity):", ""]
+                      f"(examples per task; times fewer than the {est['examples_per_task']} "
+                      "of full fidelity):", ""]
         for name, row in needed(est).items():
             lines.append(f"- {name}: " + (f"{row['fraction']:g} ({row['examples_per_task']} "
                                           f"examples, {row['fewer']}x fewer)"

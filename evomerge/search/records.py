@@ -135,7 +135,8 @@ def told_values(trial: Any) -> tuple[float, ...] | None:
 # Settings the optimizer block of studies written before optimizers had their own settings
 # carried for every optimizer (defaults included); those that do not apply are dropped.
 _SHARED_OPTIMIZER_KEYS = {"popsize", "sigma0", "x0", "diagonal"}
-_KEPT = {"cma": _SHARED_OPTIMIZER_KEYS, "cmaes": {"popsize", "sigma0"}, "nsga2": {"popsize"}}
+_KEPT = {"cma": _SHARED_OPTIMIZER_KEYS, "cmaes": {"popsize", "sigma0"}, "nsga2": {"popsize"},
+         "path_ga": {"popsize"}, "map_elites": {"popsize"}}  # (newer than the migration)
 
 
 def migrate_space(data: dict[str, Any]) -> dict[str, Any]:
