@@ -15,9 +15,10 @@ from the same per-example numbers the scorer returns, so they are what a search 
 Part 2, cost to quality (per seed; search_efficiency.py's setting: 150 validation examples per
 task, popsize 8, held-out = the whole test split, 500 per task): the mergekit-evolve-style
 loop's held-out loss after 96 full evaluations is the target. evomerge CMA-ES then searches
-in four settings, for up to --candidates candidates each: full fidelity; multi-fidelity
+in five settings, for up to --candidates candidates each: full fidelity; multi-fidelity
 (rungs 1/9, 1/3, 1, eta 3); subset (anchors at 1/5 after a warmup of 8 full candidates,
-one CMA-ES generation); both (anchors at 1/5, then the full set for the best third). Each
+one CMA-ES generation); both (anchors at 1/5, then the full set for the best third); gp-IRT
+(gp-IRT estimates from anchors at 1/20 after the same warmup). Each
 new incumbent (best by validation or its estimate) is re-scored on test; the table gives the
 validation examples scored until the incumbent's held-out loss first reaches the target, the
 same for a harder target (the full-fidelity setting's own final held-out loss), and the final
@@ -59,6 +60,7 @@ SETTINGS = {
     "multi-fidelity": {"rungs": [1 / 9, 1 / 3, 1.0], "eta": 3},
     "subset": {"rungs": [0.2], "estimator": "anchors", "warmup": 8},
     "both": {"rungs": [0.2, 1.0], "eta": 3, "estimator": "anchors", "warmup": 8},
+    "gp-IRT": {"rungs": [0.05], "estimator": "gpirt", "warmup": 8},  # 1/20 of the examples
 }
 
 
@@ -249,7 +251,7 @@ def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
 def summarize(per_seed: list[dict], candidates: int) -> dict[str, Any]:
     """Medians over the seeds' rows (also used to merge runs of different seeds)."""
     summary = {}
-    for name in SETTINGS:
+    for name in (n for n in SETTINGS if all(n in r for r in per_seed)):  # older runs lack some
         reach = [r[name]["examples_to_target"] for r in per_seed]
         finite = [x if x is not None else math.inf for x in reach]
         hard = [r[name]["examples_to_full_final"] for r in per_seed]

@@ -132,7 +132,7 @@ class Fidelity(_Strict):
 
     rungs: list[float] = Field([1.0], min_length=1)
     eta: float = Field(3.0, gt=1)
-    estimator: Literal["subset", "anchors"] = "subset"
+    estimator: Literal["subset", "anchors", "pirt", "gpirt"] = "subset"
     warmup: int = Field(0, ge=0)
     seed: int = 0
 
@@ -141,7 +141,7 @@ class Fidelity(_Strict):
         r = self.rungs
         if any(not 0 < f <= 1 for f in r) or any(a >= b for a, b in zip(r, r[1:])):
             raise ValueError(f"fidelity.rungs {r} must be increasing fractions in (0, 1]")
-        if self.estimator == "anchors" and self.warmup < 2:
+        if self.estimator != "subset" and self.warmup < 2:
             raise ValueError(f"fidelity.warmup {self.warmup} is too small: anchors are chosen "
                              "from the candidates scored in full first (give at least 2)")
         return self

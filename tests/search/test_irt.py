@@ -104,3 +104,39 @@ def test_items_span_several_scores_with_one_ability():
     pred = model.predict(model.ability(np.array([0]), np.array([0.7])))
     assert pred[2] == pytest.approx(5.0) and pred[4] == pytest.approx(1.0)
     assert pred[1] == pytest.approx(1.4, rel=1e-2) and pred[3] == pytest.approx(-0.7, rel=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["gpirt"])
+def test_search_scores_candidates_by_irt_from_their_anchors(mini_zoo, tmp_path, estimator):
+    """fidelity.estimator gpirt: the warmup is scored in full; every later candidate is
+    scored on the anchors only, and its values are the gp-IRT estimate that an estimator fitted
+    on the stored warmup statistics and anchors gives for its stored anchor scores; a resumed
+    search (its estimator refitted from the study) goes on the same way."""
+    from evomerge.search.driver import run_search
+    from evomerge.search.ledger import counted, default_storage, load_study, open_storage
+    from evomerge.search.records import T
+    from evomerge.search.space import load_space
+
+    from .spaces import space_dict
+
+    def space(trials):
+        return load_space(space_dict(mini_zoo, budget={"trials": trials},
+                                     fidelity={"rungs": [0.25], "estimator": estimator,
+                                               "warmup": 4},
+                                     optimizer={"name": "cma", "popsize": 4, "seed": 0}))
+
+    run_search(space(12), results_root=tmp_path, trials=8)
+    run_search(space(12), results_root=tmp_path)  # resumed: the estimator is refitted
+    study = load_study(open_storage(default_storage("t", tmp_path)), "t")
+    trials = sorted((t for t in study.get_trials() if counted(t)), key=lambda t: t.number)
+    assert [t.user_attrs[T.FIDELITY]["rung"] for t in trials] == [-1] * 4 + [0] * 8
+    anchors = study.user_attrs["evomerge_anchors"]["0"]["zoo"]
+    keys = [o.key for o in space(8).objectives]
+    est = IrtEstimator([t.user_attrs[T.STATS]["zoo"] for t in trials[:4]], keys,
+                       {k: tuple(anchors[k.split("/")[0]]) for k in keys})
+    for t in trials[4:]:
+        seen = t.user_attrs[T.STATS]["zoo"]
+        assert len(seen[keys[0]][0]) == len(anchors[keys[0].split("/")[0]][0]) == 4
+        got = est.estimate({k: seen[k] for k in keys})
+        assert list(t.values) == pytest.approx([got[k][estimator] for k in keys], rel=1e-9)
