@@ -61,7 +61,7 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
            progress: Callable[[dict], None] | None = None, offload: bool = False,
            **ray_options: Any) -> SearchOutcome:
     space = _with_offload(load_space(space_path), offload)
-    check_name(study or space.name, "study name")
+    check_name(space.name if study is None else study, "study name")
     check_trials(trials)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, **ray_options),

@@ -184,7 +184,7 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
         undo.note(results, name, storage)
         return load_study(open_storage(url), name), name, url
     space = load_space(space_path)
-    name = check_name(study or space.name, "study name")
+    name = check_name(space.name if study is None else study, "study name")
     url = storage or journal_storage(name, results)
     undo.note(results, name, storage)
     space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now

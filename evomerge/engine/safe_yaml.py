@@ -66,8 +66,8 @@ class _Budget:
 
     def refuse(self, what: str, event: Any) -> None:
         mark = event.start_mark
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{self.source} is refused before it is read: its YAML {what}{where}.")
+        where = f"at line {mark.line + 1} " if mark is not None else ""
+        raise ConfigError(f"{self.source} is refused before it is read: {where}its YAML {what}.")
 
     def add(self, n: int, event: Any) -> None:
         self.nodes += n
