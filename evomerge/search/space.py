@@ -36,6 +36,7 @@ from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
+from evomerge.names import SAFE_NAME
 from evomerge.search.optimizer_config import (
     OPTIMIZER_CONFIGS,
     CmaConfig,
@@ -150,7 +151,7 @@ class Fidelity(_Strict):
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=SAFE_NAME.pattern)  # evomerge.names
     base_model: str
     models: dict[str, str] = Field(min_length=1)
     method: str | list[str] | None = None
