@@ -121,7 +121,7 @@ def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
         scores = score(model, worker.tokenizer, list(tests.values()))
-    n = {s: len(ev._examples[s]) for ev in tests.values() for s in ev._examples}
+    n = {s: k for ev in tests.values() for s, k in ev.sizes().items()}
     out = {"scores": scores}
     for s in n:
         k = round(scores[f"{s}/exact_match"] * n[s])

@@ -161,6 +161,12 @@ class TensorEngine:
         self._linear = FusedKernel(compile, linear_kernel)
         self._samples: dict[tuple[str, str, str], MagnitudeSample] = {}
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the task-vector kernel runs compiled (it falls back to eager for good
+        when compilation fails)."""
+        return self._tv.compiled
+
     def run(self, task, method: MergeMethod, fetch: Fetch, compute_dtype: torch.dtype | None,
             out: torch.Tensor) -> None:
         """Merge ``task`` into ``out`` (cast once to ``out.dtype``), on ``out``'s device.

@@ -153,6 +153,21 @@ class Materializer:
             self._paths = PathModels(self._weights, str(self._template.path), self.device)
         return self._paths.build(path)
 
+    def source_tensors(self, ref: str) -> Mapping[str, torch.Tensor]:
+        """The resident tensors of source ``ref`` (read-only by contract: every candidate
+        is computed from them)."""
+        return self._weights[ref]
+
+    def output_tensors(self) -> Mapping[str, torch.Tensor]:
+        """The resident output model's tensors by name (allocated on first use)."""
+        self.model  # noqa: B018 -- allocates the output model
+        return self._params
+
+    @property
+    def kernels_compiled(self) -> bool:
+        """Whether the fused merge kernels run compiled (``torch.compile``)."""
+        return self._engine.compiled
+
     def resident_bytes(self) -> dict[str, int]:
         """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output)."""
         def size(ts) -> int:
