@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from evomerge.engine.fused import TensorEngine
+from evomerge.engine.lora import DiskFetch, LoraSource, open_source
 from evomerge.engine.plan import MergePlan, build_plan
 from evomerge.engine.recipe import Recipe
 from evomerge.engine.sources import ModelSource, torch_dtype
@@ -30,9 +31,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "generation_config.json")
 
 
-def open_sources(recipe: Recipe) -> dict[str, ModelSource]:
-    """Open every model the recipe names (headers only); ModelError if one is missing."""
-    return {ref: ModelSource(ref) for ref in recipe.referenced_models()}
+def open_sources(recipe: Recipe) -> dict[str, ModelSource | LoraSource]:
+    """Open every model the recipe names (headers only; ``BASE+ADAPTER`` as an adapted
+    source); ModelError if one is missing or an adapter does not fit its base."""
+    return {ref: open_source(ref) for ref in recipe.referenced_models()}
 
 
 def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[TensorMeta]:
@@ -83,7 +85,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
     plan = build_plan(recipe, sources)
     tok_ref = _tokenizer_ref(recipe)
     if tok_ref not in sources:
-        sources[tok_ref] = ModelSource(tok_ref, field="tokenizer_source")
+        sources[tok_ref] = open_source(tok_ref, field="tokenizer_source")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -106,9 +108,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
 
 def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Path, device: str,
                    max_shard_bytes: int, progress: Callable[[int, int], None] | None) -> None:
-    def fetch(model: str, name: str) -> torch.Tensor:
-        return sources[model].get(name, device=device)
-
+    fetch = DiskFetch(dict(sources), device)
     # The same engine as the resident materializer: compiled on CUDA, where the materializer
     # compiles too (Triton may contract mul+add into FMA, so both sides must run one kernel);
     # eager on CPU, whose compiled kernels compute the same bits (tested).
@@ -116,6 +116,7 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
     metas = _output_metas(plan, sources)
     with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
         for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
+            fetch.clear()
             out = torch.empty(task.shape, dtype=meta.dtype, device=device)
             engine.run(task, plan.method, fetch, plan.compute_dtype, out)
             if out.is_floating_point() and not bool(torch.isfinite(out).all()):
