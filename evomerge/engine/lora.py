@@ -271,9 +271,9 @@ class LoraAdapter:
             want = base.shape(name)
             if want != (f.b.shape[0], f.a.shape[1]):
                 raise self._fail(f"{name.removesuffix('.weight')} has lora_A {list(f.a.shape)} "
-                                 f"and lora_B {list(f.b.shape)}, which do not fit the base "
-                                 f"{base.ref!r}'s weight {list(want)} (rank or shape mismatch: "
-                                 f"an adapter of another model, {named!r}?).")
+                                 f"and lora_B {list(f.b.shape)}, which do not fit the weight "
+                                 f"{list(want)} of the base {base.ref!r} (rank or shape "
+                                 f"mismatch: an adapter of another model, {named!r}?).")
         for name, e in self.replaced.items():
             if name not in base or base.shape(name) != e.shape:
                 have = list(base.shape(name)) if name in base else "no such tensor"

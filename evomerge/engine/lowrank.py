@@ -103,6 +103,8 @@ def factorize(method: MergeMethod, inputs: Sequence[Any], base: Any, shared: dic
     if method.factored:
         ab = compose(inputs, w, dtype, device)
         return Factorized(1.0, *ab) if ab else Factorized(1.0, None, None)
+    if method.composition is not None and all(x.a is None for x in inputs):
+        return Factorized(1.0, None, None)  # every task vector is 0: W0 + lambda * 0
     if method.composition != (None, None):
         return None
     lam = float(shared.get("lambda", 1.0))
