@@ -26,7 +26,7 @@ reversed or outside what the method accepts, empty objectives, a budget <= 0.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,9 +54,18 @@ class Granularity(_Strict):
 
     # consecutive layers sharing one coefficient set; "all": one set for the whole depth
     # (with embeddings: false, one weight per model: LoraHub's space over adapters)
-    layers_per_group: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    layers_per_group: int | Literal["all"] = 1
     split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
     embeddings: bool = True                 # a separate set for embeddings / final norm / head
+
+    @field_validator("layers_per_group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 1):
+            return value
+        raise ValueError(f"granularity.layers_per_group must be a whole number >= 1 or 'all', "
+                         f"got {value!r}")
 
 
 class LayerSwap(_Strict):
