@@ -145,19 +145,28 @@ def _ta(base: str, refs: list[str], weights: list[float], method: str = "task_ar
     return load_recipe(doc)
 
 
-def test_only_base_and_factors_stay_resident(lora_tiny):
+def test_only_base_factors_and_adapted_tensors_stay_resident(lora_tiny):
+    """Sources: the base and the factors. Output: the tensors some adapter touches; the others
+    are the base's own tensors (read by the model, never written)."""
     base = lora_tiny["base"]
     refs = [f"{base}+{lora_tiny[k]}" for k in ("qv", "rs", "save")]
     mat = Materializer(refs, base_model=base)
-    held = mat.resident_bytes()
     factors = sum(LoraSource(r).adapter.nbytes for r in refs)
-    assert held["sources"] == ModelSource(base).nbytes + factors
-    assert factors < ModelSource(base).nbytes  # three adapters of rank 4-8 on a 32-wide model
+    assert mat.resident_bytes()["sources"] == ModelSource(base).nbytes + factors
+    model = mat.materialize(_ta(base, refs, [0.5, 0.3, 0.2]))
+    src = ModelSource(base)
+    adapted = {n for r in refs for n in [*LoraSource(r).adapter.factors,
+                                         *LoraSource(r).adapter.replaced]}
+    assert mat.resident_bytes()["model"] == sum(src._entries[n].nbytes for n in adapted)
+    up = "model.layers.2.mlp.up_proj.weight"
+    assert model.state_dict()[up].data_ptr() == mat._weights[base][up].data_ptr()
+    assert len(adapted) == 4 * 4 + 1 and factors < src.nbytes
 
 
 def test_untouched_tensors_are_rewritten_when_a_candidate_changes_them(lora_tiny):
-    """A tensor no adapter touches is skipped while it holds the base; a linear candidate
-    with unnormalized weights scales it, and the next candidate writes it back."""
+    """A tensor no adapter touches is the base's own tensor; a linear candidate with
+    unnormalized weights scales it (in storage of its own: the base stays as it is), and the
+    next candidate shares the base's again."""
     base = lora_tiny["base"]
     refs = [f"{base}+{lora_tiny[k]}" for k in ("qv", "rs")]
     a = _ta(base, refs, [0.7, 0.4])
@@ -167,10 +176,12 @@ def test_untouched_tensors_are_rewritten_when_a_candidate_changes_them(lora_tiny
     up = "model.layers.2.mlp.up_proj.weight"
     scaled = mat.materialize(b).state_dict()[up]
     assert torch.allclose(scaled, 1.3 * first[up])
+    assert torch.equal(mat._weights[base][up], ModelSource(base).get(up))
     again = mat.materialize(a).state_dict()
     fresh = Materializer(refs, base_model=base).materialize(a).state_dict()
     assert all(torch.equal(again[k], fresh[k]) and torch.equal(first[k], fresh[k])
                for k in fresh)
+    assert again[up].data_ptr() == mat._weights[base][up].data_ptr()
 
 
 def test_merge_as_adapter_writes_one_peft_adapter(lora_tiny, tmp_path):

@@ -164,27 +164,24 @@ class TensorEngine:
         self._samples: dict[tuple[str, str, str], MagnitudeSample] = {}
 
     def run(self, task, method: MergeMethod, fetch: Fetch, compute_dtype: torch.dtype | None,
-            out: torch.Tensor, holds: object = None) -> object:
+            out: torch.Tensor) -> None:
         """Merge ``task`` into ``out`` (cast once to ``out.dtype``), on ``out``'s device.
 
         ``fetch(model, name)`` returns a source tensor as stored, on ``out``'s device or in
         host memory (offload): task-vector merges then stream it to the device chunk by chunk,
         so device memory holds ``out`` plus a few chunks; other methods copy whole tensors. An
         adapted source's tensor is a :class:`~evomerge.engine.lowrank.LowRank` value, merged
-        from its factors where the method allows (:mod:`evomerge.engine.lowrank`).
-
-        Returns a token when ``out`` now holds a base tensor as is (cast): passed back as
-        ``holds`` for the same ``out``, that tensor is not written again; else None."""
+        from its factors where the method allows (:mod:`evomerge.engine.lowrank`)."""
         inputs = [fetch(*r) for r in task.inputs]
         base = fetch(*task.base) if task.base is not None else None
         if any(isinstance(x, LowRank) for x in [*inputs, base]):
-            return self._adapted(task, method, inputs, base, compute_dtype, out, holds)
+            self._adapted(task, method, inputs, base, compute_dtype, out)
+            return
         if method.factored:
             raise ConfigError(f"Merge method {method.name!r} composes LoRA adapters: every "
                               f"model of the recipe must be an adapter of its base "
                               f"(BASE+ADAPTER), but {task.out_name!r} has full-model inputs.")
         self._dense(task, method, inputs, base, compute_dtype, out)
-        return None
 
     def _dense(self, task, method: MergeMethod, inputs: list[torch.Tensor],
                base: torch.Tensor | None, compute_dtype: torch.dtype | None,
@@ -214,7 +211,7 @@ class TensorEngine:
             out.copy_(execute(task, method, cast))
 
     def _adapted(self, task, method: MergeMethod, inputs: list, base,
-                 compute_dtype: torch.dtype | None, out: torch.Tensor, holds: object) -> object:
+                 compute_dtype: torch.dtype | None, out: torch.Tensor) -> None:
         """A task with adapted inputs: from the factors when the merge is linear in them, by
         row blocks for the fused task-vector kernel, else densified per tensor."""
         dev = out.device
@@ -223,11 +220,8 @@ class TensorEngine:
         cd = compute_dtype or w0.dtype
         f = factorize(method, inputs, base, task.shared, task.per_model, cd, dev)
         if f is not None:
-            token = (w0, cd) if f.is_base else None
-            if token is None or not (isinstance(holds, tuple) and holds[0] is w0
-                                     and holds[1] == cd):
-                write_factorized(out, w0, f, cd)
-            return token
+            write_factorized(out, w0, f, cd)
+            return
         if method.factored:
             raise ConfigError(f"Merge method {method.name!r} composes LoRA adapters of the "
                               f"recipe's base: every model must be BASE+ADAPTER over that base "
@@ -237,10 +231,9 @@ class TensorEngine:
         if blocks and fusable(method, task.shared) == "task_vectors":
             experts = [RowBlocks(x, cd, dev) for x in inputs]
             self._task_vectors(task, method, base.reshape(-1), experts, cd, out.view(-1))
-            return None
+            return
         self._dense(task, method, [densify(x, cd, dev) for x in inputs],
                     None if base is None else densify(base, cd, dev), cd, out)
-        return None
 
     def _task_vectors(self, task, method: MergeMethod, base: torch.Tensor, experts: list,
                       compute_dtype: torch.dtype | None, out: torch.Tensor) -> None:

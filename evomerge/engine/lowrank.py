@@ -29,8 +29,8 @@ import torch
 from evomerge.methods import MergeMethod
 from evomerge.methods.lorahub import compose
 
-__all__ = ["LowRank", "Factorized", "factorize", "write_factorized", "densify", "RowBlocks",
-           "BLOCK"]
+__all__ = ["LowRank", "Factorized", "factorize", "untouched", "write_factorized", "densify",
+           "RowBlocks", "BLOCK"]
 
 BLOCK = 1 << 20  # entries per row block of RowBlocks (the fused kernel's chunk size)
 
@@ -112,6 +112,17 @@ def factorize(method: MergeMethod, inputs: Sequence[Any], base: Any, shared: dic
     div = (total if abs(total) >= 1e-8 else 1.0) if shared.get("normalize") else 1.0
     return _concat(inputs, [lam * wi * x.scale / div for wi, x in zip(w, inputs)], 1.0,
                    dtype, device)
+
+
+def untouched(method: MergeMethod, inputs: Sequence[Any], base: Any, shared: dict,
+              per_model: dict, dtype: torch.dtype) -> torch.Tensor | None:
+    """The base tensor W0 when the merge leaves it as it is (every input an adapter that does
+    not touch this tensor, and the method maps W0 to W0 in ``dtype``), else None. Cheap: no
+    factor is read."""
+    if not inputs or not all(isinstance(x, LowRank) and x.a is None for x in inputs):
+        return None
+    f = factorize(method, inputs, base, shared, per_model, dtype, torch.device("cpu"))
+    return None if f is None or not f.is_base else (base if base is not None else inputs[0].base)
 
 
 def _ratio(num: float, div: float) -> float:

@@ -11,8 +11,9 @@ that each recipe's merged weights are written into in place::
 
 LoRA adapters (``BASE+ADAPTER`` references, :mod:`evomerge.engine.lora`) cost what they weigh:
 the base is resident once, each adapter keeps only its factors A and B, and each candidate is
-written from the factors (:mod:`evomerge.engine.lowrank`); a tensor no adapter touches is
-written once and then left alone while it stays the base's.
+written from the factors (:mod:`evomerge.engine.lowrank`). A tensor no adapter touches is not
+copied at all: the output model's parameter is the base's own tensor (read only by the model),
+so memory is the base, the adapters and the output's adapted tensors.
 
 The output model is built from its config with parameters on the meta device and then given
 storage once, so it never costs a second load of the base. With ``offload`` the sources stay in
@@ -31,7 +32,7 @@ import torch
 from evomerge.engine.derived import DerivedSource, open_model
 from evomerge.engine.fused import TensorEngine
 from evomerge.engine.lora import AdapterWeights, LoraSource
-from evomerge.engine.lowrank import LowRank
+from evomerge.engine.lowrank import LowRank, untouched
 from evomerge.engine.path_model import PathModels
 from evomerge.engine.paths import Step, recipe_path
 from evomerge.engine.plan import MergePlan, build_plan
@@ -88,7 +89,7 @@ class Materializer:
             if isinstance(src, LoraSource):
                 self._adapters[ref] = (self._base_key(src, store, pin),
                                        src.adapter.load(store, pin))
-        self._holds: dict[str, object] = {}  # output tensor -> engine token (base as is)
+        self._shared: set[str] = set()  # output tensors that are the base's own tensor
         self._template = template
         self._model: torch.nn.Module | None = None  # built on first use: a data-flow search
         self._params: dict[str, torch.Tensor] = {}  # never needs the merged model's bytes
@@ -167,12 +168,31 @@ class Materializer:
             return self.path_model(path)
         plan = self.plan(recipe)
         for task in plan.tasks:
-            name = task.out_name
-            held = self._holds.pop(name, None)  # dropped first: a failed write leaves none
-            self._holds[name] = self._engine.run(task, plan.method, self._fetch,
-                                                 plan.compute_dtype, self._params[name].data,
-                                                 held)
+            param = self._params[task.out_name]
+            if self._share_base(task, plan, param):
+                continue
+            if task.out_name in self._shared:  # own storage again before anything is written
+                param.data = torch.empty(param.shape, dtype=self.dtype, device=self.device)
+                self._shared.discard(task.out_name)
+            self._engine.run(task, plan.method, self._fetch, plan.compute_dtype, param.data)
         return self.model
+
+    def _share_base(self, task, plan: MergePlan, param: torch.nn.Parameter) -> bool:
+        """Point ``param`` at the base's own tensor when the merge leaves that tensor as it is
+        (a tensor no adapter touches) and its bits would not change: resident dtype, device,
+        and a compute dtype that holds it exactly. Its own storage, never written, is freed."""
+        inputs = [self._fetch(*r) for r in task.inputs]
+        base = self._fetch(*task.base) if task.base is not None else None
+        w0 = untouched(plan.method, inputs, base, task.shared, task.per_model,
+                       plan.compute_dtype or self.dtype)
+        cd = plan.compute_dtype or (w0.dtype if w0 is not None else None)
+        if w0 is None or w0.dtype != self.dtype or w0.device != param.device or not (
+                cd == w0.dtype or (cd.itemsize > w0.dtype.itemsize and cd.is_floating_point)):
+            return False
+        if task.out_name not in self._shared:
+            param.data = w0
+            self._shared.add(task.out_name)
+        return True
 
     def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
         """The model of a data-flow ``path`` (a list of :class:`~evomerge.engine.paths.Step`):
@@ -194,7 +214,7 @@ class Materializer:
         ``model`` (the output)."""
         def size(ts) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
-        unique = {p.data_ptr(): p for p in self._params.values()}
+        unique = {p.data_ptr(): p for n, p in self._params.items() if n not in self._shared}
         adapters = sum(w.nbytes for _, w in self._adapters.values())
         return {"sources": size(t for w in self._weights.values() for t in w.values()) + adapters,
                 "model": size(unique.values())}
