@@ -50,7 +50,8 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
         plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
-                             max_shard_bytes=args.shard_size, progress=update)
+                             max_shard_bytes=args.shard_size, progress=update,
+                             warn=lambda s: print(f"evomerge: warning: {s}", file=sys.stderr))
     for plan in plans[:-1]:
         print(f"Built stage {plan.recipe.merge_method}: {plan.num_layers} layers.")
     plan = plans[-1]
@@ -153,8 +154,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from evomerge.search.export import export_recipe
 
     study, space = open_study(args.study, args.storage, args.results)
-    out = export_recipe(study, space, args.output, best=args.best, trial=args.trial,
-                        pareto=args.pareto)
+    out = export_recipe(study, space, args.output, overwrite=args.force, best=args.best,
+                        trial=args.trial, pareto=args.pareto)
     print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
     if any("+" in ref for ref in space.models.values()):
         print(f"Over LoRA adapters, one adapter instead: evomerge merge {out} OUT_DIR --adapter")
@@ -250,6 +251,7 @@ def _add_study_commands(sub) -> None:
     e.add_argument("--trial", type=int, default=None, help="trial number")
     e.add_argument("--pareto", type=int, default=None, help="index on the Pareto front")
     e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
+    e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     e.set_defaults(func=_cmd_export)
     rep = sub.add_parser("report", help="re-score front, sources and uniform recipes on test")
     _study_args(rep)
@@ -337,11 +339,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from evomerge.cli.quiet import quiet_third_party
 
         quiet_third_party()
+    from evomerge.cli.signals import Terminated, terminate_like_interrupt
+
     try:
-        return args.func(args)
+        with terminate_like_interrupt():
+            return args.func(args)
     except EvomergeError as exc:
         print(f"evomerge: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"evomerge: stopped by {exc}; nothing was written.", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("evomerge: interrupted; nothing was written.", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.arch import num_layers_of
+from evomerge.engine.arch import layer_index, num_layers_of
 from evomerge.errors import ModelError
 
 __all__ = ["ModelSource", "torch_dtype", "read_header", "read_tensor", "TensorEntry",
@@ -177,7 +177,23 @@ class ModelSource:
 
     @cached_property
     def num_layers(self) -> int:
-        return num_layers_of(self.config, f"{self.ref}/config.json")
+        """The decoder depth, from config.json, which must agree with the weights: a config
+        that says fewer layers than the tensors hold would silently drop the rest, one that
+        says more would fail halfway through a merge.
+
+        Raises:
+            ModelError: no layer count, or the weights hold another number of layers.
+        """
+        count = num_layers_of(self.config, f"{self.ref}/config.json")
+        held = {i for i in map(layer_index, self._entries) if i is not None}
+        if held and held != set(range(count)):
+            top = max(held) + 1
+            detail = (f"hold layers 0-{top - 1}" if held == set(range(top))
+                      else f"hold layers {sorted(held)[:8]}{'...' if len(held) > 8 else ''}")
+            raise ModelError(f"{self.ref!r}: config.json says {count} layers but its weights "
+                             f"{detail}; config and tensors must agree (fix "
+                             "num_hidden_layers or the checkpoint).")
+        return count
 
     @property
     def vocab_size(self) -> int | None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted
 from evomerge.search.pareto import pareto_front
+from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed",
@@ -192,7 +194,7 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
     from evomerge.search.layers import heatmap_figure, layer_table
 
     shown = front if len(space.objectives) > 1 else [t for t in [best_trial(study, space)] if t]
-    n_layers = int(study.user_attrs.get("evomerge_num_layers", 0))
+    n_layers = StudyRecord(study).num_layers
     views = {}
     for t in shown if n_layers else []:
         table = layer_table(space, n_layers, t.params)
@@ -200,7 +202,7 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
             table, title=f"trial {t.number}: per-layer recipe ({table['method']})").to_json())
     body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="front")
     layers = json.dumps(views).replace("</", "<\\/")  # never closes the script element
-    path.write_text(_PAGE.format(title=study.study_name, front=body, layers=layers,
+    path.write_text(_PAGE.format(title=escape(study.study_name), front=body, layers=layers,
                                  first=json.dumps(shown[0].number if shown else None)))
 
 

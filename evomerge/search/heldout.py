@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.engine.outputs import markdown_text
 from evomerge.errors import ConfigError
 from evomerge.search.front import front_trials
 from evomerge.search.gene import Genome
 from evomerge.search.genome import genome_of_models
 from evomerge.search.pareto import hypervolume, pareto_front
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
 __all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report", "adapter_recipe"]
@@ -104,7 +106,7 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
             progress("front", i + 1, len(front))
         rows.append({"kind": "search front", "name": f"trial {t.number}",
                      "validation": dict(zip(keys, t.values)),
-                     "test": score(t.user_attrs["recipe"], tests)})
+                     "test": score(TrialRecord(t).recipe, tests)})
     grid = _distinct(genome, uniform_params(genome, levels))
     val_points = []
     for i, params in enumerate(grid):
@@ -251,21 +253,23 @@ def _summary(rows: list[dict], objs: list, space: SearchSpace, grid_size: int) -
 
 
 def _markdown(doc: dict[str, Any]) -> str:
+    """report.md; every name from the study or its space is literal text (markdown_text)."""
     keys = [o["task"] + "/" + o["metric"] for o in doc["objectives"]]
     extra = sorted({k for r in doc["rows"] for k in r["test"]
                     if k.endswith("exact_match") and k.split("/")[0] in
                     {x.split("/")[0] for x in keys}})
     cols = keys + [k for k in extra if k not in keys]
-    lines = [f"# Held-out report: study `{doc['study']}`", "",
+    md = markdown_text
+    lines = [f"# Held-out report: study {md(doc['study'])}", "",
              "Scores on the **test** split (the search saw only validation).", "",
-             "| kind | model / recipe | " + " | ".join(cols) + " |",
+             "| kind | model / recipe | " + " | ".join(md(c) for c in cols) + " |",
              "|---|---|" + "---:|" * len(cols)]
     for r in doc["rows"]:
-        lines.append(f"| {r['kind']} | {r['name']} | "
+        lines.append(f"| {r['kind']} | {md(r['name'])} | "
                      + " | ".join(f"{r['test'].get(c, float('nan')):.4f}" for c in cols) + " |")
     s = doc["summary"]
     lines += ["", "## Summary", ""]
-    lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+    lines += [f"- {md(k)}: {v:.4f}" if isinstance(v, float) else f"- {md(k)}: {v}"
               for k, v in s.items() if k != "reference_point"]
     lines += [f"- hypervolume reference point (worst test value per objective): "
               f"{[round(v, 4) for v in s['reference_point']]}", ""]
