@@ -1,6 +1,6 @@
 """Command line: parses arguments and calls the library; nothing else lives here.
 
-    evomerge merge RECIPE.yaml OUT_DIR [--device cpu|cuda] [--shard-size 2GB]
+    evomerge merge RECIPE.yaml OUT_DIR [--device cpu|cuda] [--shard-size 2GB] [--adapter]
     evomerge zoo build [DIR] [--seed 0] [--profile full|mini]
     evomerge eval MODEL_OR_RECIPE --tasks add_l1,add_l2 [--evaluator zoo|lm_eval] [--split test]
     evomerge search SPACE.yaml [--study NAME] [--storage URL] [--trials N] [--workers N]
@@ -37,6 +37,16 @@ def _size(text: str) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.cli.progress import progress_bar
     from evomerge.engine.merge import merge_stages
+
+    if args.adapter:
+        from evomerge.engine.adapter_export import merge_to_adapter
+        from evomerge.engine.recipe import load_recipe
+
+        config = merge_to_adapter(load_recipe(args.recipe), args.out, device=args.device)
+        print(f"Wrote {args.out}: a LoRA adapter of rank {config['r']} over "
+              f"{config['base_model_name_or_path']} ({len(config['target_modules'])} modules); "
+              f"PEFT loads it: PeftModel.from_pretrained(base_model, {str(args.out)!r}).")
+        return 0
 
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
         plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
@@ -147,6 +157,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export_recipe(study, space, args.output, overwrite=args.force, best=args.best,
                         trial=args.trial, pareto=args.pareto)
     print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
+    if any("+" in ref for ref in space.models.values()):
+        print(f"Over LoRA adapters, one adapter instead: evomerge merge {out} OUT_DIR --adapter")
     return 0
 
 
@@ -268,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--stages", default=None,
                        help="where the named stages of a multi-document recipe are built "
                             "(default OUT-stages)")
+    merge.add_argument("--adapter", action="store_true",
+                       help="write a merge of LoRA adapters (lorahub, task_arithmetic) as one "
+                            "PEFT adapter instead of a full model")
     merge.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=_cmd_merge)
 

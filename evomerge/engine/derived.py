@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from evomerge.engine.lora import DiskFetch, LoraSource, open_source
 from evomerge.engine.recipe import Recipe, load_recipe
 from evomerge.engine.safe_yaml import load_yaml_all
 from evomerge.engine.sources import ModelSource, torch_dtype
@@ -34,8 +35,9 @@ def is_recipe_ref(ref: str) -> bool:
 
 
 def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None = None
-               ) -> ModelSource | DerivedSource:
-    """A model directory as a :class:`ModelSource`; a recipe (file, or a pinned ``study:``
+               ) -> ModelSource | LoraSource | DerivedSource:
+    """A model directory as a :class:`ModelSource`, ``BASE+ADAPTER`` as a
+    :class:`~evomerge.engine.lora.LoraSource`; a recipe (file, or a pinned ``study:``
     reference in ``recipes``) as a :class:`DerivedSource`."""
     if recipes and ref in recipes:
         return DerivedSource(ref, load_recipe(recipes[ref]), field)
@@ -45,7 +47,7 @@ def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None
                           "recipe file instead.")
     if ref.endswith((".yaml", ".yml")):
         return DerivedSource(ref, load_recipe(ref), field)
-    return ModelSource(ref, field=field)
+    return open_source(ref, field)
 
 
 class DerivedSource:
@@ -60,7 +62,7 @@ class DerivedSource:
         if nested:
             raise ConfigError(f"{field} {ref!r}: its recipe names another recipe ({nested[0]!r}) "
                               "as a model; build that one first and name its directory.")
-        self.inputs = {r: ModelSource(r, field=f"{field} {ref!r}: model")
+        self.inputs = {r: open_source(r, field=f"{field} {ref!r}: model")
                        for r in recipe.referenced_models()}
         self.plan = build_plan(recipe, self.inputs)
         self._first = self.inputs[recipe.referenced_models()[0]]
@@ -123,8 +125,9 @@ class DerivedSource:
         device = torch.device(device)
         # compiled on CUDA as the materializer and `evomerge merge` are (the same bits)
         engine, out = TensorEngine(compile=device.type == "cuda"), {}
-        fetch = lambda model, name: self.inputs[model].get(name, device)  # noqa: E731
+        fetch = DiskFetch(self.inputs, device)
         for task in self.plan.tasks:
+            fetch.clear()
             out[task.out_name] = torch.empty(task.shape, dtype=self.stored_dtype, device=device)
             engine.run(task, self.plan.method, fetch, self.plan.compute_dtype, out[task.out_name])
         return out

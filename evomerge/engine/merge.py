@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from evomerge.engine.fused import TensorEngine
+from evomerge.engine.lora import DiskFetch, LoraSource, open_source
 from evomerge.engine.outputs import (
     check_free_space,
     disk_full,
@@ -37,9 +38,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "generation_config.json")
 
 
-def open_sources(recipe: Recipe) -> dict[str, ModelSource]:
-    """Open every model the recipe names (headers only); ModelError if one is missing."""
-    return {ref: ModelSource(ref) for ref in recipe.referenced_models()}
+def open_sources(recipe: Recipe) -> dict[str, ModelSource | LoraSource]:
+    """Open every model the recipe names (headers only; ``BASE+ADAPTER`` as an adapted
+    source); ModelError if one is missing or an adapter does not fit its base."""
+    return {ref: open_source(ref) for ref in recipe.referenced_models()}
 
 
 def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[TensorMeta]:
@@ -95,7 +97,7 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
     plan = build_plan(recipe, sources)
     tok_ref = _tokenizer_ref(recipe)
     if tok_ref not in sources:
-        sources[tok_ref] = ModelSource(tok_ref, field="tokenizer_source")
+        sources[tok_ref] = open_source(tok_ref, field="tokenizer_source")
     metas = _output_metas(plan, sources)
     tokenizer = [p for p in (sources[tok_ref].path / n for n in TOKENIZER_FILES) if p.is_file()]
     needed = sum(m.nbytes for m in metas) + sum(p.stat().st_size for p in tokenizer) + 65536
@@ -126,15 +128,14 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
 def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], metas: list[TensorMeta],
                    tmp: Path, device: str, max_shard_bytes: int,
                    progress: Callable[[int, int], None] | None) -> None:
-    def fetch(model: str, name: str) -> torch.Tensor:
-        return sources[model].get(name, device=device)
-
+    fetch = DiskFetch(dict(sources), device)
     # The same engine as the resident materializer: compiled on CUDA, where the materializer
     # compiles too (Triton may contract mul+add into FMA, so both sides must run one kernel);
     # eager on CPU, whose compiled kernels compute the same bits (tested).
     engine = TensorEngine(compile=torch.device(device).type == "cuda")
     with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
         for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
+            fetch.clear()
             out = torch.empty(task.shape, dtype=meta.dtype, device=device)
             engine.run(task, plan.method, fetch, plan.compute_dtype, out)
             if out.is_floating_point() and not bool(torch.isfinite(out).all()):

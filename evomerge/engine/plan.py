@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from evomerge.engine.arch import LAYER_COUNT_KEYS, place
+from evomerge.engine.lora import check_factored
 from evomerge.engine.params import resolve
 from evomerge.engine.recipe import Recipe, Slice, SliceSource
-from evomerge.engine.sources import ModelSource
+from evomerge.engine.sources import ModelSource, torch_dtype
 from evomerge.errors import ConfigError, ModelError
 from evomerge.methods import MergeMethod
 
@@ -250,7 +251,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
     for name in post:
         planner.add(name, last, [name] * len(last.sources), 0.0)
     config = _out_config(recipe, sources, first, out_layer, layer_types)
-    from evomerge.engine.sources import torch_dtype
+    if recipe.method.factored:
+        check_factored(recipe.merge_method, planner.tasks, sources)
     return MergePlan(recipe, recipe.method, tuple(planner.tasks), config, out_layer,
                      torch_dtype(recipe.dtype))
 

@@ -28,7 +28,7 @@ from evomerge.search.pareto import hypervolume, pareto_front
 from evomerge.search.records import TrialRecord
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
-__all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report"]
+__all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report", "adapter_recipe"]
 
 
 def heldout_evaluators(space: SearchSpace) -> dict[str, Any]:
@@ -189,15 +189,32 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
     from transformers import AutoModelForCausalLM
 
     from evomerge.engine.derived import DerivedSource
+    from evomerge.engine.lora import LoraSource
     from evomerge.engine.paths import Step
     from evomerge.scoring import score
 
     src = worker.materializer.sources.get(path)
     if isinstance(src, DerivedSource):  # a pinned study point: resident, scored in place
         model = worker.materializer.path_model([Step(path, i) for i in range(src.num_layers)])
+    elif isinstance(src, LoraSource):  # an adapter: written into the resident model alone
+        model = worker.materializer.materialize(adapter_recipe(worker.space, path))
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
     return score(model, worker.tokenizer, list(tests.values()))
+
+
+def adapter_recipe(space: SearchSpace, ref: str) -> Any:
+    """The recipe of one adapted source alone (``base+adapter``, weight 1), in the space's
+    dtypes: what PEFT's ``merge_and_unload`` builds, as the search scores it."""
+    from evomerge.engine.lora import LoraSource
+    from evomerge.engine.recipe import load_recipe
+
+    stored = str(LoraSource(ref).stored_dtype).removeprefix("torch.")
+    dtype, out_dtype = space.recipe_dtypes(stored)
+    doc = {"merge_method": "task_arithmetic", "base_model": space.base_model,
+           "models": [{"model": ref, "parameters": {"weight": 1.0}}]}
+    doc.update({k: v for k, v in (("dtype", dtype), ("out_dtype", out_dtype)) if v})
+    return load_recipe(doc)
 
 
 def _describe(params: dict[str, Any]) -> str:
