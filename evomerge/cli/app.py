@@ -5,7 +5,7 @@
     evomerge eval MODEL_OR_RECIPE --tasks add_l1,add_l2 [--evaluator zoo|lm_eval] [--split test]
     evomerge search SPACE.yaml [--study NAME] [--storage URL] [--trials N] [--workers N]
     evomerge resume STUDY | status STUDY | front STUDY | report STUDY
-    evomerge export STUDY (--best | --trial N | --pareto I) -o recipe.yaml
+    evomerge export STUDY (--best | --trial N | --pareto I | --archive CELL) -o recipe.yaml
     evomerge quickstart          # the whole job on the embedded zoo
     evomerge slurm submit SPACE.yaml [--nodes N --gpus-per-node G --time T --partition P]
     evomerge slurm resume STUDY | slurm status STUDY
@@ -155,7 +155,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     study, space = open_study(args.study, args.storage, args.results)
     out = export_recipe(study, space, args.output, overwrite=args.force, best=args.best,
-                        trial=args.trial, pareto=args.pareto)
+                        trial=args.trial, pareto=args.pareto, archive=args.archive)
     print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
     if any("+" in ref for ref in space.models.values()):
         print(f"Over LoRA adapters, one adapter instead: evomerge merge {out} OUT_DIR --adapter")
@@ -250,6 +250,8 @@ def _add_study_commands(sub) -> None:
     e.add_argument("--best", action="store_true", help="lowest weighted loss")
     e.add_argument("--trial", type=int, default=None, help="trial number")
     e.add_argument("--pareto", type=int, default=None, help="index on the Pareto front")
+    e.add_argument("--archive", default=None, metavar="CELL",
+                   help="a map_elites archive cell, e.g. 3,5 (its elite)")
     e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
     e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     e.set_defaults(func=_cmd_export)

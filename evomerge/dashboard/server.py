@@ -99,7 +99,7 @@ def _hover(space: Any, study: Any):
 
 def study_payload(study: Any) -> dict[str, Any]:
     """The JSON a study page draws: plots (plotly JSON), trial table, objectives."""
-    from evomerge.search.front import best_so_far, front_figure, front_trials
+    from evomerge.search.front import archive_rows, best_so_far, front_figure, front_trials
     from evomerge.search.ledger import space_of
 
     space = space_of(study)
@@ -117,6 +117,7 @@ def study_payload(study: Any) -> dict[str, Any]:
         "front_trials": [t.number for t in front],
         "history": {"x": xs, "y": ys},
         "trials": trial_rows(study),
+        "archive": archive_rows(study, space),  # map_elites: one row per filled cell
     }
 
 

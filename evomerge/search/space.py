@@ -217,6 +217,7 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
+        _check_optimizer(self)
         if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
@@ -312,6 +313,25 @@ def _check_dfs(space: SearchSpace) -> None:
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
+
+
+def _check_optimizer(space: SearchSpace) -> None:
+    """Settings of an optimizer that need the rest of the space."""
+    opt = space.optimizer
+    if opt.name == "path_ga":
+        if space.dfs is None:
+            raise ValueError("optimizer 'path_ga' searches data-flow paths: the space needs a "
+                             "'dfs' block")
+        for s in opt.starts or []:
+            if s not in space.models:
+                raise ValueError(f"optimizer.starts {s!r} is not a model alias "
+                                 f"({', '.join(space.models)})")
+    if opt.name == "map_elites":
+        keys = [o.key for o in space.objectives]
+        for d in opt.descriptors or []:
+            if d not in keys:
+                raise ValueError(f"optimizer.descriptors {d!r} is not an objective "
+                                 f"({', '.join(keys)})")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:
