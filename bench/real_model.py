@@ -177,7 +177,7 @@ def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
         scores = score(model, worker.tokenizer, list(tests.values()))
-    n = {s: len(ev._examples[s]) for ev in tests.values() for s in ev._examples}
+    n = {s: size for ev in tests.values() for s, size in ev.sizes().items()}
     out: dict[str, Any] = {"scores": scores}
     for s in n:
         kk = round(scores[f"{s}/exact_match"] * n[s])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,7 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
             table, title=f"trial {t.number}: per-layer recipe ({table['method']})").to_json())
     body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="front")
     layers = json.dumps(views).replace("</", "<\\/")  # never closes the script element
-    path.write_text(_PAGE.format(title=study.study_name, front=body, layers=layers,
+    path.write_text(_PAGE.format(title=escape(study.study_name), front=body, layers=layers,
                                  archive=archive_html(study, space),
                                  first=json.dumps(shown[0].number if shown else None)))
 

@@ -32,10 +32,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.engine.derived import STUDY_REF, open_model
+from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
+from evomerge.names import SAFE_NAME
 from evomerge.search.optimizer_config import (
     OPTIMIZER_CONFIGS,
     CmaConfig,
@@ -56,9 +58,20 @@ class _Strict(BaseModel):
 class Granularity(_Strict):
     """How finely coefficients vary over the model."""
 
-    layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
+    # consecutive layers sharing one coefficient set; "all": one set for the whole depth
+    # (with embeddings: false, one weight per model: LoraHub's space over adapters)
+    layers_per_group: int | Literal["all"] = 1
     split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
     embeddings: bool = True                 # a separate set for embeddings / final norm / head
+
+    @field_validator("layers_per_group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 1):
+            return value
+        raise ValueError(f"granularity.layers_per_group must be a whole number >= 1 or 'all', "
+                         f"got {value!r}")
 
 
 class LayerSwap(_Strict):
@@ -150,7 +163,7 @@ class Fidelity(_Strict):
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=SAFE_NAME.pattern)  # evomerge.names
     base_model: str
     models: dict[str, str] = Field(min_length=1)
     method: str | list[str] | None = None
@@ -179,6 +192,15 @@ class SearchSpace(_Strict):
     pinned: dict[str, str] = {}
 
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
+
+    @field_validator("models")
+    @classmethod
+    def _adapters_over_base(cls, models: dict[str, str], info: Any) -> dict[str, str]:
+        """A LoRA adapter directory among the models is that adapter over ``base_model``,
+        written BASE+ADAPTER (mergekit's spelling) in every recipe of the search."""
+        base = info.data.get("base_model")
+        return {alias: f"{base}+{ref}" if base and is_adapter_dir(ref) else ref
+                for alias, ref in models.items()}
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
@@ -283,6 +305,11 @@ def _check_dfs(space: SearchSpace) -> None:
         raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
                          "and 'layer_swap' (merge in parameter space in a study of its own and "
                          "name its best point as a model: study:NAME#best)")
+    adapted = [a for a, ref in space.models.items() if "+" in ref]
+    if adapted:
+        raise ValueError(f"a 'dfs' space runs the models' own layers, and models.{adapted[0]} "
+                         "is a LoRA adapter: merge the adapters in a parameter-space study "
+                         "first and name its point as a model (study:NAME#best)")
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
