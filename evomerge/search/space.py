@@ -138,9 +138,10 @@ class Fidelity(_Strict):
     first (a fraction of every evaluator's examples), and goes on to the next rung only while
     it is in the best 1/eta of the candidates scored at its rung (successive halving);
     otherwise it is stored as pruned with its rung scores. ``estimator``: how a rung's score
-    stands for the full one: ``subset`` (a seeded random subset, nested across rungs) or
+    stands for the full one: ``subset`` (a seeded random subset, nested across rungs),
     ``anchors`` (examples chosen from the response patterns of the first ``warmup``
-    candidates, scored in full, each weighted by the examples it stands for). A last rung
+    candidates, scored in full, each weighted by the examples it stands for), or ``pirt`` /
+    ``gpirt`` (the same anchors, valued by tinyBenchmarks' IRT estimates). A last rung
     below 1 means later candidates are never scored in full: their values are estimates."""
 
     rungs: list[float] = Field([1.0], min_length=1)
