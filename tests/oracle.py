@@ -13,14 +13,18 @@ import yaml
 from safetensors.torch import load_file
 
 
-def mergekit_merge(recipe_yaml: str, out: Path) -> dict[str, torch.Tensor]:
-    """Run mergekit's in-process ``run_merge`` (what ``mergekit-yaml`` calls) and load the result."""
+def mergekit_merge(recipe_yaml: str, out: Path, lora_cache: Path | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Run mergekit's in-process ``run_merge`` (what ``mergekit-yaml`` calls) and load the
+    result; ``lora_cache``: where mergekit merges ``base+adapter`` models first (with PEFT)."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     config = MergeConfiguration.model_validate(yaml.safe_load(recipe_yaml))
-    run_merge(config, str(out), MergeOptions(copy_tokenizer=False, quiet=True))
+    options = MergeOptions(copy_tokenizer=False, quiet=True,
+                           lora_merge_cache=str(lora_cache) if lora_cache else None)
+    run_merge(config, str(out), options)
     return load_dir(out)
 
 

@@ -29,7 +29,7 @@ def test_merge_writes_a_card_the_hub_reads(tiny, tmp_path):
     data = ModelCard(text).data.to_dict()
     assert data == {"base_model": ["org/base"], "tags": ["merge", "evomerge"],
                     "library_name": "transformers"}
-    assert "Trial 7 of the evomerge study `my_study` (40 evaluations, optimizer `nsga2`; " \
+    assert "Trial 7 of the evomerge study my_study (40 evaluations, optimizer `nsga2`; " \
            "the Pareto front has 5 points)" in text
     assert "| add/acc | maximize | 0.5 | 0.25 |" in text
     assert "| words/nll | minimize | 1.5 | |" in text
@@ -48,5 +48,19 @@ def test_local_sources_are_named_in_the_text_not_the_metadata(tiny, tmp_path):
     merge_to_disk(recipe, tmp_path / "m")
     text = (tmp_path / "m" / "README.md").read_text()
     assert "base_model" not in ModelCard(text).data.to_dict()
-    assert f"- `{tiny['a']}`" in text and "Local paths are not Hub ids" in text
+    assert f"- {tiny['a']}\n" in text and "Local paths are not Hub ids" in text
     assert "Where it came from" not in text  # no study: no provenance section
+
+
+def test_names_cannot_inject_markdown_or_close_the_recipe_block(tiny, tmp_path):
+    recipe = load_recipe({"merge_method": "linear", "models": [
+        {"model": tiny["a"], "parameters": {"weight": 1.0}},
+        {"model": tiny["b"], "parameters": {"weight": 1.0}}],
+        "evomerge": {"note": "```\n<script>x</script>"}})
+    card = Provenance("s", 1, (ObjectiveValue("t|<b>x</b>/m", "minimize", 1.0),))
+    merge_to_disk(recipe, tmp_path / "m", provenance=card)
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert "<b>" not in text and "| t\\|&lt;b&gt;x&lt;/b&gt;/m | minimize | 1 |" in text
+    assert "````yaml\n" in text  # a fence longer than any backtick run in the recipe
+    assert yaml.safe_load(text.split("````yaml\n", 1)[1].split("````", 1)[0]) == yaml.safe_load(
+        recipe.to_yaml())

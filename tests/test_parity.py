@@ -199,7 +199,8 @@ def test_every_deterministic_method_has_a_parity_recipe():
 
     covered = {load_recipe(_fill(t, {k: k for k in "base a b c".split()})).merge_method
                for t in RECIPES.values()}
-    deterministic = {m.name for m in METHODS if not m.stochastic}
+    # factored methods (lorahub) are not mergekit's: PEFT is their oracle (test_lora_parity)
+    deterministic = {m.name for m in METHODS if not m.stochastic and not m.factored}
     assert deterministic - covered == set()
 
 

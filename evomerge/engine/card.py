@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from evomerge import __version__
+from evomerge.engine.outputs import markdown_text
 from evomerge.engine.plan import MergePlan
 
 __all__ = ["ObjectiveValue", "Provenance", "model_card", "hub_ids"]
@@ -88,7 +89,7 @@ def _sources(plan: MergePlan, ids: Sequence[str] | None) -> str:
     lines = []
     for ref in recipe.referenced_models():
         role = " (base)" if ref == recipe.base_model else ""
-        lines.append(f"- `{ref}`{role}")
+        lines.append(f"- {markdown_text(ref)}{role}")
         if ref not in hub:
             local.append(ref)
     note = ("\n\nLocal paths are not Hub ids: name the sources' Hub repositories under "
@@ -105,7 +106,8 @@ def _vocabulary(plan: MergePlan) -> str:
     pad = (f"; {vocab.rows} embedding rows, a multiple of {settings.pad_to_multiple_of}"
            if vocab.rows > len(vocab.vocab) else "")
     return (f"\n## Tokenizer\n\nThe sources' tokenizers differ; the output tokenizer is "
-            f"`{settings.source}` ({len(vocab.vocab)} tokens{pad}), written with the model. Each "
+            f"{markdown_text(settings.source)} ({len(vocab.vocab)} tokens{pad}), written with "
+            f"the model. Each "
             f"source's embedding rows were re-indexed to it by mergekit's rules.\n")
 
 
@@ -115,7 +117,7 @@ def _provenance(p: Provenance | None) -> str:
     tested = any(o.test is not None for o in p.objectives)
     head = "| objective | direction | validation |" + (" test |" if tested else "")
     rule = "|---|---|---|" + ("---|" if tested else "")
-    rows = [f"| {o.key} | {o.direction} | {o.validation:.6g} |"
+    rows = [f"| {markdown_text(o.key)} | {o.direction} | {o.validation:.6g} |"
             + (f" {o.test:.6g} |" if o.test is not None else " |" if tested else "")
             for o in p.objectives]
     searched = f"{p.evaluations} evaluations, optimizer `{p.optimizer}`" if p.evaluations else ""
@@ -123,7 +125,8 @@ def _provenance(p: Provenance | None) -> str:
     plot = ("\n\n![The study's front, this model marked](front.png)" if p.plot_png else "")
     test_note = ("" if tested else "\n\nNot re-scored on test: `evomerge report "
                  f"{p.study}` scores the front on the held-out split.")
-    return (f"\n## Where it came from\n\nTrial {p.trial} of the evomerge study `{p.study}` "
+    return (f"\n## Where it came from\n\nTrial {p.trial} of the evomerge study "
+            f"{markdown_text(p.study)} "
             f"({searched}{front}).\n\n" + "\n".join([head, rule, *rows]) + test_note + plot
             + "\n")
 
@@ -132,6 +135,8 @@ def model_card(plan: MergePlan, provenance: Provenance | None = None,
                base_model_ids: Sequence[str] | None = None, name: str = "Merged model") -> str:
     """The ``README.md`` of the model ``plan`` builds (see the module docstring)."""
     recipe = plan.recipe
+    text = recipe.to_yaml()
+    fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
     upload = ("hf auth login\nhf upload YOUR_ORG/YOUR_MODEL .   # from this directory "
               "(huggingface_hub < 1.0: huggingface-cli upload YOUR_ORG/YOUR_MODEL .)")
     return (_front_matter(plan, base_model_ids)
@@ -140,6 +145,6 @@ def model_card(plan: MergePlan, provenance: Provenance | None = None,
             f"from\n\n{_sources(plan, base_model_ids)}\n"
             + _vocabulary(plan) + _provenance(provenance)
             + "\n## Recipe\n\nThe exact recipe, also in `mergekit_config.yml` (mergekit "
-            "reads it too):\n\n```yaml\n" + recipe.to_yaml() + "```\n\nRebuild: "
+            f"reads it too):\n\n{fence}yaml\n" + text + f"{fence}\n\nRebuild: "
             "`evomerge merge mergekit_config.yml OUT` or `mergekit-yaml mergekit_config.yml "
             f"OUT`.\n\n## Upload\n\n```bash\n{upload}\n```\n")

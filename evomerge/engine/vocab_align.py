@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from evomerge.engine.lowrank import LowRank, densify
 from evomerge.engine.vocab import VocabPlan
 from evomerge.engine.vocab_config import ModelToken, TokenEmbedding, ZeroEmbedding
 from evomerge.errors import ConfigError
@@ -138,6 +139,7 @@ def aligned_inputs(task, vocab: VocabPlan, fetch: Fetch, compute_dtype: torch.dt
     raw = {}
     for model, name in refs:
         t = fetch(model, name)
-        raw[model] = t if compute_dtype is None else t.to(compute_dtype)
+        dense = t.base if isinstance(t, LowRank) else t  # an adapter's row: formed in full
+        raw[model] = densify(t, compute_dtype or dense.dtype, dense.device)
     done = align(vocab, raw, task.vocab_base)
     return lambda model, name: done[model]

@@ -46,6 +46,8 @@ class Climber:
                 self.full_started += 1
                 if rec.example_stats is not None:
                     self.full_stats.append(rec.example_stats)
+        if self.ladder.irt and self.ladder.anchors is not None:
+            self.ladder.fit_irt(self.full_stats)
         for rec in map(TrialRecord, stale):
             if rec.rungs and rec.recipe_hash:
                 self.partial[rec.recipe_hash] = rec.rungs
@@ -66,12 +68,23 @@ class Climber:
     def job(self, flight: Flight) -> dict[str, Any]:
         """What a worker scores for ``flight``'s current rung."""
         return {"subsets": self.ladder.subsets(flight.rung),
-                "per_example": flight.rung == FULL
-                and self.ladder.config.estimator == "anchors"}
+                "per_example": (flight.rung == FULL and self.ladder.anchored)
+                or self._irt_rung(flight.rung)}
+
+    def _irt_rung(self, rung: int | None) -> bool:
+        """Whether ``rung``'s scores are IRT estimates from its anchors' per-example scores."""
+        return self.ladder.irt and rung not in (None, FULL) and self.ladder.fraction(rung) < 1.0
 
     def accumulate(self, flight: Flight, result: CandidateResult) -> CandidateResult:
         """Nested rungs score only their new examples: the candidate's scores are its
         totals over every rung so far."""
+        if self._irt_rung(flight.rung) and result.values is not None:
+            scores = {**result.scores, **self.ladder.estimate(flight.rung, result.example_stats)}
+            try:
+                values = objective_values(scores, self.objectives)
+            except ValueError as exc:
+                return dataclasses.replace(result, values=None, scores=scores, error=str(exc))
+            return dataclasses.replace(result, values=values, scores=scores)
         if not self.ladder.incremental or result.values is None:
             return result
         flight.totals = {k: [a + b for a, b in zip(flight.totals.get(k, (0.0, 0.0)), v)]
@@ -93,8 +106,9 @@ class Climber:
                              "examples": result.examples, "values": list(result.values),
                              "totals": flight.totals})
         flight.trial.set_user_attr(T.RUNGS, flight.rungs)
-        if result.example_stats:
+        if result.example_stats:  # a warmup candidate's, or an IRT rung's anchors'
             flight.trial.set_user_attr(T.STATS, result.example_stats)
+        if result.example_stats and flight.rung == FULL:
             self.full_stats.append(result.example_stats)
             if self.ladder.anchors is None and len(self.full_stats) >= self.ladder.config.warmup:
                 self.record.set_anchors(self.ladder.fit(self.full_stats))

@@ -11,23 +11,26 @@ Every optimizer builds the study's sampler and proposes candidates:
   drift, which is logged as a warning, not refused.
 * :class:`OptunaOptimizer` -- an Optuna sampler (TPE, CMA-ES, NSGA-II, GP, random) that asks
   through ``Study.ask``; its state already lives in the study.
+* :class:`~evomerge.search.path_ga.PathGaOptimizer` (``path_ga``) -- a genetic algorithm over
+  data-flow paths made of segments (``dfs`` spaces); state rebuilt from the study's trials.
+* :class:`~evomerge.search.qd.MapElitesOptimizer` (``map_elites``) -- quality diversity: a
+  MAP-Elites archive over descriptors taken from the objectives (pyribs).
 """
 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from optuna.samplers import BaseSampler
 
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
 from evomerge.search.gene import Genome
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import (
     CmaConfig,
     Nsga2Config,
@@ -35,6 +38,8 @@ from evomerge.search.optimizer_config import (
     OptunaCmaesConfig,
     TpeConfig,
 )
+from evomerge.search.path_ga import PathGaOptimizer
+from evomerge.search.qd import MapElitesOptimizer
 from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
@@ -42,73 +47,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Proposal", "Optimizer", "FixedSampler", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
            "OPTIMIZERS", "register_optimizer", "make_optimizer"]
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A candidate to evaluate.
-
-    Attributes:
-        params: named gene values; ``None`` lets the study's sampler choose (Optuna).
-        attrs: stored as trial user attributes (the optimizer's bookkeeping).
-    """
-
-    params: dict[str, Any] | None
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-class Optimizer(ABC):
-    """Ask/tell contract.
-
-    ``ask()`` returns the next proposal, or ``None`` when nothing can be proposed until
-    pending results are told (a CMA-ES generation barrier). ``tell(attrs, values)`` reports
-    a finished proposal: objective values in objective order, or ``None`` if it failed.
-    ``restore(trials)`` rebuilds the state from the study's finished trials.
-    """
-
-    sampler: Any
-    # True: ask() returns the parameters itself and the study's sampler is a FixedSampler;
-    # False: the study's sampler draws them (Proposal.params is None).
-    proposes: bool = False
-
-    @abstractmethod
-    def ask(self) -> Proposal | None: ...
-
-    @abstractmethod
-    def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None: ...
-
-    def restore(self, trials: Sequence[Any],  # noqa: B027 -- optional hook
-                checkpoint: dict[str, Any] | None = None) -> None:
-        """Rebuild state from finished trials and the last :meth:`checkpoint` stored in the
-        study (default: the sampler keeps its state in the study)."""
-
-    def checkpoint(self) -> dict[str, Any] | None:
-        """JSON state to store in the study after a tell, or None (nothing new to store)."""
-        return None
-
-
-class FixedSampler(BaseSampler):
-    """An Optuna sampler that samples exactly the parameters it was given for the next trial:
-    how an optimizer that proposes its own points (CMA-ES) reaches Optuna, without enqueued
-    trials that a driver killed between enqueue and ask would leave waiting."""
-
-    def __init__(self) -> None:
-        self._next: dict[str, Any] = {}
-
-    def fix(self, params: dict[str, Any]) -> None:
-        """The parameters of the next asked trial."""
-        self._next = dict(params)
-
-    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
-        return {}
-
-    def sample_relative(self, study: Any, trial: Any, search_space: dict) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
-        if name not in self._next:
-            raise RuntimeError(f"FixedSampler has no value for parameter {name!r}")
-        return self._next[name]
 
 
 class OptunaOptimizer(Optimizer):
@@ -336,6 +274,10 @@ _optuna("cmaes", _cmaes)
 _optuna("nsga2", _nsga2)
 _optuna("gp", lambda s, c: s.GPSampler(seed=c.seed))
 _optuna("random", lambda s, c: s.RandomSampler(seed=c.seed))
+register_optimizer(OptimizerSpec("path_ga", lambda config, genome, objectives: PathGaOptimizer(
+    genome, objectives, config)))
+register_optimizer(OptimizerSpec("map_elites", lambda config, genome, objectives:
+                                 MapElitesOptimizer(genome, objectives, config)))
 
 
 def make_optimizer(config: OptimizerConfig, genome: Genome,

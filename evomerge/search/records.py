@@ -72,7 +72,8 @@ class T:
     STATS = "example_stats"          # {evaluator: {task/metric: [nums, dens]}}
     CMA_GEN = "cma_gen"
     CMA_INDEX = "cma_index"
-    X = "x"                          # the unit-cube point CMA-ES asked
+    X = "x"                          # the unit-cube point CMA-ES (or map_elites) asked
+    PATH = "path"                    # path_ga / map_elites on dfs: the path in one line
 
 
 def _state(trial: Any) -> str:
@@ -138,7 +139,8 @@ def told_values(trial: Any) -> tuple[float, ...] | None:
 # Settings the optimizer block of studies written before optimizers had their own settings
 # carried for every optimizer (defaults included); those that do not apply are dropped.
 _SHARED_OPTIMIZER_KEYS = {"popsize", "sigma0", "x0", "diagonal"}
-_KEPT = {"cma": _SHARED_OPTIMIZER_KEYS, "cmaes": {"popsize", "sigma0"}, "nsga2": {"popsize"}}
+_KEPT = {"cma": _SHARED_OPTIMIZER_KEYS, "cmaes": {"popsize", "sigma0"}, "nsga2": {"popsize"},
+         "path_ga": {"popsize"}, "map_elites": {"popsize"}}  # (newer than the migration)
 
 
 def migrate_space(data: dict[str, Any]) -> dict[str, Any]:

@@ -33,11 +33,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.engine.derived import STUDY_REF, open_model
+from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.engine.vocab_config import TokenizerConfig, check_chat_template
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
+from evomerge.names import SAFE_NAME
 from evomerge.search.optimizer_config import (
     OPTIMIZER_CONFIGS,
     CmaConfig,
@@ -59,9 +61,20 @@ class _Strict(BaseModel):
 class Granularity(_Strict):
     """How finely coefficients vary over the model."""
 
-    layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
+    # consecutive layers sharing one coefficient set; "all": one set for the whole depth
+    # (with embeddings: false, one weight per model: LoraHub's space over adapters)
+    layers_per_group: int | Literal["all"] = 1
     split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
     embeddings: bool = True                 # a separate set for embeddings / final norm / head
+
+    @field_validator("layers_per_group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 1):
+            return value
+        raise ValueError(f"granularity.layers_per_group must be a whole number >= 1 or 'all', "
+                         f"got {value!r}")
 
 
 class LayerSwap(_Strict):
@@ -128,14 +141,15 @@ class Fidelity(_Strict):
     first (a fraction of every evaluator's examples), and goes on to the next rung only while
     it is in the best 1/eta of the candidates scored at its rung (successive halving);
     otherwise it is stored as pruned with its rung scores. ``estimator``: how a rung's score
-    stands for the full one: ``subset`` (a seeded random subset, nested across rungs) or
+    stands for the full one: ``subset`` (a seeded random subset, nested across rungs),
     ``anchors`` (examples chosen from the response patterns of the first ``warmup``
-    candidates, scored in full, each weighted by the examples it stands for). A last rung
+    candidates, scored in full, each weighted by the examples it stands for), or ``pirt`` /
+    ``gpirt`` (the same anchors, valued by tinyBenchmarks' IRT estimates). A last rung
     below 1 means later candidates are never scored in full: their values are estimates."""
 
     rungs: list[float] = Field([1.0], min_length=1)
     eta: float = Field(3.0, gt=1)
-    estimator: Literal["subset", "anchors"] = "subset"
+    estimator: Literal["subset", "anchors", "pirt", "gpirt"] = "subset"
     warmup: int = Field(0, ge=0)
     seed: int = 0
 
@@ -144,7 +158,7 @@ class Fidelity(_Strict):
         r = self.rungs
         if any(not 0 < f <= 1 for f in r) or any(a >= b for a, b in zip(r, r[1:])):
             raise ValueError(f"fidelity.rungs {r} must be increasing fractions in (0, 1]")
-        if self.estimator == "anchors" and self.warmup < 2:
+        if self.estimator != "subset" and self.warmup < 2:
             raise ValueError(f"fidelity.warmup {self.warmup} is too small: anchors are chosen "
                              "from the candidates scored in full first (give at least 2)")
         return self
@@ -153,7 +167,7 @@ class Fidelity(_Strict):
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=SAFE_NAME.pattern)  # evomerge.names
     base_model: str
     models: dict[str, str] = Field(min_length=1)
     method: str | list[str] | None = None
@@ -192,6 +206,15 @@ class SearchSpace(_Strict):
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
     _chat_template = field_validator("chat_template")(check_chat_template)
 
+    @field_validator("models")
+    @classmethod
+    def _adapters_over_base(cls, models: dict[str, str], info: Any) -> dict[str, str]:
+        """A LoRA adapter directory among the models is that adapter over ``base_model``,
+        written BASE+ADAPTER (mergekit's spelling) in every recipe of the search."""
+        base = info.data.get("base_model")
+        return {alias: f"{base}+{ref}" if base and is_adapter_dir(ref) else ref
+                for alias, ref in models.items()}
+
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
         if self.tokenizer_source is not None and self.tokenizer is not None:
@@ -211,6 +234,7 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
+        _check_optimizer(self)
         if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
@@ -309,6 +333,11 @@ def _check_dfs(space: SearchSpace) -> None:
         raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
                          "and 'layer_swap' (merge in parameter space in a study of its own and "
                          "name its best point as a model: study:NAME#best)")
+    adapted = [a for a, ref in space.models.items() if "+" in ref]
+    if adapted:
+        raise ValueError(f"a 'dfs' space runs the models' own layers, and models.{adapted[0]} "
+                         "is a LoRA adapter: merge the adapters in a parameter-space study "
+                         "first and name its point as a model (study:NAME#best)")
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
@@ -325,6 +354,25 @@ def _check_swap_tokenizer(space: SearchSpace) -> None:
                          "each candidate, so a 'union' vocabulary or a token row taken from a "
                          "model would change between candidates: use source 'base' or a model, "
                          "or add a method")
+
+
+def _check_optimizer(space: SearchSpace) -> None:
+    """Settings of an optimizer that need the rest of the space."""
+    opt = space.optimizer
+    if opt.name == "path_ga":
+        if space.dfs is None:
+            raise ValueError("optimizer 'path_ga' searches data-flow paths: the space needs a "
+                             "'dfs' block")
+        for s in opt.starts or []:
+            if s not in space.models:
+                raise ValueError(f"optimizer.starts {s!r} is not a model alias "
+                                 f"({', '.join(space.models)})")
+    if opt.name == "map_elites":
+        keys = [o.key for o in space.objectives]
+        for d in opt.descriptors or []:
+            if d not in keys:
+                raise ValueError(f"optimizer.descriptors {d!r} is not an objective "
+                                 f"({', '.join(keys)})")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:

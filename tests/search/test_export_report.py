@@ -98,7 +98,7 @@ def test_export_model_dir_has_the_hub_card_of_its_trial(study_root, tmp_path):
     trial = front_trials(study, space)[0]
     text = (out / "README.md").read_text()
     assert ModelCard(text).data.to_dict()["base_model"] == ["org/zoo-base"]
-    assert f"Trial {trial.number} of the evomerge study `t`" in text
+    assert f"Trial {trial.number} of the evomerge study t (" in text
     for obj, value in zip(space.objectives, trial.values):
         assert f"| {obj.key} | {obj.direction} | {value:.6g} |" in text
     assert imread(out / "front.png").shape[:2] == (450, 600)
