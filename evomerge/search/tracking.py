@@ -168,6 +168,6 @@ class StudyTracking:
         files = [side / "trials.jsonl", side / "space.yaml"]
         if completed(self.study):
             files.append(export_recipe(self.study, self.space, side / "best_recipe.yaml",
-                                       best=True))
+                                       overwrite=True, best=True))  # ours, rewritten per run
         return files + [out_dir / f"pareto.{ext}" for ext in ("json", "csv", "png", "html")
                         if (out_dir / f"pareto.{ext}").is_file()]
