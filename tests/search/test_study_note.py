@@ -4,16 +4,12 @@ objective names, its note saying what it is, and its trials with the recipe as t
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, serving
 
 from evomerge.engine.recipe import load_recipe
 from evomerge.search.driver import run_search
@@ -39,29 +35,14 @@ def test_optuna_dashboard_shows_objective_names_note_and_trials(mini_zoo, tmp_pa
     study = load_study(open_storage(url), "t")
     keys = ["add_l1/answer_nll", "maxmin_l2/answer_nll"]
     assert study.metric_names == keys
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     exe = Path(sys.executable).parent / "optuna-dashboard"
-    proc = subprocess.Popen([str(exe), url, "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     base = f"http://127.0.0.1:{port}/api/studies"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                summaries = _get(base)["study_summaries"]
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.5)
-        (summary,) = summaries
+    with serving([str(exe), url, "--host", "127.0.0.1", "--port", str(port)], base,
+                 tmp_path / "dashboard.log", timeout=120):
+        (summary,) = _get(base)["study_summaries"]
         assert (summary["study_name"], summary["directions"]) == ("t", ["minimize"] * 2)
         detail = _get(f"{base}/{summary['study_id']}?after=0")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
     assert detail["objective_names"] == keys
     note = detail["note"]["body"]
     assert note == StudyRecord(study).description

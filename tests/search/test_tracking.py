@@ -7,17 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from servers import free_port, serving
 
 from evomerge.search.driver import run_search
 from evomerge.search.front import completed
@@ -50,41 +47,18 @@ def _objective_series(trials: list, key_index: int) -> dict[int, float]:
     return {i + 1: t.values[key_index] for i, t in enumerate(trials)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path):
-    """``mlflow server`` on a free port with a SQLite store, stopped (its whole process group)
-    after the test."""
-    port = _free_port()
-    store = tmp_path / "mlflow"
+    """``mlflow server`` on a free port with a SQLite store (no job workers)."""
+    port, store = free_port(), tmp_path / "mlflow"
     store.mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--artifacts-destination",
-         str(store / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=(store / "server.log").open("w"), env=env,
-        start_new_session=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{store}/mlflow.db", "--artifacts-destination",
+           str(store / "artifacts"), "--workers", "1"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, (store / "server.log").read_text()[-2000:]
-                assert time.monotonic() < deadline, "mlflow server did not start in 240 s"
-                time.sleep(1)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with serving(cmd, f"{url}/health", store / "server.log", env=env):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 @pytest.mark.slow
@@ -166,7 +140,7 @@ def test_trackio_local_store_through_the_cli_flag(mini_zoo, tmp_path):
 
 def test_a_failing_tracker_warns_once_and_the_search_goes_on(mini_zoo, tmp_path, caplog):
     """An unreachable MLflow server: one warning, every trial evaluated, nothing stored."""
-    tracking = {"type": "mlflow", "tracking_uri": f"http://127.0.0.1:{_free_port()}",
+    tracking = {"type": "mlflow", "tracking_uri": f"http://127.0.0.1:{free_port()}",
                 "timeout": 1, "retries": 0}
     with caplog.at_level(logging.WARNING, logger="evomerge.search.tracking"):
         outcome = run_search(load_space(_space(mini_zoo, tracking)), results_root=tmp_path)
