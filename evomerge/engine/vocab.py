@@ -137,6 +137,25 @@ def _union(base_tok: Any, toks: Mapping[str, Any], sizes: Mapping[str, int | Non
     return out
 
 
+def _output(settings: TokenizerSettings, base_tok: Any, toks: Mapping[str, Any],
+            sizes: Mapping[str, int | None]) -> Any:
+    """The output tokenizer of ``settings`` (module docstring), with the configured tokens
+    added where missing."""
+    if settings.source == "base":
+        out = base_tok
+    elif settings.source == "union":
+        out = _union(base_tok, toks, sizes)
+    else:
+        path = Path(settings.source).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"tokenizer source {settings.source!r}: no such directory.")
+        out = _load(path)
+    for token, _ in settings.tokens:
+        if token not in out.get_vocab():
+            out.add_tokens(token)
+    return out
+
+
 def build_vocab(settings: TokenizerSettings, base: str, refs: Sequence[str],
                 sources: Mapping[str, Any]) -> VocabPlan:
     """The output tokenizer of ``settings`` and each referenced model's row map.
@@ -155,18 +174,7 @@ def build_vocab(settings: TokenizerSettings, base: str, refs: Sequence[str],
     for ref in refs:
         if ref != base and sources[ref].tokenizer is not None:
             toks[ref] = _load(sources[ref].path)
-    if settings.source == "base":
-        out = toks[base]
-    elif settings.source == "union":
-        out = _union(toks[base], toks, sizes)
-    else:
-        path = Path(settings.source).expanduser()
-        if not path.is_dir():
-            raise ModelError(f"tokenizer source {settings.source!r}: no such directory.")
-        out = _load(path)
-    for token, _ in settings.tokens:
-        if token not in out.get_vocab():
-            out.add_tokens(token)
+    out = _output(settings, toks[base], toks, sizes)
     vocab = dict(out.get_vocab())
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ModelError(f"The output tokenizer's ids are not 0 .. {len(vocab) - 1} (a gap or a "
