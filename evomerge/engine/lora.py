@@ -355,6 +355,10 @@ class LoraSource:
     def tokenizer_digest(self) -> str | None:
         return self.base.tokenizer_digest
 
+    @property
+    def core_vocab(self) -> Any:
+        return self.base.core_vocab
+
     @cached_property
     def stored_dtype(self) -> torch.dtype:
         return self.base.stored_dtype
