@@ -39,7 +39,9 @@ COOKIE = "evomerge_token"
 MIN_TOKEN = 16
 # On every response. No page of another origin may frame the dashboard (a click there would
 # press Resume: clickjacking); only the dashboard's own files run as scripts (plotly's
-# inline styles stay allowed); nothing is MIME-sniffed; no URL (with its token) is sent on.
+# inline styles stay allowed); nothing is MIME-sniffed; no URL (with its token) is sent to
+# another origin. "same-origin", not "no-referrer": under no-referrer Chromium sends
+# ``Origin: null`` with the dashboard's own form posts, which the same-origin check refuses.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -47,7 +49,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }

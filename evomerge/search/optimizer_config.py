@@ -147,7 +147,8 @@ def optimizer_config_input(value: Any) -> Any:
     sentence listing the valid ones."""
     if isinstance(value, dict):
         name = value.get("name", "cma")
-        if name not in OPTIMIZER_CONFIGS:
+        # a list or mapping as the name is unhashable: test membership by equality
+        if not isinstance(name, str) or name not in OPTIMIZER_CONFIGS:
             raise ValueError(f"optimizer.name {name!r} is not one of "
                              f"{', '.join(OPTIMIZER_CONFIGS)}")
         return {**value, "name": name}

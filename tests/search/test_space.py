@@ -27,6 +27,8 @@ def test_valid(mini_zoo):
     ({"objectives": []}, r"field 'objectives'"),
     ({"budget": {"trials": 0}}, r"field 'budget\.trials' input should be greater than 0"),
     ({"optimizer": {"name": "adam"}}, r"optimizer\.name 'adam' is not one of cma, tpe"),
+    ({"optimizer": {"name": [[{"value": "cma"}]]}},  # unhashable (found by the fuzz test)
+     r"optimizer\.name \[\[\{'value': 'cma'\}\]\] is not one of cma"),
     ({"optimizer": {"name": "tpe", "sigma0": 0.1}},
      r"field 'optimizer\.sigma0' does not apply to optimizer 'tpe' \(its settings: seed, n_startup"),
     ({"optimizer": {"name": "nsga2", "x0": "center"}}, r"'optimizer\.x0' does not apply to optimizer 'nsga2'"),
