@@ -12,6 +12,7 @@ from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import default_storage, load_study, open_storage, space_of, summary
+from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace, load_space
 
 __all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "status",
@@ -76,7 +77,7 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
     study, space = open_study(name, storage, results)
     space = _with_offload(space, offload)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
-                      trials=trials or study.user_attrs.get("evomerge_trials"),
+                      trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
@@ -109,8 +110,9 @@ def status(name: str, storage: str | None = None, results: str = "results") -> d
 
     study, space = open_study(name, storage, results)
     info = summary(study)
-    info["budget"] = study.user_attrs.get("evomerge_trials", space.budget.trials)
-    info["launch"] = study.user_attrs.get("evomerge_launch") or {}
+    record = StudyRecord(study)
+    info["budget"] = record.budget or space.budget.trials
+    info["launch"] = record.launch
     best = best_trial(study, space)
     if best is not None:
         info["best_trial"] = best.number

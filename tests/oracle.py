@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -30,3 +34,15 @@ def load_dir(path: Path) -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def mergekit_cli(name: str) -> str:
+    """The path of mergekit's ``name`` command (``mergekit-yaml``, ``mergekit-multi``): next to
+    this interpreter, else on PATH. Without it the test skips, unless
+    EVOMERGE_REQUIRE_MERGEKIT=1 (CI), where a missing oracle is a failure."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        if os.environ.get("EVOMERGE_REQUIRE_MERGEKIT") == "1":
+            pytest.fail(f"{name} is not installed and EVOMERGE_REQUIRE_MERGEKIT=1")
+        pytest.skip(f"{name} not installed")
+    return found

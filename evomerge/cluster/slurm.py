@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.names import check_name
+from evomerge.search.records import StudyRecord
 
 __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
            "journal_storage", "ACTIVE_STATES"]
@@ -222,7 +223,7 @@ class _Undo:
         if self.study is not None and self.created:
             optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
         elif self.study is not None and self.trials is not None and self.trials[0]:
-            self.study.set_user_attr("evomerge_trials", self.trials[1])
+            StudyRecord(self.study).set_budget(self.trials[1])
         for p in sorted(self.before, key=lambda p: len(p.parts), reverse=True):
             if self.before[p]:
                 continue
@@ -254,15 +255,16 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     try:
         st, name, url = _prepare_study(space_path, study, storage, results, undo)
         undo.study = st
-        launch = dict(st.user_attrs.get("evomerge_launch") or {})
+        record = StudyRecord(st)
+        launch = dict(record.launch)
         for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
             state = job_state(job_id)["JobState"]
             if state in ACTIVE_STATES:
                 raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
                                   f"wait for it or `scancel {job_id}` first.")
         if trials is not None:
-            undo.trials = ("evomerge_trials" in st.user_attrs, st.user_attrs.get("evomerge_trials"))
-            st.set_user_attr("evomerge_trials", trials)
+            undo.trials = (record.budget is not None, record.budget)
+            record.set_budget(trials)
         folder = results / name / "slurm"
         folder.mkdir(parents=True, exist_ok=True)
         script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
@@ -275,7 +277,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         undo.run()
         raise
     jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
-    st.set_user_attr("evomerge_launch", {
+    record.set_launch({
         "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
         "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
     return SlurmJob(job_id, script, name, url)

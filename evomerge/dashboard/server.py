@@ -29,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from evomerge.dashboard.catalog import Catalog, layer_view, study_overview, trial_rows
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.search.records import StudyRecord
 
 __all__ = ["create_app", "serve"]
 
@@ -72,7 +73,7 @@ def _hover(space: Any, study: Any):
     """Hover lines of a front point: the recipe in brief (method, source per layer group)."""
     from evomerge.search.genome import make_genome
 
-    genome = make_genome(space, int(study.user_attrs["evomerge_num_layers"]))
+    genome = make_genome(space, StudyRecord(study).num_layers)
     if space.dfs is not None:
         alias = {p: a for a, p in space.models.items()}
 

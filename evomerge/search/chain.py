@@ -22,6 +22,7 @@ import yaml
 from evomerge.engine.derived import STUDY_REF, rename_models
 from evomerge.engine.recipe import load_recipe, yaml_mapping
 from evomerge.errors import ConfigError
+from evomerge.search.records import StudyRecord, TrialRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["pin_sources", "stage_name", "chained_docs"]
@@ -51,7 +52,7 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
     trial = select_trial(study, space_of(study), **choice)
-    recipe = yaml_mapping(trial.user_attrs["recipe"], f"The recipe of trial {trial.number} of "
+    recipe = yaml_mapping(TrialRecord(trial).recipe, f"The recipe of trial {trial.number} of "
                           f"study {name!r}")
     recipe.setdefault("evomerge", {}).update(study=name, trial=trial.number, pinned_as=ref)
     return yaml.safe_dump(recipe, sort_keys=False)
@@ -73,8 +74,8 @@ def pin_sources(space: SearchSpace, storage: str, study: str,
     store = open_storage(storage)
     pinned = dict(space.pinned)
     try:
-        stored = optuna.load_study(study_name=study, storage=store).user_attrs
-        pinned = {**(stored.get("evomerge_space") or {}).get("pinned", {}), **pinned}
+        stored = StudyRecord(optuna.load_study(study_name=study, storage=store))
+        pinned = {**(stored.space.pinned if stored.is_evomerge else {}), **pinned}
     except KeyError:
         pass
     for ref in refs:

@@ -13,6 +13,7 @@ from evomerge.engine.recipe import load_recipe, yaml_mapping
 from evomerge.errors import ConfigError
 from evomerge.search.chain import chained_docs
 from evomerge.search.front import select_trial
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["export_recipe"]
@@ -39,7 +40,7 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, overwrite: bo
         raise ConfigError(f"Output {str(out)!r} exists; choose another path, or add --force to "
                           "replace it.")
     t = select_trial(study, space, **choice)
-    recipe = load_recipe(yaml_mapping(t.user_attrs["recipe"], f"The recipe of trial {t.number}"))
+    recipe = load_recipe(yaml_mapping(TrialRecord(t).recipe, f"The recipe of trial {t.number}"))
     docs = chained_docs(recipe.to_yaml(), space.pinned)
     docs[-1].setdefault("evomerge", {})["scores"] = {
         o.key: v for o, v in zip(space.objectives, t.values)}

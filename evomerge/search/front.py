@@ -13,6 +13,7 @@ from typing import Any
 from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted
 from evomerge.search.pareto import pareto_front
+from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed",
@@ -193,7 +194,7 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
     from evomerge.search.layers import heatmap_figure, layer_table
 
     shown = front if len(space.objectives) > 1 else [t for t in [best_trial(study, space)] if t]
-    n_layers = int(study.user_attrs.get("evomerge_num_layers", 0))
+    n_layers = StudyRecord(study).num_layers
     views = {}
     for t in shown if n_layers else []:
         table = layer_table(space, n_layers, t.params)

@@ -25,6 +25,7 @@ from evomerge.search.front import front_trials
 from evomerge.search.gene import Genome
 from evomerge.search.genome import genome_of_models
 from evomerge.search.pareto import hypervolume, pareto_front
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
 __all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report"]
@@ -105,7 +106,7 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
             progress("front", i + 1, len(front))
         rows.append({"kind": "search front", "name": f"trial {t.number}",
                      "validation": dict(zip(keys, t.values)),
-                     "test": score(t.user_attrs["recipe"], tests)})
+                     "test": score(TrialRecord(t).recipe, tests)})
     grid = _distinct(genome, uniform_params(genome, levels))
     val_points = []
     for i, params in enumerate(grid):

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from optuna.samplers import BaseSampler
 
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
 from evomerge.search.gene import Genome
-from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.optimizer_config import (
     CmaConfig,
@@ -35,11 +35,12 @@ from evomerge.search.optimizer_config import (
     OptunaCmaesConfig,
     TpeConfig,
 )
+from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
+__all__ = ["Proposal", "Optimizer", "FixedSampler", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
            "OPTIMIZERS", "register_optimizer", "make_optimizer"]
 
 
@@ -66,6 +67,9 @@ class Optimizer(ABC):
     """
 
     sampler: Any
+    # True: ask() returns the parameters itself and the study's sampler is a FixedSampler;
+    # False: the study's sampler draws them (Proposal.params is None).
+    proposes: bool = False
 
     @abstractmethod
     def ask(self) -> Proposal | None: ...
@@ -81,6 +85,30 @@ class Optimizer(ABC):
     def checkpoint(self) -> dict[str, Any] | None:
         """JSON state to store in the study after a tell, or None (nothing new to store)."""
         return None
+
+
+class FixedSampler(BaseSampler):
+    """An Optuna sampler that samples exactly the parameters it was given for the next trial:
+    how an optimizer that proposes its own points (CMA-ES) reaches Optuna, without enqueued
+    trials that a driver killed between enqueue and ask would leave waiting."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, Any] = {}
+
+    def fix(self, params: dict[str, Any]) -> None:
+        """The parameters of the next asked trial."""
+        self._next = dict(params)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: dict) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        if name not in self._next:
+            raise RuntimeError(f"FixedSampler has no value for parameter {name!r}")
+        return self._next[name]
 
 
 class OptunaOptimizer(Optimizer):
@@ -106,12 +134,12 @@ class OptunaOptimizer(Optimizer):
 class CmaOptimizer(Optimizer):
     """pycma CMA-ES with bounds [0, 1] on the genome's unit cube (not ``cma.fmin2``)."""
 
+    proposes = True
+
     def __init__(self, genome: Genome, objectives: Sequence[Objective],
                  config: CmaConfig) -> None:
-        import optuna
-
         self.genome, self.objectives, self.config = genome, list(objectives), config
-        self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
+        self.sampler = FixedSampler()  # the study samples what ask() proposed
         self._es = self._new_es()
         self._checkpoint: dict[str, Any] | None = None  # taken between a tell and an ask
         self._start_generation()
@@ -145,15 +173,15 @@ class CmaOptimizer(Optimizer):
         i = self._queue.pop(0)
         x = self._X[i]
         return Proposal(self.genome.from_unit(x),
-                        {"cma_gen": self._gen, "cma_index": i, "x": [float(v) for v in x]})
+                        {T.CMA_GEN: self._gen, T.CMA_INDEX: i, T.X: [float(v) for v in x]})
 
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None:
-        if attrs.get("cma_gen") != self._gen:
+        if attrs.get(T.CMA_GEN) != self._gen:
             return  # a straggler of an older generation: CMA-ES has moved on
         loss = None if values is None else weighted_loss(values, self.objectives)
         # A candidate pruned at a lower rung ranks below every one that went further.
-        self._losses[attrs["cma_index"]] = loss
-        self._rungs[attrs["cma_index"]] = attrs.get("fidelity_rung")
+        self._losses[attrs[T.CMA_INDEX]] = loss
+        self._rungs[attrs[T.CMA_INDEX]] = attrs.get(T.FIDELITY_RUNG)
         if len(self._losses) == len(self._X):
             self._finish_generation()
 
@@ -183,8 +211,8 @@ class CmaOptimizer(Optimizer):
         cache have no trial, so the driver re-derives them through its genome cache."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
-            if "cma_gen" in t.user_attrs:
-                by_gen.setdefault(t.user_attrs["cma_gen"], {})[t.user_attrs["cma_index"]] = t
+            if T.CMA_GEN in t.user_attrs:
+                by_gen.setdefault(t.user_attrs[T.CMA_GEN], {})[t.user_attrs[T.CMA_INDEX]] = t
         upto = checkpoint["generation"] if checkpoint else None
         self._es = self._new_es()
         self._start_generation()
@@ -230,7 +258,7 @@ class CmaOptimizer(Optimizer):
         while self._gen in by_gen and (upto is None or self._gen < upto):
             done = by_gen[self._gen]
             for i, t in done.items():
-                x = np.asarray(t.user_attrs["x"])
+                x = np.asarray(t.user_attrs[T.X])
                 if i < len(self._X) and not np.allclose(self._X[i], x, atol=1e-9):
                     log.warning("Trial %d differs from CMA-ES generation %d as replayed "
                                 "(max %.3g); told as stored", t.number, self._gen,

@@ -37,7 +37,12 @@ from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.names import SAFE_NAME
-from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
+from evomerge.search.optimizer_config import (
+    OPTIMIZER_CONFIGS,
+    CmaConfig,
+    OptimizerConfig,
+    optimizer_config_input,
+)
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
            "SWAP_MERGE", "SWAP_BASE"]
@@ -268,9 +273,6 @@ class SearchSpace(_Strict):
             raise ConfigError(f"The search needs models with the same layer count ({detail}).")
         return next(iter(depths.values()))
 
-    def model_paths(self) -> list[str]:
-        return [self.base_model, *self.models.values()]
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
                               sort_keys=False)
@@ -336,5 +338,18 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(
+        raise ConfigError(_optimizer_error(exc, name) or format_validation_error(
             exc, name, "must be a [low, high] range to search, a number or true/false")) from None
+
+
+def _optimizer_error(exc: ValidationError, source: str) -> str | None:
+    """A setting the chosen optimizer does not take, named without the union's tag:
+    ``optimizer.sigma0 does not apply to optimizer 'tpe'``."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if (len(loc) == 3 and loc[0] == "optimizer" and loc[1] in OPTIMIZER_CONFIGS
+            and first["type"] == "extra_forbidden"):
+        takes = ", ".join(f for f in OPTIMIZER_CONFIGS[loc[1]].model_fields if f != "name")
+        return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
+                f"{loc[1]!r} (its settings: {takes}).")
+    return None
