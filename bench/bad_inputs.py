@@ -230,11 +230,12 @@ def _new_categories(models: dict, tmp: Path) -> dict[str, list]:
             ("a key given twice", Raw("merge_method: linear\n" + r)),
         ],
         "names and paths": [
-            ("study name ..", Raw(sp, ("search", "{input}", "--study=..", "--results", "{out}"))),
+            ("study name ..", Raw(sp, ("search", "{input}", "--study=..", "--results", "{out}",
+                                       "-q"))),
             ("study name /abs", Raw(sp, ("search", "{input}", "--study=/tmp/evomerge-bad-abs",
-                                         "--results", "{out}"))),
+                                         "--results", "{out}", "-q"))),
             ("space name ../x", Raw(sp.replace("name: bad", "name: ../x"), (
-                "search", "{input}", "--results", "{out}"))),
+                "search", "{input}", "--results", "{out}", "-q"))),
             ("study name with spaces and an option (Slurm)", Raw(sp, (
                 "slurm", "submit", "{input}", "--study=x --output=/tmp/y", "--results", "{out}"))),
             ("stage name ../../x", Raw(_chain(models, "../../x"))),
@@ -243,10 +244,10 @@ def _new_categories(models: dict, tmp: Path) -> dict[str, list]:
                 "merge", "{input}", "{out}", "--stages", str(tmp / "foreign"), "-q"))),
             ("export -o an existing file", Raw("", (*export, str(tmp / "existing.yaml")), study)),
             ("export -o a directory", Raw("", (*export, str(tmp / "foreign")), study)),
-            ("--trials 0", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "0"),
-                               study)),
-            ("--trials -3", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "-3"),
-                                study)),
+            ("--trials 0", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "0",
+                                    "-q"), study)),
+            ("--trials -3", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "-3",
+                                     "-q"), study)),
         ],
         "recipe semantics": [
             ("a model listed twice", {**recipe(models), "models": [recipe(models)["models"][0]] * 2}),
