@@ -1,7 +1,7 @@
 """Catalogue of bad inputs, by category: each must end with exit code 2, one line on stderr
 naming what is wrong, and nothing written. ::
 
-    python bench/bad_inputs.py        # ~1 min; writes results/bench/bad_inputs.json
+    python bench/bad_inputs.py        # ~2 min; writes results/bench/bad_inputs.json
 
 Builds two tiny Llama families in a temporary directory (a base and experts, plus models that
 differ in tokenizer, vocabulary, tying, depth and architecture) and damages copies of them.
@@ -14,7 +14,9 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -60,6 +62,16 @@ def _sharded(missing: bool) -> Callable[[Path], None]:
         (d / "model.safetensors.index.json").write_text(json.dumps(
             {"weight_map": {n: shard for n in names}}))
     return how
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A case a dict cannot say (YAML aliases, duplicate keys, several documents) or one run
+    with its own arguments: ``{input}``, ``{out}`` and ``{study}`` in ``argv`` are filled."""
+
+    text: str = ""
+    argv: tuple[str, ...] = ("merge", "{input}", "{out}", "-q")
+    study: str = ""  # a results root with a study, which the case may read
 
 
 def recipe(models: dict, **over) -> dict:
@@ -147,6 +159,7 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
             ("architecture differs", _with_b(models, _damaged(models["b"], tmp / "arch", _arch))),
         ],
         "weight files": [(name.replace("_", " "), _with_b(models, path)) for name, path in dmg.items()],
+        **_new_categories(models, tmp),
         "search space": [
             ("bound .nan", s(models, parameters={"weight": [NAN, 1.5]})),
             ("bound .inf", s(models, parameters={"weight": [0.0, INF]})),
@@ -170,6 +183,114 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
     }
 
 
+def _bomb(indent: str = "", levels: int = 9) -> str:
+    """Nine YAML anchors, each nine aliases of the one before: 600 bytes, 387 million nodes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+def _text(doc: dict) -> str:
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _chain(models: dict, name, final_ref=None) -> str:
+    stage = {"name": name, **recipe(models)}
+    final = {"merge_method": "passthrough", "slices": [{"sources": [
+        {"model": name if final_ref is None else final_ref, "layer_range": [0, 4]}]}]}
+    return yaml.safe_dump_all([stage, final], sort_keys=False)
+
+
+def _study(models: dict, tmp: Path) -> Path:
+    """A results root with study ``bad`` (2 evaluations), for the study-file cases."""
+    root = tmp / "study"
+    (tmp / "study_space.yaml").write_text(_text(space(models)))
+    code, err = run_cli(["search", str(tmp / "study_space.yaml"), "--results", str(root),
+                         "--trials", "2", "-q"])
+    assert code == 0, err
+    return root
+
+
+def _new_categories(models: dict, tmp: Path) -> dict[str, list]:
+    block = "evomerge:\n  notes:\n" + _bomb("    ")
+    r = _text(recipe(models))
+    study = str(_study(models, tmp))
+    (tmp / "existing.yaml").write_text("mine\n")
+    (tmp / "foreign").mkdir()
+    shutil.copytree(models["a"], tmp / "foreign" / "st")
+    export = ("export", "bad", "--results", "{study}", "--best", "-o")
+    sp = _text(space(models))
+    return {
+        "YAML expansion and keys (recipes, chains, spaces)": [
+            ("alias bomb as a parameter value", Raw(block + r.replace("weight: 0.6", "weight: *a8"))),
+            ("alias bomb in the evomerge: block", Raw(block + r)),
+            ("alias bomb in a chained stage", Raw(_chain(models, "st").replace(
+                "name: st\n", "name: st\n" + block, 1))),
+            ("alias bomb in a search space", Raw(sp.replace("budget:", "pinned: {x: *a8}\nbudget:")
+                                                 .replace("name: bad", "name: bad\nnotes:\n"
+                                                          + _bomb("  ")), (
+                "search", "{input}", "--results", "{out}", "-q"))),
+            ("recursive alias", Raw("a: &a [*a]\n" + r)),
+            ("collections nested 200 deep", Raw(r.replace("weight: 0.6", "weight: " + "[" * 200
+                                                          + "0.6" + "]" * 200))),
+            ("a 3 MB file", Raw(r + "# " + "x" * 3_000_000 + "\n")),
+            ("a key given twice", Raw("merge_method: linear\n" + r)),
+        ],
+        "names and paths": [
+            ("study name ..", Raw(sp, ("search", "{input}", "--study=..", "--results", "{out}",
+                                       "-q"))),
+            ("study name /abs", Raw(sp, ("search", "{input}", "--study=/tmp/evomerge-bad-abs",
+                                         "--results", "{out}", "-q"))),
+            ("space name ../x", Raw(sp.replace("name: bad", "name: ../x"), (
+                "search", "{input}", "--results", "{out}", "-q"))),
+            ("study name with spaces and an option (Slurm)", Raw(sp, (
+                "slurm", "submit", "{input}", "--study=x --output=/tmp/y", "--results", "{out}"))),
+            ("stage name ../../x", Raw(_chain(models, "../../x"))),
+            ("stage name 5 (a number)", Raw(_chain(models, 5))),
+            ("stage dir evomerge did not build", Raw(_chain(models, "st"), (
+                "merge", "{input}", "{out}", "--stages", str(tmp / "foreign"), "-q"))),
+            ("export -o an existing file", Raw("", (*export, str(tmp / "existing.yaml")), study)),
+            ("export -o a directory", Raw("", (*export, str(tmp / "foreign")), study)),
+            ("--trials 0", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "0",
+                                    "-q"), study)),
+            ("--trials -3", Raw("", ("resume", "bad", "--results", "{study}", "--trials", "-3",
+                                     "-q"), study)),
+        ],
+        "recipe semantics": [
+            ("a model listed twice", {**recipe(models), "models": [recipe(models)["models"][0]] * 2}),
+            ("normalize over weights that cancel", {"merge_method": "linear", "models": [
+                {"model": models["a"], "parameters": {"weight": 1.0}},
+                {"model": models["b"], "parameters": {"weight": -0.999999}}]}),
+            ("num_hidden_layers edited, tensors unchanged", _with_b(models, _damaged(
+                models["b"], tmp / "fewer", _fewer_layers))),
+        ],
+        "study file": [
+            ("a recorded recipe that is an alias bomb", Raw("", (*export, "{out}"),
+                                                            _bombed_study(Path(study)))),
+        ],
+    }
+
+
+def _fewer_layers(d: Path) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3  # the tensors hold 4
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _bombed_study(root: Path) -> str:
+    """A copy of the study under ``root`` whose best trial's recorded recipe is a bomb."""
+    import sqlite3
+
+    copy_root = root.with_name("bombed_study")
+    shutil.copytree(root, copy_root)
+    db = sqlite3.connect(copy_root / "bad" / "study.db")
+    with db:
+        db.execute("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'recipe'",
+                   (json.dumps(_bomb() + "merge_method: linear\nmodels: *a8\n"),))
+    db.close()
+    return str(copy_root)
+
+
 def _with_b(models: dict, b: str) -> dict:
     doc = recipe(models)
     doc["models"][1]["model"] = b
@@ -190,19 +311,35 @@ def _arch(d: Path) -> None:
 
 
 def run_case(category: str, doc, tmp: Path, i: int) -> dict:
+    """Run one case in ``tmp/case<i>/``; handled = exit 2, one line on stderr, and nothing
+    written: no output, no temporary file, nothing beside the case. ``seconds`` is kept."""
     d = tmp / f"case{i}"
     d.mkdir()
     path = d / "in.yaml"
-    path.write_text(yaml.safe_dump(copy.deepcopy(doc), allow_unicode=True))
     out = d / "out"
-    if category == "search space":
-        argv = ["search", str(path), "--results", str(out), "--trials", "1", "-q"]
+    if isinstance(doc, Raw):
+        path.write_text(doc.text)
+        argv = [a.replace("{input}", str(path)).replace("{out}", str(out))
+                .replace("{study}", doc.study) for a in doc.argv]
     else:
-        argv = ["merge", str(path), str(out), "-q"]
+        path.write_text(yaml.safe_dump(copy.deepcopy(doc), allow_unicode=True))
+        argv = (["search", str(path), "--results", str(out), "--trials", "1", "-q"]
+                if category == "search space" else ["merge", str(path), str(out), "-q"])
+    before = _listing(tmp, d, doc)
+    start = time.perf_counter()
     code, err = run_cli(argv)
+    seconds = time.perf_counter() - start
     handled = (code == 2 and err.startswith("evomerge: error: ") and "\n" not in err
-               and not out.exists() and not any(p.name.startswith(".out") for p in d.iterdir()))
-    return {"code": code, "error": err, "handled": handled}
+               and not out.exists() and sorted(p.name for p in d.iterdir()) == ["in.yaml"]
+               and _listing(tmp, d, doc) == before)
+    return {"code": code, "error": err, "handled": handled, "seconds": round(seconds, 3)}
+
+
+def _listing(tmp: Path, case: Path, doc) -> list[str]:
+    """Everything under ``tmp`` but the case's own directory (and the case's study files)."""
+    keep = [str(case)] + ([str(doc.study)] if isinstance(doc, Raw) and doc.study else [])
+    return sorted(str(p) for p in tmp.rglob("*") if not any(str(p).startswith(k) for k in keep)
+                  and "models" not in p.relative_to(tmp).parts[:1])
 
 
 def main() -> int:
@@ -216,14 +353,16 @@ def main() -> int:
                 rows.append({"category": category, "case": name, **run_case(category, doc, tmp, n)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table: dict[str, list[int]] = {}
+    table: dict[str, list] = {}
     for row in rows:
-        t = table.setdefault(row["category"], [0, 0])
+        t = table.setdefault(row["category"], [0, 0, 0.0])
         t[0] += 1
         t[1] += row["handled"]
-    print("| category | cases | one sentence, exit 2, nothing written |\n|---|---:|---:|")
-    for cat, (total, ok) in table.items():
-        print(f"| {cat} | {total} | {ok} |")
+        t[2] = max(t[2], row["seconds"])
+    print("| category | cases | one sentence, exit 2, nothing written | slowest (s) |\n"
+          "|---|---:|---:|---:|")
+    for cat, (total, ok, slowest) in table.items():
+        print(f"| {cat} | {total} | {ok} | {slowest:.2f} |")
     for row in rows:
         if not row["handled"]:
             print(f"NOT HANDLED: {row['category']} / {row['case']}: exit {row['code']}: {row['error'][:300]}")

@@ -67,6 +67,53 @@ def mutated(draw, valid: dict) -> dict:
     return doc
 
 
+HOSTILE_NAMES = ["..", ".", "../../escaped", "/tmp/evomerge-fuzz-abs", "a b", "--output=/tmp/x",
+                 "x</title><script>alert(1)</script>", "%j%%", "-rf", "", "λ", "a\nb", "x" * 300,
+                 5, None, True, ["a"]]
+
+
+def alias_bomb(levels: int, width: int, indent: str = "") -> str:
+    """YAML anchors ``a0``..``a{levels-1}``, each a list of ``width`` aliases of the one before:
+    a few hundred bytes standing for ``width ** levels`` nodes."""
+    lines = ["a0: &a0 [" + ", ".join(['"lol"'] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+@st.composite
+def hostile_text(draw, valid: dict, anchors_under: str, chain: bool = False) -> str:
+    """``valid`` as YAML text, then damaged as text: an alias bomb (its anchors in the
+    mapping ``anchors_under``, one value replaced by an alias of it), a duplicated key line,
+    or a hostile ``name`` (with ``chain``: a recipe's stage name, used by a final stage)."""
+    doc = copy.deepcopy(valid)
+    op = draw(st.sampled_from(["bomb", "duplicate key", "name"]))
+    if op == "name":
+        name = draw(st.sampled_from(HOSTILE_NAMES))
+        if not chain:
+            return yaml.safe_dump({**doc, "name": name}, allow_unicode=True, sort_keys=False)
+        final = {"merge_method": "passthrough",
+                 "slices": [{"sources": [{"model": name, "layer_range": [0, 2]}]}]}
+        return yaml.safe_dump_all([{"name": name, **doc}, final], allow_unicode=True,
+                                  sort_keys=False)
+    text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+    lines = text.splitlines()
+    if op == "duplicate key":
+        keyed = [i for i, line in enumerate(lines) if ":" in line and not
+                 line.lstrip().startswith("- ")]
+        i = draw(st.sampled_from(keyed))
+        lines.insert(i + 1, lines[i] + (" null" if lines[i].rstrip().endswith(":") else ""))
+        return "\n".join(lines) + "\n"
+    levels, width = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    scalars = [i for i, line in enumerate(lines) if line.split(": ", 1)[-1] not in ("", line)
+               and ": " in line]
+    i = draw(st.sampled_from(scalars))
+    key = lines[i].split(": ", 1)[0]
+    lines[i] = f"{key}: *a{levels - 1}"
+    block = f"{anchors_under}:\n  notes:\n" + alias_bomb(levels, width, "    ")
+    return block + "\n".join(lines) + "\n"
+
+
 def run_cli(argv: list[str]) -> tuple[int, str]:
     """``evomerge ARGV`` in this process: (exit code, stderr). Any exception escapes."""
     from evomerge.cli import main

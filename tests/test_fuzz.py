@@ -11,7 +11,7 @@ import os
 import shutil
 
 import pytest
-from fuzz_inputs import mutated, run_cli, write_yaml
+from fuzz_inputs import hostile_text, mutated, run_cli, write_yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from search.spaces import space_dict
@@ -101,3 +101,66 @@ def test_damaged_spaces_search_or_exit_2_with_nothing_created(mini_zoo, tmp_path
 
     check()
     assert ended[0] > 0 and ended[2] > 0
+
+
+def _nothing_outside(root, case_dir) -> None:
+    """Nothing was written beside the case's own directory, nor at the hostile absolute path."""
+    import pathlib
+
+    assert [p.name for p in root.iterdir()] == [case_dir.name]
+    assert not pathlib.Path("/tmp/evomerge-fuzz-abs").exists()
+
+
+@pytest.mark.slow
+def test_hostile_yaml_recipes_merge_or_exit_2_fast_with_nothing_written(tiny, tmp_path_factory):
+    """Alias bombs, duplicate keys and hostile stage names: each recipe merges, or ends with
+    one line and exit 2 within a second, with nothing written anywhere."""
+    import time
+
+    valid = _recipes(tiny)
+    root = tmp_path_factory.mktemp("fuzz_hostile")
+    case = itertools.count()
+    ended = {0: 0, 2: 0}
+
+    @settings(FUZZ, max_examples=max(30, EXAMPLES // 3))
+    @given(st.integers(0, len(valid) - 1).flatmap(
+        lambda i: hostile_text(valid[i], "evomerge", chain=True)))
+    def check(text):
+        d = root / f"c{next(case)}"
+        (d / "work").mkdir(parents=True)
+        (d / "work" / "r.yaml").write_text(text)
+        out = d / "work" / "out"
+        start = time.perf_counter()
+        code, err = run_cli(["merge", str(d / "work" / "r.yaml"), str(out), "-q"])
+        ended[code] = ended.get(code, 0) + 1
+        if code != 0:
+            _one_line_error(code, err)
+            assert time.perf_counter() - start < 1.0
+            assert sorted(p.name for p in (d / "work").iterdir()) == ["r.yaml"]
+        _nothing_outside(d, d / "work")
+        shutil.rmtree(d)
+
+    check()
+    assert ended[2] > 0
+
+
+@pytest.mark.slow
+def test_hostile_yaml_spaces_exit_2_with_nothing_created(mini_zoo, tmp_path_factory):
+    valid = space_dict(mini_zoo, budget={"trials": 1})
+    root = tmp_path_factory.mktemp("fuzz_hostile_spaces")
+    case = itertools.count()
+
+    @settings(FUZZ, max_examples=max(20, EXAMPLES // 10))
+    @given(hostile_text(valid, "pinned"))
+    def check(text):
+        d = root / f"c{next(case)}"
+        (d / "work").mkdir(parents=True)
+        (d / "work" / "s.yaml").write_text(text)
+        code, err = run_cli(["search", str(d / "work" / "s.yaml"), "--results",
+                             str(d / "work" / "results"), "-q"])
+        _one_line_error(code, err)
+        assert sorted(p.name for p in (d / "work").iterdir()) == ["s.yaml"]
+        _nothing_outside(d, d / "work")
+        shutil.rmtree(d)
+
+    check()

@@ -263,16 +263,16 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     try:
         st, name, url = _prepare_study(space_path, study, storage, results, undo)
         undo.study = st
-        launch = dict(StudyRecord(st).launch)
+        record = StudyRecord(st)
+        launch = dict(record.launch)
         for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
             state = job_state(job_id)["JobState"]
             if state in ACTIVE_STATES:
                 raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
                                   f"wait for it or `scancel {job_id}` first.")
         if trials is not None:
-            budget = StudyRecord(st).budget
-            undo.trials = (budget is not None, budget)
-            StudyRecord(st).set_budget(trials)
+            undo.trials = (record.budget is not None, record.budget)
+            record.set_budget(trials)
         folder = results / name / "slurm"
         folder.mkdir(parents=True, exist_ok=True)
         script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
@@ -285,7 +285,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         undo.run()
         raise
     jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
-    StudyRecord(st).set_launch({
+    record.set_launch({
         "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
         "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
     return SlurmJob(job_id, script, name, url)

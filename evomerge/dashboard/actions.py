@@ -1,8 +1,8 @@
 """The dashboard's two actions: resume a stopped study, export a trial's recipe.
 
-Resume starts the study again the way it was launched (recorded in the study's
-``evomerge_launch`` attribute): a new Slurm job through :func:`evomerge.cluster.slurm.submit`,
-or a detached local ``evomerge resume`` process.
+Resume starts the study again the way it was launched (the study's launch record,
+:class:`~evomerge.search.records.StudyRecord`): a new Slurm job through
+:func:`evomerge.cluster.slurm.submit`, or a detached local ``evomerge resume`` process.
 
 A study file is data: it may come from a colleague or a shared filesystem. So what resume
 runs and where it writes never come from the study unchecked:
@@ -134,16 +134,15 @@ def resume_study(study: Any, url: str, results: str | Path) -> dict[str, Any]:
     """Start ``study`` (found in the dashboard's storage ``url``) again, writing under the
     dashboard's ``results`` root; refuses while its driver is alive, and whenever the study
     would pick code to run or a place to run it (module docstring)."""
-    from evomerge.search.ledger import space_of
-
+    record = StudyRecord(study)
     name = check_name(study.study_name, "study name")
     if driver_state(study) == "running":
         raise ConfigError(f"Study {name!r} is running; nothing to resume.")
-    code = code_in_space(space_of(study))
+    code = code_in_space(record.space)
     if code:
         raise ConfigError(f"Study {name!r} runs code named in its space ({code[0]}); resume it "
                           f"from the command line if you trust it: evomerge resume {name}")
-    launch = StudyRecord(study).launch
+    launch = record.launch
     if not isinstance(launch, dict):
         raise ConfigError(f"Study {name!r} has no readable launch record; resume it from the "
                           "command line.")

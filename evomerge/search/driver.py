@@ -17,16 +17,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
+from evomerge.names import check_name
 from evomerge.search.chain import pin_sources
 from evomerge.search.climb import Climber
 from evomerge.search.executors import Executor
 from evomerge.search.fidelity import ladder_for
 from evomerge.search.gene import Genome
 from evomerge.search.genome import genome_of_models
+from evomerge.search.lease import Lease, take_lease
 from evomerge.search.ledger import (
     create_or_load,
     default_storage,
     fail_interrupted,
+    last_heartbeat,
     open_storage,
     results_dir,
 )
@@ -50,7 +54,7 @@ class SearchOutcome:
     storage: str
     evaluations: int
     failed: int
-    stopped: str  # "budget", "wall_time", "interrupted", "exhausted"
+    stopped: str  # "budget", "wall_time", "interrupted", "exhausted", "taken over"
     results_dir: Path
 
 
@@ -162,10 +166,12 @@ class _Loop:
         written = self.done
         while True:
             over_time = wall_time is not None and time.monotonic() - start > wall_time
-            ending = stop.requested or over_time or self.done >= self.budget
+            lost = self.heart.lost  # another driver took the study over, presuming us dead
+            ending = stop.requested or lost or over_time or self.done >= self.budget
             if ending or self.proposals.exhausted:
                 if not self.in_flight:
-                    return ("interrupted" if stop.requested else "wall_time" if over_time
+                    return ("interrupted" if stop.requested else "taken over" if lost
+                            else "wall_time" if over_time
                             else "budget" if ending else "exhausted")
             else:
                 self._fill(executor)
@@ -207,10 +213,10 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     """
     import optuna
 
-    from evomerge.search.front import write_front
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar reports trials
-    name = study or space.name
+    name = check_name(space.name if study is None else study, "study name")
+    if trials is not None and (isinstance(trials, bool) or trials < 1):
+        raise ConfigError(f"The budget {trials!r} must be at least 1 evaluation.")
     url = storage or default_storage(name, results_root)
     space = pin_sources(space, url, name, results_root)  # study:NAME#best -> its recipe
     genome = genome_of_models(space)
@@ -218,12 +224,29 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     ladder = ladder_for(space, evaluators,  # before the study exists
                         space.optimizer.name == "cma" or len(space.objectives) == 1)
     store = open_storage(url)
+    # One driver per study, decided before anything is written: a refused command changes
+    # nothing (its budget and launch never reach the study).
+    lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
+    try:
+        return _run(space, name, url, store, genome, ladder, trials, executor_factory,
+                    results_root, progress, launch, lease)
+    finally:
+        lease.release()
+
+
+def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome, ladder: Any,
+         trials: int | None, executor_factory: Callable[[SearchSpace], Executor] | None,
+         results_root: str | Path, progress: Callable[[dict], None] | None,
+         launch: dict[str, Any] | None, lease: Lease) -> SearchOutcome:
+    """:func:`run_search` once this driver holds the study's lease."""
+    from evomerge.search.front import write_front
+
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, budget, ladder, progress)
+    loop.heart.lease = lease
     loop.record.set_budget(budget)  # what `evomerge resume` continues to
     if launch is not None and loop.record.launch.get("via") != "slurm":
         loop.record.set_launch({**launch, "storage": url})
-    loop.heart.refuse_second_driver()
     loop.restore()
     annotate_study(loop.study, space, genome)
     loop.heart.beat(force=True)

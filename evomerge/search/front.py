@@ -70,11 +70,18 @@ def write_front(study: Any, space: SearchSpace, out_dir: Path) -> list[Any]:
     keys = ["pareto_index", "trial", *(o.key for o in space.objectives)]
     with open(out_dir / "pareto.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow([*keys, "params"])
+        w.writerow([_cell(k) for k in [*keys, "params"]])
         for r in rows:
             w.writerow([*(r[k] for k in keys), json.dumps(r["params"], sort_keys=True)])
     _plots(study, space, front, out_dir)
     return front
+
+
+def _cell(text: str) -> str:
+    """A CSV cell from the space (an objective's task/metric) as text a spreadsheet never
+    evaluates: a leading ``=``, ``+``, ``-``, ``@`` would make it a formula (OWASP's CSV
+    injection), so it gets a leading apostrophe."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def best_so_far(study: Any, space: SearchSpace) -> tuple[list[int], list[Any]]:

@@ -14,15 +14,31 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.names import check_name
 from evomerge.search.records import INTERRUPTED, StudyRecord, T, TrialRecord, counted, told_values
 from evomerge.search.space import SearchSpace
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
-           "shown", "STALE_SECONDS", "told_values"]
+           "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
-    return Path(root) / study
+    """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
+    always a directory directly under ``root``."""
+    return Path(root) / check_name(study, "study name")
+
+
+def last_heartbeat(storage: Any, name: str) -> float | None:
+    """The time of study ``name``'s last driver heartbeat, or None (no such study, never
+    driven); read only."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    beat = StudyRecord(study).driver.get("heartbeat")
+    return float(beat) if isinstance(beat, (int, float)) else None
 
 
 def default_storage(study: str, root: str | Path = "results") -> str:
@@ -56,6 +72,12 @@ def open_storage(url: str):
         raise
     except Exception as exc:  # noqa: BLE001 -- any driver error means "unreachable"
         raise ConfigError(_unreachable(url, exc)) from None
+
+
+def sql_url(url: str) -> str:
+    """The SQLAlchemy URL of an SQL storage URL (a PostgreSQL one with an installed
+    driver), for evomerge's own table beside Optuna's (:mod:`evomerge.search.lease`)."""
+    return _postgres_url(url) if url.startswith(("postgresql", "postgres:")) else url
 
 
 def _rdb_storage(url: str, attempts: int = 5):

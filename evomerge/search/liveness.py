@@ -1,7 +1,8 @@
-"""A driver's liveness: its heartbeat in the study, one driver per study, and SIGTERM.
+"""A driver's liveness: its heartbeat in the study, and SIGTERM.
 
-The heartbeat (host, pid, Slurm job, time, progress) is what the dashboard shows and what a
-second driver checks before it refuses to search the same study.
+The heartbeat (host, pid, Slurm job, lease generation, time, progress) is what the dashboard
+shows, and how a driver on another host shows that it still holds the study's lease
+(:mod:`evomerge.search.lease`); each beat checks that the lease is still this driver's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evomerge.errors import ConfigError
-from evomerge.search.ledger import STALE_SECONDS, driver_state
 from evomerge.search.records import StudyRecord
 
 __all__ = ["Heartbeat", "StopSignal", "HEARTBEAT_SECONDS"]
@@ -51,8 +50,8 @@ class StopSignal:
 
 
 class Heartbeat:
-    """A driver's heartbeat in its study (what the dashboard shows, and what a second driver
-    checks before it refuses to search the same study).
+    """A driver's heartbeat in its study (what the dashboard shows, and what keeps its lease
+    fresh for drivers on other hosts).
 
     Args:
         record: the study.
@@ -64,36 +63,25 @@ class Heartbeat:
                  progress: Callable[[], tuple[int, int]]) -> None:
         self.record, self.name, self.progress = record, name, progress
         self._beat = 0.0
+        self.lease: Any = None  # the study's lease (evomerge.search.lease), checked per beat
+        self.lost = False       # True once another driver took the study over
 
     def beat(self, state: str = "running", force: bool = False) -> None:
         """Record that a driver is alive: at most one storage write every
         ``HEARTBEAT_SECONDS`` unless ``force``."""
         now = time.time()
-        if not force and now - self._beat < HEARTBEAT_SECONDS:
+        if self.lost or (not force and now - self._beat < HEARTBEAT_SECONDS):
             return
         self._beat = now
+        if self.lease is not None and state == "running" and not self.lease.check():
+            self.lost = True  # never overwrite the heartbeat of the driver that took over
+            return
         done, budget = self.progress()
         self.record.set_driver({
             "host": socket.gethostname(), "pid": os.getpid(), "state": state,
             "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "lease": getattr(self.lease, "gen", None),
             "heartbeat": now, "done": done, "budget": budget})
-
-    def refuse_second_driver(self) -> None:
-        """One driver per study: two would each spend the budget (double counting). A driver
-        is live while its heartbeat is fresh (and, on this host, its process exists)."""
-        info = self.record.driver
-        if driver_state(self.record.study) != "running":
-            return
-        if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
-            return  # this process, searching again
-        job = os.environ.get("SLURM_JOB_ID")
-        if job and info.get("slurm_job") == job:
-            return  # a requeued Slurm job: its previous run has ended, whatever it recorded
-        age = time.time() - float(info.get("heartbeat", 0))
-        raise ConfigError(
-            f"Study {self.name!r} is being searched by another driver (host "
-            f"{info.get('host')}, pid {info.get('pid')}, heartbeat {age:.0f} s ago); stop it "
-            f"first, or if it died, resume once its heartbeat is {STALE_SECONDS:.0f} s old.")
 
     def in_background(self) -> threading.Event:
         """Keep the heartbeat fresh while a long candidate blocks the loop (a 7B evaluation

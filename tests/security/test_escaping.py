@@ -1,6 +1,7 @@
 """Bullet: every value from a study or a space is escaped in every file evomerge writes --
-pareto.html opened in Chromium runs no script from a study name, and report.md / a model
-card keep hostile names as literal text."""
+pareto.html opened in Chromium runs no script from a study name, pareto.csv holds no
+spreadsheet formula from an objective's name, and report.md keeps hostile names as literal
+text."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
+FORMULA = '=HYPERLINK("http://example.invalid","x")'
 HOSTILE = "x</title><script>window.__pwned = 1</script><img src=q onerror='window.__pwned=2'>"
 
 
@@ -24,7 +26,11 @@ def _hostile_study(study_root, tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'crafted.db'}")
     optuna.copy_study(from_study_name="dash", from_storage=src._storage,
                       to_storage=storage, to_study_name=HOSTILE)
-    return optuna.load_study(study_name=HOSTILE, storage=storage)
+    study = optuna.load_study(study_name=HOSTILE, storage=storage)
+    space = dict(study.user_attrs["evomerge_space"])
+    space["objectives"] = [{**space["objectives"][0], "task": FORMULA}, *space["objectives"][1:]]
+    study.set_user_attr("evomerge_space", space)
+    return study
 
 
 def test_pareto_html_runs_no_script_from_a_study_name(browser, study_root, tmp_path):
@@ -40,6 +46,8 @@ def test_pareto_html_runs_no_script_from_a_study_name(browser, study_root, tmp_p
     assert page.evaluate("window.__pwned") is None
     assert page.title() == HOSTILE  # shown as text
     page.close()
+    header = (tmp_path / "out" / "pareto.csv").read_text().splitlines()[0]
+    assert f"'{FORMULA}" in header.replace('""', '"')  # a spreadsheet shows it, never runs it
 
 
 def test_markdown_outputs_keep_names_literal():

@@ -1,50 +1,53 @@
-"""Item 1: the dashboard's Resume runs this installation's evomerge, never code, a directory
-or a place to write chosen by the study file."""
+"""Item 1: the dashboard's Resume (clicked in Chromium) runs this installation's evomerge,
+never code, a directory or a place to write chosen by the study file."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import psutil
 import pytest
 from dashboard.conftest import make_stopped_study
 
 from evomerge.dashboard.catalog import Catalog
-from evomerge.dashboard.server import create_app
 from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted, load_study, open_storage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def _resume(results: Path, url: str) -> str:
-    app = create_app(Catalog(results=results))
-    r = app.test_client().post("/resume", data={"storage": url, "name": "dash",
-                                                "csrf": app.config["CSRF_TOKEN"]})
-    return parse_qs(urlsplit(r.headers["Location"]).query)["msg"][0]
+def test_resume_never_imports_an_evomerge_from_the_recorded_directory(browser, mini_zoo,
+                                                                      tmp_path):
+    """A study copied from someone records a working directory that holds an
+    ``evomerge/__main__.py``; a click on Resume (Chromium) runs the installed evomerge."""
+    from urllib.parse import urlencode
 
+    from .conftest import dashboard
 
-def test_resume_never_imports_an_evomerge_from_the_recorded_directory(mini_zoo, tmp_path):
     url = make_stopped_study(mini_zoo, tmp_path)
     results = tmp_path / "results"
-    evil = tmp_path / "shared" / "project"  # a study copied from someone: its recorded cwd
+    evil = tmp_path / "shared" / "project"
     (evil / "evomerge").mkdir(parents=True)
     marker = tmp_path / "evil-code-ran"
-    (evil / "evomerge" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('1')\n")
-    (evil / "evomerge" / "__main__.py").write_text(f"open({str(marker)!r}, 'w').write('1')\n")
+    for name in ("__init__.py", "__main__.py"):
+        (evil / "evomerge" / name).write_text(f"open({str(marker)!r}, 'w').write('1')\n")
     elsewhere = tmp_path / "elsewhere"
     study = load_study(open_storage(url), "dash")
     launch = study.user_attrs["evomerge_launch"]
     study.set_user_attr("evomerge_launch", {**launch, "cwd": str(evil),
                                             "results": str(elsewhere)})
 
-    msg = _resume(results, url)
+    with dashboard(results) as base:
+        page = browser.new_page()
+        page.goto(f"{base}/study?" + urlencode({"storage": url, "name": "dash"}))
+        page.click("#resume")
+        page.wait_for_selector("#msg")
+        msg = page.inner_text("#msg")
+        page.close()
     assert msg.startswith("Resumed locally (pid "), msg
-    pid = int(msg.split("pid ")[1].split(",")[0])
     try:
-        psutil.Process(pid).wait(timeout=300)
+        psutil.Process(int(msg.split("pid ")[1].split(",")[0])).wait(timeout=300)
     except psutil.NoSuchProcess:
         pass
     log = (results / "dash" / "resume.log").read_text()
