@@ -36,12 +36,14 @@ from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
+from evomerge.search.guard import warn_benchmarks
 from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
-           "SWAP_MERGE", "SWAP_BASE"]
+           "SWAP_MERGE", "SWAP_BASE", "FILTER_REST"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
+FILTER_REST = "rest"  # the coefficient set of tensors no filter matches
 
 
 class _Strict(BaseModel):
@@ -49,11 +51,39 @@ class _Strict(BaseModel):
 
 
 class Granularity(_Strict):
-    """How finely coefficients vary over the model."""
+    """How finely coefficients vary over the model.
+
+    ``filters``: a coefficient set per tensor-name filter and one for the rest, the first
+    filter that is a substring of a tensor's name wins (mergekit's ``filter`` rule; ``[mlp]``
+    is ``split_attn_mlp``). ``smooth``: each layer group's set is an anchor at depth
+    g / (G - 1), and a layer's coefficients are interpolated linearly between anchors
+    (mergekit's gradients; mergekit-evolve's ``smooth``)."""
 
     layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
     split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
+    filters: list[str] | None = Field(None, min_length=1)
     embeddings: bool = True                 # a separate set for embeddings / final norm / head
+    smooth: bool = False                    # interpolate coefficients across layer groups
+
+    @model_validator(mode="after")
+    def _check(self) -> Granularity:
+        if self.filters is not None:
+            if self.split_attn_mlp:
+                raise ValueError("granularity.split_attn_mlp is filters [mlp]: give one of "
+                                 "the two")
+            parts = self.parts
+            if "" in self.filters or len(set(parts)) != len(parts) or parts[-1] in parts[:-1]:
+                raise ValueError(f"granularity.filters {self.filters} must be distinct, "
+                                 f"non-empty, and none may be named {FILTER_REST!r}")
+        return self
+
+    @property
+    def parts(self) -> list[str]:
+        """Coefficient sets per layer group, by name: ``all``; ``attn``, ``mlp``
+        (``split_attn_mlp``); or each filter (dots as ``_``) then ``rest``."""
+        if self.filters:
+            return [f.replace(".", "_") for f in self.filters] + [FILTER_REST]
+        return ["attn", "mlp"] if self.split_attn_mlp else ["all"]
 
 
 class LayerSwap(_Strict):
@@ -181,6 +211,10 @@ class SearchSpace(_Strict):
             _check_dfs(self)
         elif self.method is None and not self.layer_swap:
             raise ValueError("give a 'method', 'layer_swap: true', both, or 'dfs'")
+        if self.granularity.smooth and (self.layer_swap or self.dfs is not None):
+            raise ValueError("granularity.smooth interpolates merge coefficients across layer "
+                             "groups; a layer-swap or data-flow space copies whole layers: "
+                             "drop one of the two")
         if SWAP_BASE in self.models or SWAP_MERGE in self.models:
             raise ValueError(f"model aliases {SWAP_BASE!r} and {SWAP_MERGE!r} are reserved")
         for m in self.methods:
@@ -333,7 +367,9 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     """
     data, name = read_mapping(source, "search space")
     try:
-        return SearchSpace.model_validate(data)
+        space = SearchSpace.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(
             exc, name, "must be a [low, high] range to search, a number or true/false")) from None
+    warn_benchmarks(space.evaluators, space.objectives)
+    return space
