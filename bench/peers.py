@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", default=None, help="JSON path (default results/bench/peers.json)")
     ap.add_argument("--work", default=None, help="run directory (default build/peers)")
     args = ap.parse_args(argv)
-    args.mk_flags, args.popsize = [], None
+    # the search only: evomerge writes no model either (export + merge are separate commands)
+    args.mk_flags, args.popsize = ["--no-save-final-model"], None
     if args.mini:
         args.settings, args.fevals, args.limit, args.popsize = ["zoo"], 8, 12, 4
     from evomerge.zoo.build import build_zoo

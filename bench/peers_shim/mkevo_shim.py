@@ -1,8 +1,8 @@
-"""Venv-local shim so the real mergekit 0.1.5 `mergekit-evolve` runs on a CPU-only box.
+"""Shim so the real mergekit 0.1.5 `mergekit-evolve` runs on a CPU-only machine (bench/peers.py).
 
-Loaded at interpreter start by `_mkevo_shim.pth` (one line: `import _mkevo_shim`) in the
-venv's site-packages, so Ray's worker processes (same interpreter) get it too. It edits no
-file of mergekit or lm_eval; it only hooks module imports. Remove the two files to undo.
+bench/peers_mergekit.py puts this directory on PYTHONPATH for `ray start` and the driver, so
+`sitecustomize.py` imports this module at interpreter start in every process of the run, Ray's
+workers included. It edits no file of mergekit or lm_eval; it only hooks module imports.
 
 (1) ALWAYS, and only when `vllm` is not importable: vLLM import stub.
     mergekit/evo/actors.py:136-138 evaluates the class annotation

@@ -360,12 +360,18 @@ def _check_parameters(space: SearchSpace) -> None:
 
 
 def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
-    """Parse and validate a search space from a YAML path, YAML text or a dict.
+    """Parse and validate a search space from a YAML path, YAML text or a dict. A space that
+    searches on a common benchmark's test set is logged as a warning
+    (:mod:`evomerge.search.guard`).
 
     Raises:
         ConfigError: one sentence naming the field and the value.
     """
     data, name = read_mapping(source, "search space")
+    if "genome" in data and "tasks" in data and "name" not in data:
+        raise ConfigError(f"{name} is a mergekit-evolve config; convert it first: evomerge "
+                          "import-evolve CONFIG -o space.yaml (docs/migrating_from_mergekit_"
+                          "evolve.md).")
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as exc:

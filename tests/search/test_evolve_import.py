@@ -247,3 +247,13 @@ def test_random_init_starts_at_a_seeded_random_point(deep):
           for _ in range(2)]
     assert np.array_equal(xs[0], xs[1]) and not np.allclose(xs[0], genome.start_point())
     assert xs[0].min() >= 0 and xs[0].max() <= 1 and xs[0].std() > 0.2
+
+
+def test_search_on_a_mergekit_evolve_config_says_to_import_it(deep, tmp_path):
+    from evomerge.search.space import load_space
+
+    src = tmp_path / "evolve.yml"
+    src.write_text(yaml.safe_dump(_configs(deep)["docs"]))
+    with pytest.raises(ConfigError, match=r"evolve\.yml is a mergekit-evolve config; convert "
+                                          r"it first: evomerge import-evolve"):
+        load_space(src)
