@@ -163,8 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", nargs="+", choices=["zoo", "smollm2"], default=["zoo", "smollm2"])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="zoo seeds (0 1 2)")
-    ap.add_argument("--fevals", type=int, default=66, help="mergekit-evolve --max-fevals")
-    ap.add_argument("--smollm2-fevals", type=int, default=33)
+    # pycma stops once evaluations - 1 >= max-fevals after a generation, then evaluates its
+    # mean once: 65 -> 6 generations of 11 + 1 = 67 evaluations (32 -> 3 x 11 + 1 = 34)
+    ap.add_argument("--fevals", type=int, default=65, help="mergekit-evolve --max-fevals (zoo)")
+    ap.add_argument("--smollm2-fevals", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--limit", type=int, default=100, help="zoo validation documents per task")
     ap.add_argument("--zoo", default=str(ROOT / "zoo"), help="zoo directory (built if absent)")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["settings"][name] = run_setting(name, cfg, tasks, held, seeds, work / name, ns)
         if name == "zoo" and args.kill_test and not args.mini:
             doc["settings"][name]["kill_test"] = kill_test(
-                work / name, tasks, 2 * (args.popsize or 11), args.batch_size, args.popsize,
+                work / name, tasks, 2 * (args.popsize or 11) - 1, args.batch_size, args.popsize,
                 with_mergekit=not args.mini and peers_mergekit.available() is None)
     doc["summary"] = summarize(doc)
     doc["total_seconds"] = round(time.time() - t0, 1)

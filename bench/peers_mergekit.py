@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -67,13 +68,11 @@ def available() -> str | None:
 
 
 def _env(port: int, tmp: str, threads: int) -> dict[str, str]:
-    # A private HOME: a Ray auth token another user of the machine generated
-    # (~/.ray/auth_token) would make the head and its clients disagree on authentication.
-    home = Path(tmp + "-home")
-    home.mkdir(parents=True, exist_ok=True)
     path = f"{venv() / 'bin'}:{os.environ.get('PATH', '')}"
+    # RAY_AUTH_MODE: with a ~/.ray/auth_token of another Ray user on the machine, `ray start`
+    # turns token authentication on and the driver (mode disabled) is refused.
     return env_with(PATH=path, PYTHONPATH=str(SHIM), MKEVO_FIX_INMEMORY="1", MKEVO_CPU="1",
-                    HOME=str(home),
+                    RAY_AUTH_MODE="disabled",
                     OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                     RAY_ADDRESS=f"127.0.0.1:{port}", RAY_DEDUP_LOGS="0",
                     VIRTUAL_ENV=str(venv()), PEERS_RAY_TMP=tmp)
@@ -139,8 +138,8 @@ def run_mergekit_evolve(config: Path, store: Path, task_dir: Path, flags: list[s
     return {"rc": m.rc, "killed": m.killed, "wall_s": m.wall_s, "peak_mb": m.peak_mb,
             "total_s": m.started + m.wall_s - t0, "ray_start_s": m.started - t0,
             "evals": evals, "failed_evals": _failed(log),
-            "generations": _best_so_far(cma_generations(store / "outcmaes"), evals),
-            "log": str(log)}
+            "generations": _best_so_far(cma_generations(store / "outcmaes"), evals)
+            + _final_mean(store, log, evals), "log": str(log)}
 
 
 def _best_so_far(rows: list[dict[str, Any]], evals: list[tuple[float, float]]
@@ -156,6 +155,26 @@ def _best_so_far(rows: list[dict[str, Any]], evals: list[tuple[float, float]]
                     "x": best["x"], "recent_fitness": r["fitness"],
                     "time": evals[k - 1][1] if 0 < k <= len(evals) else None})
     return out
+
+
+def _final_mean(store: Path, log: Path, evals: list[tuple[float, float]]
+                ) -> list[dict[str, Any]]:
+    """pycma's last evaluation, of the distribution's mean (``eval_final_mean``), as a curve
+    point when it beats every generation's best (its f from the log's ``final/bestever
+    f-value = F B``, its x from the last row of ``xmean.dat``)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    found = re.findall(r"final/bestever f-value = (\S+) (\S+)", text)
+    path = store / "outcmaes" / "xmean.dat"
+    if not found or not path.exists() or not evals:
+        return []
+    final, best = (float(v) for v in found[-1])
+    rows = [line.split() for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("%")]
+    if final > best or not rows:
+        return []
+    return [{"iteration": int(rows[-1][0]) + 1, "evaluations": len(evals), "fitness": final,
+             "x": [float(v) for v in rows[-1][5:]], "recent_fitness": final,
+             "time": evals[-1][1]}]
 
 
 def _free_port() -> int:
