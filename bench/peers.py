@@ -187,8 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     tag = "_mini" if args.mini else ""
     work = Path(args.work) if args.work else ROOT / "build" / f"peers{tag}"
+    out = Path(args.out) if args.out else OUT / f"peers{tag}.json"
     doc: dict[str, Any] = {"settings": {}, "machine": _machine()}
+    if out.exists() and not args.mini:  # settings run before (another invocation) stay
+        doc["settings"] = json.loads(out.read_text()).get("settings", {})
     for name in args.settings:
+        started = time.time()
         if name == "zoo":
             if not (Path(args.zoo) / "zoo.json").exists():  # an existing zoo is used as is
                 build_zoo(args.zoo, seed=0, profile="mini" if args.mini else "full")
@@ -204,9 +208,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             doc["settings"][name]["kill_test"] = kill_test(
                 work / name, tasks, 2 * (args.popsize or 11) - 1, args.batch_size, args.popsize,
                 with_mergekit=not args.mini and peers_mergekit.available() is None)
+        doc["settings"][name]["seconds"] = round(time.time() - started, 1)
     doc["summary"] = summarize(doc)
     doc["total_seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out) if args.out else OUT / f"peers{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     out.with_suffix(".md").write_text(markdown(doc) + "\n")
