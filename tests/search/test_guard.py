@@ -56,3 +56,19 @@ def test_answers_on_train_split_is_fine(mini_zoo):
 def test_shipped_spaces_search_no_benchmark_test_set(path):
     space = load_space(path)
     assert guard.benchmark_warnings(space.evaluators, space.objectives) == []
+
+
+def test_the_held_out_block_reads_documents_the_search_never_saw(mini_zoo):
+    """The README's discipline: search on `limit` shuffled documents, report (`test` block,
+    `offset`) on others; the report's evaluator reads a disjoint set."""
+    from evomerge.search.heldout import heldout_evaluators
+    from evomerge.search.worker import build_evaluators
+    from evomerge.zoo.build import write_lm_eval_yamls
+
+    include = str(write_lm_eval_yamls(mini_zoo))
+    space = load_space(_harness(mini_zoo, ["zoo_add_l1_validation"], include_path=include,
+                                shuffle=True, limit=15, test={"offset": 15, "limit": None}))
+    assert guard.benchmark_warnings(space.evaluators, space.objectives) == []
+    search = build_evaluators(space)["h"]._samples["zoo_add_l1_validation"]
+    report = heldout_evaluators(space)["h"]._samples["zoo_add_l1_validation"]
+    assert len(search) == 15 and len(report) == 40 - 15 and not set(search) & set(report)
