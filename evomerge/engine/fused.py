@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from evomerge.engine.lowrank import LowRank, RowBlocks, densify, factorize, write_factorized
 from evomerge.engine.select import (
     EXACT_BELOW,
     MagnitudeSample,
@@ -37,6 +38,7 @@ from evomerge.engine.select import (
     select_in_bracket,
     threshold_ranks,
 )
+from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod
 
 __all__ = ["fusable", "task_vector_kernel", "linear_kernel", "FusedKernel", "TensorEngine"]
@@ -161,37 +163,88 @@ class TensorEngine:
         self._linear = FusedKernel(compile, linear_kernel)
         self._samples: dict[tuple[str, str, str], MagnitudeSample] = {}
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the task-vector kernel runs compiled (it falls back to eager for good
+        when compilation fails)."""
+        return self._tv.compiled
+
     def run(self, task, method: MergeMethod, fetch: Fetch, compute_dtype: torch.dtype | None,
             out: torch.Tensor) -> None:
         """Merge ``task`` into ``out`` (cast once to ``out.dtype``), on ``out``'s device.
 
         ``fetch(model, name)`` returns a source tensor as stored, on ``out``'s device or in
         host memory (offload): task-vector merges then stream it to the device chunk by chunk,
-        so device memory holds ``out`` plus a few chunks; other methods copy whole tensors."""
+        so device memory holds ``out`` plus a few chunks; other methods copy whole tensors. An
+        adapted source's tensor is a :class:`~evomerge.engine.lowrank.LowRank` value, merged
+        from its factors where the method allows (:mod:`evomerge.engine.lowrank`)."""
+        inputs = [fetch(*r) for r in task.inputs]
+        base = fetch(*task.base) if task.base is not None else None
+        if any(isinstance(x, LowRank) for x in [*inputs, base]):
+            self._adapted(task, method, inputs, base, compute_dtype, out)
+            return
+        if method.factored:
+            raise ConfigError(f"Merge method {method.name!r} composes LoRA adapters: every "
+                              f"model of the recipe must be an adapter of its base "
+                              f"(BASE+ADAPTER), but {task.out_name!r} has full-model inputs.")
+        self._dense(task, method, inputs, base, compute_dtype, out)
+
+    def _dense(self, task, method: MergeMethod, inputs: list[torch.Tensor],
+               base: torch.Tensor | None, compute_dtype: torch.dtype | None,
+               out: torch.Tensor) -> None:
         from evomerge.engine.plan import execute
 
         dev = out.device
         kind = fusable(method, task.shared) if task.inputs else None
-        if kind == "task_vectors" and task.base is not None:
-            self._task_vectors(task, method, fetch, compute_dtype, out.view(-1))
+        if kind == "task_vectors" and base is not None:
+            self._task_vectors(task, method, base.reshape(-1), [e.reshape(-1) for e in inputs],
+                               compute_dtype, out.view(-1))
         elif kind == "linear":
-            tensors = [fetch(*r).reshape(-1).to(dev, non_blocking=True) for r in task.inputs]
+            tensors = [t.reshape(-1).to(dev, non_blocking=True) for t in inputs]
             w = torch.tensor(task.per_model["weight"], device=out.device,
                              dtype=compute_dtype or tensors[0].dtype)
             kernel = self._linear if _compiles_exactly(w.dtype) else linear_kernel
             div = w.sum() if task.shared.get("normalize") else None
             kernel(out.view(-1), tensors, w, div)
         else:
+            table = dict(zip(task.inputs, inputs))
+            if task.base is not None:
+                table[task.base] = base
+
             def cast(model: str, name: str) -> torch.Tensor:
-                t = fetch(model, name).to(dev, non_blocking=True)
+                t = table[(model, name)].to(dev, non_blocking=True)
                 return t if compute_dtype is None else t.to(compute_dtype)
             out.copy_(execute(task, method, cast))
 
-    def _task_vectors(self, task, method: MergeMethod, fetch: Fetch,
+    def _adapted(self, task, method: MergeMethod, inputs: list, base,
+                 compute_dtype: torch.dtype | None, out: torch.Tensor) -> None:
+        """A task with adapted inputs: from the factors when the merge is linear in them, by
+        row blocks for the fused task-vector kernel, else densified per tensor."""
+        dev = out.device
+        w0 = base if base is not None else inputs[0]
+        w0 = w0.base if isinstance(w0, LowRank) else w0
+        cd = compute_dtype or w0.dtype
+        f = factorize(method, inputs, base, task.shared, task.per_model, cd, dev)
+        if f is not None:
+            write_factorized(out, w0, f, cd)
+            return
+        if method.factored:
+            raise ConfigError(f"Merge method {method.name!r} composes LoRA adapters of the "
+                              f"recipe's base: every model must be BASE+ADAPTER over that base "
+                              f"(tensor {task.out_name!r} has another input).")
+        blocks = base is not None and not isinstance(base, LowRank) and all(
+            isinstance(x, LowRank) and x.base is base for x in inputs)
+        if blocks and fusable(method, task.shared) == "task_vectors":
+            experts = [RowBlocks(x, cd, dev) for x in inputs]
+            self._task_vectors(task, method, base.reshape(-1), experts, cd, out.view(-1))
+            return
+        self._dense(task, method, [densify(x, cd, dev) for x in inputs],
+                    None if base is None else densify(base, cd, dev), cd, out)
+
+    def _task_vectors(self, task, method: MergeMethod, base: torch.Tensor, experts: list,
                       compute_dtype: torch.dtype | None, out: torch.Tensor) -> None:
+        """TIES-family merge of flat ``experts`` (tensors, or RowBlocks) into flat ``out``."""
         sparsify, consensus = method.composition
-        base = fetch(*task.base).reshape(-1)
-        experts = [fetch(*r).reshape(-1) for r in task.inputs]
         cd, dev, n, m = compute_dtype or base.dtype, out.device, base.numel(), len(experts)
         density = task.per_model.get("density", (1.0,) * m)
         gamma = task.per_model.get("gamma", (0.01,) * m)
@@ -238,6 +291,9 @@ class TensorEngine:
         compiled = self._tv.compiled and _compiles_exactly(lo.dtype)
         kernel = self._tv if compiled else task_vector_kernel
         step = out.numel() if compiled and base.device == dev else CHUNK
+        views = [e for e in experts if isinstance(e, RowBlocks)]
+        if views:  # one row block of each adapter per call: the bits of RowBlocks
+            step = views[0].block
         counts = torch.zeros(br.numel(), dtype=torch.int64, device=dev)
         part = torch.empty_like(counts)
         for s in range(0, out.numel(), max(step, 1)):

@@ -193,7 +193,7 @@ def import_evolve(source: str | Path | dict[str, Any], flags: EvolveFlags | None
         "models": dict(zip(aliases, g.models)),
         "method": g.merge_method,
         "parameters": parameters,
-        "granularity": {"layers_per_group": g.layer_granularity or depth, "embeddings": False,
+        "granularity": {"layers_per_group": g.layer_granularity or "all", "embeddings": False,
                         **({"filters": list(g.filters)} if g.filters else {}),
                         **({"smooth": True} if g.smooth else {})},
         "evaluators": {"harness": _harness(cfg, flags)},
@@ -216,7 +216,7 @@ def genotype_names(space: SearchSpace, num_layers: int, params: tuple[str, ...]
     """The imported space's gene names in mergekit-evolve's genotype order: its flat vector is
     a (groups, models, filter sets, parameters) array in C order."""
     k = space.granularity.layers_per_group
-    groups = -(-num_layers // k)
+    groups = 1 if k == "all" else -(-num_layers // k)
     return [f"{p}.{alias}.g{g}.{part}" for g in range(groups) for alias in space.models
             for part in space.granularity.parts for p in params]
 

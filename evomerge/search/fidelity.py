@@ -17,6 +17,9 @@ Which examples a rung scores (``estimator``):
   clustered by their per-example scores across those candidates (k-means, ``k = ceil(f n)``);
   the example nearest each centre is an anchor, weighted by its cluster's size. Later
   candidates are scored on the anchors only and the weighted score estimates the full one.
+* ``pirt`` / ``gpirt`` (tinyBenchmarks' IRT estimators, :mod:`evomerge.search.irt`): the same
+  anchors; item parameters are fitted on the warmup candidates' per-example scores, and a
+  candidate's anchor scores give its ability and so an estimate of every other example.
 """
 
 from __future__ import annotations
@@ -29,15 +32,12 @@ import numpy as np
 
 from evomerge.errors import ConfigError
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import Fidelity, Objective
 
-__all__ = ["Ladder", "FULL", "RUNGS_ATTR", "STATS_ATTR", "ANCHORS_ATTR", "fit_anchors",
-           "kmeans", "ladder_for"]
+__all__ = ["Ladder", "FULL", "fit_anchors", "kmeans", "ladder_for"]
 
 FULL = -1                              # a full-fidelity evaluation outside the ladder (warmup)
-RUNGS_ATTR = "rungs"                   # trial: [{"rung", "fraction", "examples", "values"}]
-STATS_ATTR = "example_stats"           # trial: {evaluator: {task/metric: [nums, dens]}}
-ANCHORS_ATTR = "evomerge_anchors"      # study: {rung: {evaluator: {task: [indices, weights]}}}
 
 Subsets = dict[str, dict[str, tuple[list[int], list[float] | None]]]
 
@@ -60,6 +60,7 @@ class Ladder:
         self._perm = {(e, t): rng.permutation(sizes[e][t])
                       for e in sorted(sizes) for t in sorted(sizes[e])}
         self.anchors: dict[int, Subsets] | None = None
+        self._irt: dict[tuple[int, str], Any] = {}  # (rung, evaluator) -> IrtEstimator
         self.history: dict[int, list[tuple[float, ...]]] = {}
 
     @property
@@ -71,10 +72,19 @@ class Ladder:
 
     def first_rung(self, full_so_far: int) -> int:
         """Where a new candidate starts: in full while the warmup is not done."""
-        if full_so_far < self.config.warmup or (self.config.estimator == "anchors"
-                                                and self.anchors is None):
+        if full_so_far < self.config.warmup or (self.anchored and self.anchors is None):
             return FULL
         return 0
+
+    @property
+    def anchored(self) -> bool:
+        """Whether rungs below 1 score anchors (``anchors``, ``pirt``, ``gpirt``)."""
+        return self.config.estimator != "subset"
+
+    @property
+    def irt(self) -> bool:
+        """Whether a rung's anchor scores are turned into an IRT estimate."""
+        return self.config.estimator in ("pirt", "gpirt")
 
     @property
     def incremental(self) -> bool:
@@ -90,7 +100,7 @@ class Ladder:
         ``subset``: the examples added since the previous rung."""
         if rung == FULL or (self.fraction(rung) >= 1.0 and rung == 0):
             return None
-        if self.config.estimator == "anchors":
+        if self.anchored:
             if self.fraction(rung) >= 1.0:
                 return None
             assert self.anchors is not None, "anchors are fitted before rung 0 is scored"
@@ -121,8 +131,8 @@ class Ladder:
 
     def restore(self, trials: Sequence[Any]) -> None:
         """Rung history from the study's trials (in trial order)."""
-        for t in sorted(trials, key=lambda t: t.number):
-            for r in t.user_attrs.get(RUNGS_ATTR, []):
+        for t in sorted(map(TrialRecord, trials), key=lambda t: t.number):
+            for r in t.rungs:
                 if r.get("values") is not None:
                     self.history.setdefault(r["rung"], []).append(self._key(r["values"]))
 
@@ -142,7 +152,31 @@ class Ladder:
                 for k, (idx, w) in chosen.items():
                     stored[str(k)].setdefault(e, {})[t] = [idx, w]
         self.load_anchors(stored)
+        if self.irt:
+            self.fit_irt(stats)
         return stored
+
+    def fit_irt(self, stats: Sequence[dict[str, dict[str, list]]]) -> None:
+        """IRT item parameters per evaluator and rung from the warmup candidates' per-example
+        ``stats`` (after the anchors are chosen or loaded)."""
+        from evomerge.search.irt import IrtEstimator
+
+        self._irt = {}
+        for rung, evs in (self.anchors or {}).items():
+            for e, tasks in evs.items():
+                keys = [o.key for o in self.objectives if o.evaluator == e]
+                anchors = {o.key: tasks[o.task] for o in self.objectives if o.evaluator == e}
+                self._irt[rung, e] = IrtEstimator([s[e] for s in stats], keys, anchors)
+
+    def estimate(self, rung: int, stats: dict[str, dict[str, list]]) -> dict[str, float]:
+        """The ``pirt`` / ``gpirt`` scores of a candidate from its anchors' per-example
+        ``stats`` at ``rung`` (evaluator -> key -> [nums, dens], in anchor order)."""
+        out = {}
+        for (r, e), est in self._irt.items():
+            if r == rung:
+                got = est.estimate({k: stats[e][k] for k in est.keys})
+                out.update({k: v[self.config.estimator] for k, v in got.items()})
+        return out
 
     def _metrics(self, evaluator: str, task: str) -> list[str]:
         """The metrics whose per-example scores cluster a task's examples: its objectives'."""

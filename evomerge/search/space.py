@@ -32,58 +32,29 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.engine.derived import STUDY_REF, open_model
+from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
+from evomerge.names import SAFE_NAME
+from evomerge.search.granularity import FILTER_REST, Granularity
 from evomerge.search.guard import warn_benchmarks
-from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
+from evomerge.search.optimizer_config import (
+    OPTIMIZER_CONFIGS,
+    CmaConfig,
+    OptimizerConfig,
+    optimizer_config_input,
+)
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
            "SWAP_MERGE", "SWAP_BASE", "FILTER_REST"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
-FILTER_REST = "rest"  # the coefficient set of tensors no filter matches
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Granularity(_Strict):
-    """How finely coefficients vary over the model.
-
-    ``filters``: a coefficient set per tensor-name filter and one for the rest, the first
-    filter that is a substring of a tensor's name wins (mergekit's ``filter`` rule; ``[mlp]``
-    is ``split_attn_mlp``). ``smooth``: each layer group's set is an anchor at depth
-    g / (G - 1), and a layer's coefficients are interpolated linearly between anchors
-    (mergekit's gradients; mergekit-evolve's ``smooth``)."""
-
-    layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
-    split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
-    filters: list[str] | None = Field(None, min_length=1)
-    embeddings: bool = True                 # a separate set for embeddings / final norm / head
-    smooth: bool = False                    # interpolate coefficients across layer groups
-
-    @model_validator(mode="after")
-    def _check(self) -> Granularity:
-        if self.filters is not None:
-            if self.split_attn_mlp:
-                raise ValueError("granularity.split_attn_mlp is filters [mlp]: give one of "
-                                 "the two")
-            parts = self.parts
-            if "" in self.filters or len(set(parts)) != len(parts) or parts[-1] in parts[:-1]:
-                raise ValueError(f"granularity.filters {self.filters} must be distinct, "
-                                 f"non-empty, and none may be named {FILTER_REST!r}")
-        return self
-
-    @property
-    def parts(self) -> list[str]:
-        """Coefficient sets per layer group, by name: ``all``; ``attn``, ``mlp``
-        (``split_attn_mlp``); or each filter (dots as ``_``) then ``rest``."""
-        if self.filters:
-            return [f.replace(".", "_") for f in self.filters] + [FILTER_REST]
-        return ["attn", "mlp"] if self.split_attn_mlp else ["all"]
 
 
 class LayerSwap(_Strict):
@@ -150,14 +121,15 @@ class Fidelity(_Strict):
     first (a fraction of every evaluator's examples), and goes on to the next rung only while
     it is in the best 1/eta of the candidates scored at its rung (successive halving);
     otherwise it is stored as pruned with its rung scores. ``estimator``: how a rung's score
-    stands for the full one: ``subset`` (a seeded random subset, nested across rungs) or
+    stands for the full one: ``subset`` (a seeded random subset, nested across rungs),
     ``anchors`` (examples chosen from the response patterns of the first ``warmup``
-    candidates, scored in full, each weighted by the examples it stands for). A last rung
+    candidates, scored in full, each weighted by the examples it stands for), or ``pirt`` /
+    ``gpirt`` (the same anchors, valued by tinyBenchmarks' IRT estimates). A last rung
     below 1 means later candidates are never scored in full: their values are estimates."""
 
     rungs: list[float] = Field([1.0], min_length=1)
     eta: float = Field(3.0, gt=1)
-    estimator: Literal["subset", "anchors"] = "subset"
+    estimator: Literal["subset", "anchors", "pirt", "gpirt"] = "subset"
     warmup: int = Field(0, ge=0)
     seed: int = 0
 
@@ -166,7 +138,7 @@ class Fidelity(_Strict):
         r = self.rungs
         if any(not 0 < f <= 1 for f in r) or any(a >= b for a, b in zip(r, r[1:])):
             raise ValueError(f"fidelity.rungs {r} must be increasing fractions in (0, 1]")
-        if self.estimator == "anchors" and self.warmup < 2:
+        if self.estimator != "subset" and self.warmup < 2:
             raise ValueError(f"fidelity.warmup {self.warmup} is too small: anchors are chosen "
                              "from the candidates scored in full first (give at least 2)")
         return self
@@ -175,7 +147,7 @@ class Fidelity(_Strict):
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=SAFE_NAME.pattern)  # evomerge.names
     base_model: str
     models: dict[str, str] = Field(min_length=1)
     method: str | list[str] | None = None
@@ -205,6 +177,15 @@ class SearchSpace(_Strict):
 
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
 
+    @field_validator("models")
+    @classmethod
+    def _adapters_over_base(cls, models: dict[str, str], info: Any) -> dict[str, str]:
+        """A LoRA adapter directory among the models is that adapter over ``base_model``,
+        written BASE+ADAPTER (mergekit's spelling) in every recipe of the search."""
+        base = info.data.get("base_model")
+        return {alias: f"{base}+{ref}" if base and is_adapter_dir(ref) else ref
+                for alias, ref in models.items()}
+
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
         if self.dfs is not None:
@@ -224,6 +205,7 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
+        _check_optimizer(self)
         if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
@@ -301,9 +283,6 @@ class SearchSpace(_Strict):
             raise ConfigError(f"The search needs models with the same layer count ({detail}).")
         return next(iter(depths.values()))
 
-    def model_paths(self) -> list[str]:
-        return [self.base_model, *self.models.values()]
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
                               sort_keys=False)
@@ -314,9 +293,33 @@ def _check_dfs(space: SearchSpace) -> None:
         raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
                          "and 'layer_swap' (merge in parameter space in a study of its own and "
                          "name its best point as a model: study:NAME#best)")
+    adapted = [a for a, ref in space.models.items() if "+" in ref]
+    if adapted:
+        raise ValueError(f"a 'dfs' space runs the models' own layers, and models.{adapted[0]} "
+                         "is a LoRA adapter: merge the adapters in a parameter-space study "
+                         "first and name its point as a model (study:NAME#best)")
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
+
+
+def _check_optimizer(space: SearchSpace) -> None:
+    """Settings of an optimizer that need the rest of the space."""
+    opt = space.optimizer
+    if opt.name == "path_ga":
+        if space.dfs is None:
+            raise ValueError("optimizer 'path_ga' searches data-flow paths: the space needs a "
+                             "'dfs' block")
+        for s in opt.starts or []:
+            if s not in space.models:
+                raise ValueError(f"optimizer.starts {s!r} is not a model alias "
+                                 f"({', '.join(space.models)})")
+    if opt.name == "map_elites":
+        keys = [o.key for o in space.objectives]
+        for d in opt.descriptors or []:
+            if d not in keys:
+                raise ValueError(f"optimizer.descriptors {d!r} is not an objective "
+                                 f"({', '.join(keys)})")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:
@@ -375,7 +378,20 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(
+        raise ConfigError(_optimizer_error(exc, name) or format_validation_error(
             exc, name, "must be a [low, high] range to search, a number or true/false")) from None
     warn_benchmarks(space.evaluators, space.objectives)
     return space
+
+
+def _optimizer_error(exc: ValidationError, source: str) -> str | None:
+    """A setting the chosen optimizer does not take, named without the union's tag:
+    ``optimizer.sigma0 does not apply to optimizer 'tpe'``."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if (len(loc) == 3 and loc[0] == "optimizer" and loc[1] in OPTIMIZER_CONFIGS
+            and first["type"] == "extra_forbidden"):
+        takes = ", ".join(f for f in OPTIMIZER_CONFIGS[loc[1]].model_fields if f != "name")
+        return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
+                f"{loc[1]!r} (its settings: {takes}).")
+    return None
