@@ -74,12 +74,12 @@ def _study_facts(name: str, results: Path, space: Any, started: float | None = N
     far, the best candidate so far (weighted loss, parameters) and when it was known."""
     import optuna
 
+    from evomerge.search.front import completed
     from evomerge.search.objectives import weighted_loss
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'study.db'}")
-    trials = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
-                    key=lambda t: t.datetime_start)
+    trials = sorted(completed(study), key=lambda t: t.datetime_start)  # duplicates excluded
     if not trials:
         return {"evals": [], "generations": []}
     t0 = started if started is not None else trials[0].datetime_start.timestamp()
