@@ -8,6 +8,7 @@
     evomerge export STUDY (--best | --trial N | --pareto I | --archive CELL) [-o recipe.yaml]
         [--model-dir DIR]
     evomerge quickstart          # the whole job on the embedded zoo
+    evomerge import-evolve EVOLVE.yml -o SPACE.yaml [mergekit-evolve's flags]
     evomerge slurm submit SPACE.yaml [--nodes N --gpus-per-node G --time T --partition P]
     evomerge slurm resume STUDY | slurm status STUDY
     evomerge dashboard [--storage URL] [--host 127.0.0.1 --port 8080]
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from evomerge.cli.evolve_commands import add_import_command
 from evomerge.cli.run_args import track_arg
 from evomerge.cli.slurm_commands import add_slurm_commands
 from evomerge.errors import ConfigError, EvomergeError
@@ -340,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_eval)
     _add_study_commands(sub)
+    add_import_command(sub)
     add_slurm_commands(sub, _study_args)
     _add_dashboard_command(sub)
     _verbose_everywhere(parser)

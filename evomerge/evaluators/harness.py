@@ -49,7 +49,14 @@ class LmEvalEvaluator(Evaluator):
         tasks: lm-eval task names.
         include_path: directory (or directories) of local task YAMLs (e.g. a zoo's ``tasks/``).
         include_defaults: also index lm-eval's built-in tasks (needed for hub tasks).
-        limit: first N documents per task.
+        limit: first N documents per task (after ``offset``; of the shuffled order with
+            ``shuffle``).
+        offset: documents skipped before the first scored one, so a search and its held-out
+            report can read disjoint subsets of one split (``offset: 0, limit: 500`` and
+            ``offset: 500``).
+        shuffle: score documents in a random order drawn once with ``shuffle_seed``: every
+            candidate reads the same random ``limit`` documents (mergekit-evolve's
+            ``shuffle`` draws a new unseeded subset on every evaluation instead).
         batch_size: fixed batch size.
         num_fewshot, apply_chat_template, fewshot_as_multiturn, system_instruction,
             gen_kwargs, fewshot_seed: as ``lm_eval --num_fewshot`` etc. (applied the way
@@ -64,7 +71,8 @@ class LmEvalEvaluator(Evaluator):
                  batch_size: int = 32, metrics: list[str] | None = None,
                  num_fewshot: int | None = None, apply_chat_template: bool | str = False,
                  fewshot_as_multiturn: bool = False, system_instruction: str | None = None,
-                 gen_kwargs: dict[str, Any] | None = None, fewshot_seed: int = 1234) -> None:
+                 gen_kwargs: dict[str, Any] | None = None, fewshot_seed: int = 1234,
+                 offset: int = 0, shuffle: bool = False, shuffle_seed: int = 0) -> None:
         from lm_eval.tasks import TaskManager
 
         if not tasks:
@@ -87,7 +95,14 @@ class LmEvalEvaluator(Evaluator):
                       "system_instruction": system_instruction}
         for _, task in self._tasks():
             _configure(task, num_fewshot, gen_kwargs, fewshot_seed)
-        self._limit = limit
+        if offset < 0 or (limit is not None and limit < 1):
+            raise ConfigError(f"lm_eval offset {offset} / limit {limit}: offset must be >= 0 "
+                              "and limit >= 1.")
+        self._limit, self._samples = limit, None
+        if offset or shuffle:  # lm-eval's `samples`: explicit document indices per task
+            self._samples = {name: _indices(len(task.eval_docs), offset, limit, shuffle,
+                                            shuffle_seed) for name, task in self._tasks()}
+            self._limit = None
         self._batch = batch_size
         self._wanted = metrics
         self._lm: Any = None
@@ -146,7 +161,8 @@ class LmEvalEvaluator(Evaluator):
 
         lm = self._wrap(model, tokenizer)
         results = evaluate(lm=lm, task_dict=self._task_dict, limit=self._limit,
-                           bootstrap_iters=0, log_samples=False, verbosity="ERROR", **self._chat)
+                           samples=self._samples, bootstrap_iters=0, log_samples=False,
+                           verbosity="ERROR", **self._chat)
         if not self._reusing:
             self._reuse_requests()
         out = {}
@@ -158,6 +174,18 @@ class LmEvalEvaluator(Evaluator):
                                      None))
             out[metric.name] = float(value) if value is not None else math.nan
         return out
+
+
+def _indices(n: int, offset: int, limit: int | None, shuffle: bool, seed: int) -> list[int]:
+    """Document indices ``offset .. offset + limit`` of ``n``, in a seeded random order with
+    ``shuffle`` (the same order for every candidate and for the held-out report)."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    picked = order[offset:None if limit is None else offset + limit]
+    if len(picked) == 0:
+        raise ConfigError(f"lm_eval offset {offset} leaves no document of a task with {n}.")
+    return sorted(int(i) for i in picked)
 
 
 def _configure(task: Any, num_fewshot: int | None, gen_kwargs: dict[str, Any] | None,

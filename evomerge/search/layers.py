@@ -50,12 +50,30 @@ def layer_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> 
                   if source == SWAP_MERGE else None for p, alias, part in columns]
         rows += [{"layer": i, "group": g, "source": source, "values": values}
                  for i in range(lo, hi)]
+    if space.granularity.smooth:  # each layer's own value, between its group anchors
+        for row in rows:
+            row["values"] = [_smoothed(params, p, alias, part, row["layer"], num_layers,
+                                       len(genome.groups)) for p, alias, part in columns]
     io = [params.get(f"{p}.{alias}.io.all" if alias else f"{p}.io.all")
           for p, alias, _ in columns]
     if any(v is not None for v in io):  # embeddings, final norm and lm_head share one set
         rows.append({"layer": IO, "group": "io", "source": SWAP_MERGE, "values": io})
     return {"method": space.method_name(params), "header": header, "rows": rows,
             "sources": [SWAP_MERGE, SWAP_BASE, *space.models]}
+
+
+def _smoothed(params: dict[str, Any], p: str, alias: str | None, part: str, layer: int,
+              num_layers: int, groups: int) -> float | None:
+    """Layer ``layer``'s value of a smooth space: the group anchors interpolated at
+    t = layer / (L - 1), as the recipe's gradient gives it (mergekit's rule)."""
+    anchors = [params.get(f"{p}.{alias}.g{g}.{part}" if alias else f"{p}.g{g}.{part}")
+               for g in range(groups)]
+    if any(a is None for a in anchors):
+        return None
+    scaled = (layer / (num_layers - 1) if num_layers > 1 else 1.0) * (groups - 1)
+    i0 = int(scaled)
+    i1 = min(groups - 1, i0 + 1)
+    return (1 - (scaled - i0)) * anchors[i0] + (scaled - i0) * anchors[i1]
 
 
 def _path_table(space: SearchSpace, num_layers: int, params: dict[str, Any]) -> dict[str, Any]:

@@ -39,10 +39,11 @@ class CmaConfig(_Optimizer):
     objectives: ClassVar = "weighted_sum"
     name: Literal["cma"] = "cma"
     popsize: int | None = Field(None, ge=2)  # default 4 + 3 ln(dim)
-    # Initial step in unit-cube coordinates; where it starts: the uniform soup (weight 1/n)
-    # or the box centre. Chosen with bench/search_efficiency.py (docs/benchmarks.md).
+    # Initial step in unit-cube coordinates; where it starts: the uniform soup (weight 1/n),
+    # the box centre, or a uniform random point drawn with ``seed`` (mergekit-evolve's
+    # ``random_init``). Chosen with bench/search_efficiency.py (docs/benchmarks.md).
     sigma0: float = Field(0.12, gt=0, le=1)
-    x0: Literal["center", "uniform"] = "uniform"
+    x0: Literal["center", "uniform", "random"] = "uniform"
     # Separable CMA-ES (pycma ``CMA_diagonal``): per-gene step sizes only.
     diagonal: bool = False
 

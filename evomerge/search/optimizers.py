@@ -90,8 +90,10 @@ class CmaOptimizer(Optimizer):
             opts["popsize"] = self.config.popsize
         if self.config.diagonal:
             opts["CMA_diagonal"] = True
-        x0 = (self.genome.start_point() if self.config.x0 == "uniform"
-              else np.full(self.genome.dim, 0.5))
+        x0 = {"uniform": self.genome.start_point,
+              "center": lambda: np.full(self.genome.dim, 0.5),
+              "random": lambda: np.random.default_rng(self.config.seed).random(self.genome.dim),
+              }[self.config.x0]()
         return cma.CMAEvolutionStrategy(x0, self.config.sigma0, opts)
 
     @property

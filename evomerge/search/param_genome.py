@@ -8,8 +8,11 @@ Genes are derived from the search space and the merge methods' parameter specs:
 * ``{param}.g{G}.{part}``         a global parameter (e.g. ``lambda``) in layer group G;
 * ``swap.g{G}``                  categorical: who supplies layer group G (layer swapping).
 
-``part`` is ``all``, or ``attn`` / ``mlp`` with ``split_attn_mlp``; group ``io`` holds the
-embeddings, final norm and LM head when ``granularity.embeddings`` is on.
+``part`` is ``all``, ``attn`` / ``mlp`` with ``split_attn_mlp``, or each of
+``granularity.filters`` then ``rest``; group ``io`` holds the embeddings, final norm and LM
+head when ``granularity.embeddings`` is on. With ``granularity.smooth`` a group's genes are
+anchors: the recipe gives each parameter as a list over the groups (a gradient over depth),
+so layer i of L takes the value interpolated at t = i / (L - 1) (mergekit's rule).
 
 Continuous optimizers see the genome as a point in the unit cube: a float gene is one
 coordinate mapped linearly onto its bounds; a categorical gene with k choices takes k
@@ -45,7 +48,7 @@ class ParamGenome:
         k = space.granularity.layers_per_group
         k = num_layers if k == "all" else k
         self.groups = [(s, min(s + k, num_layers)) for s in range(0, num_layers, k)]
-        self.parts = ["attn", "mlp"] if space.granularity.split_attn_mlp else ["all"]
+        self.parts = space.granularity.parts
         self.genes = self._genes()
 
     # ---- genes -------------------------------------------------------------------------
@@ -133,7 +136,17 @@ class ParamGenome:
         key = f"{pname}.{alias}.{group}.{part}" if alias else f"{pname}.{group}.{part}"
         return params[key]
 
-    def _setting(self, params: dict[str, Any], pname: str, alias: str | None, g: int,
+    def _part(self, params: dict[str, Any], pname: str, alias: str | None, g: int | None,
+              part: str) -> float | list[float]:
+        """A part's value in layer group ``g``; for the whole model (``g`` None, smooth) the
+        list of every group's value, a gradient over depth (one group: its value)."""
+        if g is not None:
+            return self._value(params, pname, alias, f"g{g}", part)
+        values = [self._value(params, pname, alias, f"g{i}", part)
+                  for i in range(len(self.groups))]
+        return values if len(values) > 1 else values[0]
+
+    def _setting(self, params: dict[str, Any], pname: str, alias: str | None, g: int | None,
                  first: bool, last: bool) -> Any:
         """A parameter's value for slice ``g``: per-part filters, plus io filters at the ends."""
         entries = []
@@ -144,12 +157,16 @@ class ParamGenome:
         if io and last:
             v = self._value(params, pname, alias, "io", "all")
             entries += [{"filter": "lm_head", "value": v}, {"filter": "model.norm", "value": v}]
-        group = f"g{g}"
         if self.parts == ["all"]:
-            value = self._value(params, pname, alias, group, "all")
+            value = self._part(params, pname, alias, g, "all")
             return [*entries, {"value": value}] if entries else value
-        entries.append({"filter": "mlp", "value": self._value(params, pname, alias, group, "mlp")})
-        entries.append({"value": self._value(params, pname, alias, group, "attn")})
+        if self.parts == ["attn", "mlp"]:
+            entries.append({"filter": "mlp", "value": self._part(params, pname, alias, g, "mlp")})
+            entries.append({"value": self._part(params, pname, alias, g, "attn")})
+            return entries
+        for filt, part in zip(self.space.granularity.filters, self.parts):
+            entries.append({"filter": filt, "value": self._part(params, pname, alias, g, part)})
+        entries.append({"value": self._part(params, pname, alias, g, self.parts[-1])})
         return entries
 
     def recipe(self, params: dict[str, Any], extras: dict[str, Any] | None = None) -> Recipe:
@@ -171,7 +188,10 @@ class ParamGenome:
                 doc["base_model"] = space.base_model
             return load_recipe(doc)
         method = next(m for m in space.methods if m.name == space.method_name(params))
-        slices = [self._slice(params, method, g, swaps[g]) for g in range(len(self.groups))]
+        if space.granularity.smooth:  # one slice; each coefficient a gradient over depth
+            slices = [self._slice(params, method, None, SWAP_MERGE)]
+        else:
+            slices = [self._slice(params, method, g, swaps[g]) for g in range(len(self.groups))]
         fixed = {k: v for k, v in space.fixed.items() if k in method.param_names}
         doc.update(merge_method=method.name, slices=slices)
         if method.base == "required":
@@ -183,12 +203,16 @@ class ParamGenome:
     def _path(self, choice: str) -> str:
         return self.space.base_model if choice == SWAP_BASE else self.space.models[choice]
 
-    def _slice(self, params: dict[str, Any], method, g: int, swap: str) -> dict[str, Any]:
-        r = list(self.groups[g])
-        first, last = g == 0, g == len(self.groups) - 1
+    def _slice(self, params: dict[str, Any], method, g: int | None, swap: str) -> dict[str, Any]:
+        """Output slice of layer group ``g`` (None: all layers, smooth)."""
+        r = [0, self.num_layers] if g is None else list(self.groups[g])
+        first = g is None or g == 0
+        last = g is None or g == len(self.groups) - 1
         searched = [p for p in self.space.searched if p in method.param_names]
         sources = []
-        if method.base == "required":
+        # A base that is also one of the models is listed once, with its coefficients (as
+        # mergekit-evolve writes it; the task-vector methods give it none to add).
+        if method.base == "required" and self.space.base_model not in self.space.models.values():
             sources.append({"model": self.space.base_model, "layer_range": r})
         slice_params: dict[str, Any] = {}
         for alias, path in self.space.models.items():

@@ -40,6 +40,8 @@ from evomerge.engine.vocab_config import TokenizerConfig, check_chat_template
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 from evomerge.names import SAFE_NAME
+from evomerge.search.granularity import FILTER_REST, Granularity
+from evomerge.search.guard import warn_benchmarks
 from evomerge.search.optimizer_config import (
     OPTIMIZER_CONFIGS,
     CmaConfig,
@@ -49,32 +51,13 @@ from evomerge.search.optimizer_config import (
 from evomerge.tracking.config import TrackingConfig
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
-           "SWAP_MERGE", "SWAP_BASE"]
+           "SWAP_MERGE", "SWAP_BASE", "FILTER_REST"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class Granularity(_Strict):
-    """How finely coefficients vary over the model."""
-
-    # consecutive layers sharing one coefficient set; "all": one set for the whole depth
-    # (with embeddings: false, one weight per model: LoraHub's space over adapters)
-    layers_per_group: int | Literal["all"] = 1
-    split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
-    embeddings: bool = True                 # a separate set for embeddings / final norm / head
-
-    @field_validator("layers_per_group", mode="before")
-    @classmethod
-    def _group(cls, value: Any) -> Any:
-        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
-                              and value >= 1):
-            return value
-        raise ValueError(f"granularity.layers_per_group must be a whole number >= 1 or 'all', "
-                         f"got {value!r}")
 
 
 class LayerSwap(_Strict):
@@ -225,6 +208,10 @@ class SearchSpace(_Strict):
             raise ValueError("give a 'method', 'layer_swap: true', both, or 'dfs'")
         if self.method is None and self.layer_swap:
             _check_swap_tokenizer(self)
+        if self.granularity.smooth and (self.layer_swap or self.dfs is not None):
+            raise ValueError("granularity.smooth interpolates merge coefficients across layer "
+                             "groups; a layer-swap or data-flow space copies whole layers: "
+                             "drop one of the two")
         if SWAP_BASE in self.models or SWAP_MERGE in self.models:
             raise ValueError(f"model aliases {SWAP_BASE!r} and {SWAP_MERGE!r} are reserved")
         for m in self.methods:
@@ -416,17 +403,25 @@ def _check_parameters(space: SearchSpace) -> None:
 
 
 def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
-    """Parse and validate a search space from a YAML path, YAML text or a dict.
+    """Parse and validate a search space from a YAML path, YAML text or a dict. A space that
+    searches on a common benchmark's test set is logged as a warning
+    (:mod:`evomerge.search.guard`).
 
     Raises:
         ConfigError: one sentence naming the field and the value.
     """
     data, name = read_mapping(source, "search space")
+    if "genome" in data and "tasks" in data and "name" not in data:
+        raise ConfigError(f"{name} is a mergekit-evolve config; convert it first: evomerge "
+                          "import-evolve CONFIG -o space.yaml (docs/migrating_from_mergekit_"
+                          "evolve.md).")
     try:
-        return SearchSpace.model_validate(data)
+        space = SearchSpace.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_optimizer_error(exc, name) or format_validation_error(
             exc, name, "must be a [low, high] range to search, a number or true/false")) from None
+    warn_benchmarks(space.evaluators, space.objectives)
+    return space
 
 
 def _optimizer_error(exc: ValidationError, source: str) -> str | None:

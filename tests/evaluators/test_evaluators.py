@@ -239,3 +239,31 @@ def test_lm_eval_reused_requests_score_like_a_fresh_harness(mini_zoo, math_model
         loglik.append([inst.resps[0][0] for inst in task.instances])
     assert got == [fresh()(*m) for m in seq]
     assert loglik[0] == loglik[2] and loglik[1] == loglik[3] and loglik[0] != loglik[1]
+
+
+def test_lm_eval_offset_and_shuffle_choose_documents(mini_zoo, math_model):
+    """``offset`` / ``limit`` windows of one (seeded) document order: the search's and the
+    report's documents are disjoint, and every call reads the same ones."""
+    import json
+
+    include = str(write_lm_eval_yamls(mini_zoo))
+    task = "zoo_add_l1_validation"
+    lines = (mini_zoo / "tasks" / "add_l1" / "validation.jsonl").read_text().splitlines()
+    index = {json.loads(line)["prompt"]: i for i, line in enumerate(lines)}
+
+    def docs(**opts):  # the line numbers of the documents scored
+        ev = make_evaluator("lm_eval", tasks=[task], include_path=include, batch_size=8, **opts)
+        ev(*math_model)
+        first = {index[inst.doc["prompt"]] for inst in dict(ev._tasks())[task].instances}
+        ev(*math_model)
+        assert {index[inst.doc["prompt"]] for inst in dict(ev._tasks())[task].instances} == first
+        return first
+
+    assert docs(limit=5) == {0, 1, 2, 3, 4}
+    assert docs(offset=35) == {35, 36, 37, 38, 39}  # the mini zoo has 40 per split
+    search = docs(shuffle=True, shuffle_seed=3, limit=20)
+    held_out = docs(shuffle=True, shuffle_seed=3, offset=20)
+    assert len(search) == len(held_out) == 20 and not search & held_out
+    assert search != set(range(20)) and docs(shuffle=True, shuffle_seed=4, limit=20) != search
+    with pytest.raises(ConfigError, match="offset 40 leaves no document"):
+        make_evaluator("lm_eval", tasks=[task], include_path=include, offset=40)

@@ -41,6 +41,10 @@ def test_valid(mini_zoo):
      r"objectives\[0\]\.evaluator 'nope' is not defined"),
     ({"colour": "red"}, r"unknown field 'colour'"),
     ({"parameters": {"weight": "abc"}}, r"field 'parameters\.weight' must be a \[low, high\] range"),
+    ({"granularity": {"filters": ["mlp"], "split_attn_mlp": True}}, r"split_attn_mlp is filters \[mlp\]"),
+    ({"granularity": {"filters": ["mlp", "rest"]}}, r"none may be named 'rest'"),
+    ({"granularity": {"filters": ["a.b", "a_b"]}}, r"filters \['a\.b', 'a_b'\] must be distinct"),
+    ({"granularity": {"smooth": True}, "layer_swap": True}, r"granularity\.smooth interpolates"),
 ])
 def test_bad_space(mini_zoo, over, message):
     with pytest.raises(ConfigError, match=message) as info:
