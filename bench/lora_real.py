@@ -164,13 +164,36 @@ def _validation(worker: Any, recipe_yaml: str, space: Any) -> float:
     return weighted_loss(r.values, space.objectives) if r.values else math.inf
 
 
+def baseline_rows(ta: Any) -> tuple[dict[str, Any], str]:
+    """Test rows of the base, every adapter alone and the uniform average (task arithmetic,
+    weight 1/M each) of the one-weight-per-adapter space ``ta``, and the best single adapter
+    (lowest validation loss)."""
+    from evomerge.search.genome import genome_of_models
+    from evomerge.search.heldout import adapter_recipe, heldout_evaluators
+    from evomerge.search.worker import Worker
+
+    worker, tests = Worker(ta), heldout_evaluators(ta)
+    rows: dict[str, Any] = {"base": {**row(worker, tests, None, ta.base_model),
+                                     "validation": None}}
+    singles = {}
+    for skill, ref in ta.models.items():
+        y = adapter_recipe(ta, ref).to_yaml()
+        singles[skill] = _validation(worker, y, ta)
+        rows[f"adapter {skill}"] = {**row(worker, tests, y, None), "validation": singles[skill]}
+    genome = genome_of_models(ta)
+    uniform = genome.recipe({g.name: 1.0 / len(ta.models) for g in genome.genes}).to_yaml()
+    rows["uniform average"] = {**row(worker, tests, uniform, None),
+                               "validation": _validation(worker, uniform, ta)}
+    return rows, min(singles, key=singles.get)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from evomerge.search.driver import run_search
     from evomerge.search.front import best_trial
-    from evomerge.search.genome import genome_of_models
-    from evomerge.search.heldout import adapter_recipe, heldout_evaluators
+    from evomerge.search.heldout import heldout_evaluators
     from evomerge.search.ledger import default_storage, load_study, open_storage
     from evomerge.search.objectives import weighted_loss
+    from evomerge.search.records import TrialRecord
     from evomerge.search.space import load_space
     from evomerge.search.worker import Worker
 
@@ -180,20 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base, adapters, info = build(root, args.seed, args.steps, cfg, args.base)
     build_s = time.time() - t0
     docs = spaces(base, adapters, info["files"], cfg, args.minutes, args.trials, args.seed)
-    ta = load_space(docs["ta"])
-    worker, tests = Worker(ta), heldout_evaluators(ta)
-    rows: dict[str, Any] = {"base": {**row(worker, tests, None, base),
-                                     "validation": None}}
-    singles = {}
-    for skill, ref in ta.models.items():
-        y = adapter_recipe(ta, ref).to_yaml()
-        singles[skill] = _validation(worker, y, ta)
-        rows[f"adapter {skill}"] = {**row(worker, tests, y, None), "validation": singles[skill]}
-    best_single = min(singles, key=singles.get)
-    genome = genome_of_models(ta)
-    uniform = genome.recipe({g.name: 1.0 / len(adapters) for g in genome.genes}).to_yaml()
-    rows["uniform average"] = {**row(worker, tests, uniform, None),
-                               "validation": _validation(worker, uniform, ta)}
+    rows, best_single = baseline_rows(load_space(docs["ta"]))
     print(f"[{time.time() - t0:.0f} s] built; sources and uniform scored", file=sys.stderr)
     searches = {}
     for key in args.spaces:
@@ -202,12 +212,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = run_search(space, results_root=root / "studies")
         study = load_study(open_storage(default_storage(space.name, root / "studies")),
                            space.name)
-        best = best_trial(study, space)
+        best = TrialRecord(best_trial(study, space))
         w = Worker(space)
         rows[f"search {key} (trial {best.number})"] = {
-            **row(w, heldout_evaluators(space), best.user_attrs["recipe"], None),
-            "validation": weighted_loss(best.values, space.objectives),
-            "recipe": best.user_attrs["recipe"]}
+            **row(w, heldout_evaluators(space), best.recipe, None),
+            "validation": weighted_loss(best.values, space.objectives), "recipe": best.recipe}
         searches[key] = {"evaluations": out.evaluations, "failed": out.failed,
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1)}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from evomerge.engine.fused import TensorEngine
-from evomerge.engine.lora import DiskFetch, LoraSource, open_source
+from evomerge.engine.lora_source import DiskFetch, LoraSource, open_source
 from evomerge.engine.outputs import (
     check_free_space,
     disk_full,
