@@ -6,7 +6,7 @@ saves them; the layout of each comes from an adapter PEFT itself wrote). ::
     python bench/lora_sources.py --mini   # the CI miniature: a tiny Llama, seconds
 
 Each measurement runs in a fresh process (peak resident memory, VmHWM, above the process's
-baseline after its imports, as x the base model's bytes):
+baseline after its imports -- the model's code included -- as x the base model's bytes):
 
 * ``memory``: 32 rank-16 adapters on q_proj/v_proj (PEFT's default targets for Llama) as
   ``base+adapter`` sources, one linear candidate (uniform weights) materialized; and the same
@@ -116,9 +116,12 @@ def child(models: list[str], base: str | None, candidates: int) -> dict[str, Any
     from evomerge.engine.materialize import Materializer
     from evomerge.engine.sources import ModelSource
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    base_bytes = ModelSource(base or models[0]).nbytes
-    stored = str(ModelSource(base or models[0]).stored_dtype).removeprefix("torch.")
+    template = ModelSource(base or models[0])
+    base_bytes, stored = template.nbytes, str(template.stored_dtype).removeprefix("torch.")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # the model's code imported before the baseline (no weights)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(template.path))
     baseline = _rss_kb("VmRSS") * 1024
     t0 = time.perf_counter()
     mat = Materializer(models, base_model=base)
