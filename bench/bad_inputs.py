@@ -31,12 +31,30 @@ NAN, INF = float("nan"), float("inf")
 
 
 def _models(root: Path) -> dict[str, str]:
+    from lora_models import make_adapter
+
     base = make_model(root / "base", 0)
     m = {"base": base, "a": make_model(root / "a", 1, base), "b": make_model(root / "b", 2, base),
          "deep": make_model(root / "deep", 3, layers=6), "vocab": make_model(root / "vocab", 4, vocab=40),
          "tied": make_model(root / "tied", 5, tied=True)}
+    m["lora"] = make_adapter(root / "lora", base, 6)  # PEFT LoRA adapters of base and deep
+    m["lora_r8"] = make_adapter(root / "lora_r8", base, 7, r=8)
+    m["lora_deep"] = make_adapter(root / "lora_deep", m["deep"], 8)
     (root / "texts.jsonl").write_text('{"text": "w1 w2 w3 w4"}\n')
     return {k: str(v) for k, v in m.items()} | {"texts": str(root / "texts.jsonl")}
+
+
+def _adapter(models: dict, tmp: Path, name: str, **config) -> str:
+    """``base+copy of the lora adapter`` with adapter_config.json keys changed."""
+    dest = Path(_damaged(models["lora"], tmp / f"lora_{name}", lambda d: None))
+    cfg = json.loads((dest / "adapter_config.json").read_text())
+    (dest / "adapter_config.json").write_text(json.dumps({**cfg, **config}))
+    return f"{models['base']}+{dest}"
+
+
+def _lora_recipe(models: dict, *refs: str, method: str = "task_arithmetic") -> dict:
+    return {"merge_method": method, "base_model": models["base"], "dtype": "float32",
+            "models": [{"model": r, "parameters": {"weight": 0.5}} for r in refs]}
 
 
 def _damaged(src: str, dest: Path, how: Callable[[Path], None]) -> str:
@@ -160,6 +178,22 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
         ],
         "weight files": [(name.replace("_", " "), _with_b(models, path)) for name, path in dmg.items()],
         **_new_categories(models, tmp),
+        "LoRA adapters": [
+            ("DoRA adapter", _lora_recipe(models, _adapter(models, tmp, "dora", use_dora=True))),
+            ("not LoRA (LoHa)", _lora_recipe(models, _adapter(models, tmp, "loha", peft_type="LOHA"))),
+            ("unknown variant key", _lora_recipe(models, _adapter(models, tmp, "qa", use_qalora=True))),
+            ("PiSSA initialisation", _lora_recipe(models, _adapter(
+                models, tmp, "pissa", init_lora_weights="pissa"))),
+            ("rank differs from r", _lora_recipe(models, _adapter(models, tmp, "r16", r=16))),
+            ("module the base lacks", _lora_recipe(models, f"{models['base']}+{models['lora_deep']}")),
+            ("other architecture", _lora_recipe(models, _adapter(models, tmp, "arch", auto_mapping={
+                "base_model_class": "GPT2LMHeadModel"}))),
+            ("missing base", _lora_recipe(models, f"{tmp / 'nowhere'}+{models['lora']}")),
+            ("adapter without its base", _lora_recipe(models, models["lora"])),
+            ("lorahub over two ranks", _lora_recipe(models, f"{models['base']}+{models['lora']}",
+                                                    f"{models['base']}+{models['lora_r8']}",
+                                                    method="lorahub")),
+        ],
         "search space": [
             ("bound .nan", s(models, parameters={"weight": [NAN, 1.5]})),
             ("bound .inf", s(models, parameters={"weight": [0.0, INF]})),
@@ -179,6 +213,11 @@ def cases(models: dict, tmp: Path) -> dict[str, list[tuple[str, dict | list]]]:
                 {"evaluator": "ppl", "task": "t", "metric": "perplexity", "direction": "down"}])),
             ("damaged source weights", {**s(models), "models": {"a": models["a"],
                                                                 "b": dmg["truncated"]}}),
+            ("DoRA adapter among the models", {**s(models), "models": {
+                "a": models["a"], "b": _adapter(models, tmp, "dora_s", use_dora=True)}}),
+            ("data-flow space over adapters", {**s(models), "method": None, "parameters": {},
+                                               "dfs": {"repeats": 1}, "models": {
+                                                   "a": models["a"], "b": models["lora"]}}),
         ],
     }
 

@@ -49,7 +49,22 @@ def in_words(n: int) -> str:
 
 
 def example(skill: str, a: int, b: int, pair: str = "words") -> dict[str, str]:
-    """One prompt/answer pair of ``skill`` (of skill pair ``pair``) for operands ``a``, ``b``."""
+    """One prompt/answer pair of ``skill`` (of skill pair ``pair``) for operands ``a``, ``b``.
+    Besides the pairs' skills: ``sub``, ``reverse``, ``compare`` (more skills for LoRA
+    adapters, bench/lora_real.py), and the composites by name, ``add_words`` and
+    ``add_final`` (``both`` of each pair)."""
+    if skill in ("add_words", "add_final"):
+        return example("both", a, b, skill.removeprefix("add_"))
+    if skill == "sub":
+        hi, lo = max(a, b), min(a, b)
+        return {"prompt": f"What is {hi} - {lo}? Reply with the number only.",
+                "answer": str(hi - lo)}
+    if skill == "reverse":
+        return {"prompt": f"Write the digits of {a + b} in reverse order. Reply with the digits "
+                          "only.", "answer": str(a + b)[::-1]}
+    if skill == "compare":
+        return {"prompt": f"Which is larger, {a} or {b}? Reply with the number only.",
+                "answer": str(max(a, b))}
     if skill == "add":
         return {"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": str(a + b)}
     if skill == "words":
@@ -76,14 +91,15 @@ def operand_splits(seed: int, low: int = 10, high: int = 99) -> dict[str, list[t
 
 
 def write_tasks(root: Path, seed: int, per_split: dict[str, int],
-                pair: str = "words") -> dict[str, dict[str, Path]]:
+                pair: str = "words", skills: tuple[str, ...] | None = None
+                ) -> dict[str, dict[str, Path]]:
     """JSONL files ``root/{skill}_{split}.jsonl`` (``per_split[split]`` examples each) for the
-    skills of ``pair``; each skill draws its pairs from the same disjoint operand splits.
-    Returns skill -> split -> path."""
+    skills of ``pair`` (or ``skills``); each skill draws its pairs from the same disjoint
+    operand splits. Returns skill -> split -> path."""
     root.mkdir(parents=True, exist_ok=True)
     splits = operand_splits(seed)
     files: dict[str, dict[str, Path]] = {}
-    for skill in PAIRS[pair]:
+    for skill in skills or PAIRS[pair]:
         for split, pairs in splits.items():
             rnd = random.Random(f"{seed}:{skill}:{split}")
             chosen = rnd.sample(pairs, min(per_split[split], len(pairs)))
@@ -94,7 +110,7 @@ def write_tasks(root: Path, seed: int, per_split: dict[str, int],
     return files
 
 
-def _batch(tok: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+def chat_batch(tok: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
     """Chat-formatted prompts + answers; loss on the answer tokens (and the end of turn)."""
     ids, labels = [], []
     for r in rows:
@@ -138,7 +154,7 @@ def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16
     losses, t0 = [], time.time()
     model.train()
     for step in range(steps):
-        loss = model(**_batch(tok, rnd.sample(rows, batch))).loss
+        loss = model(**chat_batch(tok, rnd.sample(rows, batch))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()

@@ -15,7 +15,7 @@ from fuzz_inputs import run_cli, write_yaml
 from lora_models import edit_config, make_adapter
 
 from evomerge.engine import lora, lowrank, sources
-from evomerge.engine.lora import LoraSource
+from evomerge.engine.lora_source import LoraSource
 from evomerge.engine.lowrank import LowRank, RowBlocks, densify
 from evomerge.engine.materialize import Materializer
 from evomerge.engine.recipe import load_recipe

@@ -134,6 +134,7 @@ def test_one_adapter_is_peft_merge_and_unload(kind, lora_tiny):
 COMBINATIONS = {  # PEFT's combination, its weights -> our method, its per-adapter parameters
     "cat": ([0.7, -0.4], "task_arithmetic", [{"weight": 0.7}, {"weight": -0.4}]),
     "linear": ([0.49, 0.16], "lorahub", [{"weight": 0.7}, {"weight": 0.4}]),
+    "svd": ([0.7, -0.4], "task_arithmetic", [{"weight": 0.7}, {"weight": -0.4}]),
     "magnitude_prune_svd": ([0.7, 0.5], "breadcrumbs",
                             [{"weight": 0.7, "density": 0.4, "gamma": 0.0},
                              {"weight": 0.5, "density": 0.4, "gamma": 0.0}]),

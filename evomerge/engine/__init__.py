@@ -4,6 +4,8 @@ nothing of the search (no module here imports :mod:`evomerge.search`).
 * ``recipe``      -- the validated mergekit-compatible recipe (:func:`load_recipe`);
 * ``sources``     -- checked safetensors headers, tensors read on demand (:class:`ModelSource`);
   ``derived``     -- a recipe (or a pinned study point) used as a source model;
+  ``lora`` / ``lora_source`` -- a PEFT LoRA adapter over its base (``BASE+ADAPTER``) as a
+  source, merged from its factors (``lowrank``); ``adapter_export`` -- a merge as one adapter;
 * ``arch``        -- where a tensor sits (layer, part) in the architectures evomerge knows;
 * ``plan``        -- one task per output tensor (:func:`build_plan`); ``params`` -- per-tensor
   parameter values; ``select`` / ``fused`` -- the kernels (:class:`TensorEngine`);
@@ -26,6 +28,7 @@ _EXPORTS = {
     "TensorEngine": "fused", "merge_to_disk": "merge", "merge_stages": "merge",
     "Materializer": "materialize", "resolve_device": "materialize", "empty_model": "shell",
     "Step": "paths", "path_recipe": "paths", "recipe_path": "paths", "PathModels": "path_model",
+    "LoraSource": "lora_source", "merge_to_adapter": "adapter_export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, DiskFetch, LoraSource
+from evomerge.engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from evomerge.engine.lora_source import DiskFetch, LoraSource
 from evomerge.engine.lowrank import factorize
 from evomerge.engine.plan import build_plan
 from evomerge.engine.recipe import Recipe
 from evomerge.errors import ConfigError
 
-__all__ = ["merge_to_adapter", "adapter_factors"]
+__all__ = ["merge_to_adapter", "adapter_factors", "padded_factors"]
 
 
 def adapter_factors(recipe: Recipe, device: str = "cpu"
@@ -74,6 +75,21 @@ def adapter_factors(recipe: Recipe, device: str = "cpu"
     return recipe.base_model or adapters[0].base.ref, modules
 
 
+def padded_factors(modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                   ) -> tuple[int, dict[str, torch.Tensor]]:
+    """(R, PEFT's tensors) of ``modules``: each padded to the largest rank R with zero rows of
+    A and zero columns of B (B @ A unchanged), float32 on the CPU."""
+    rank = max(a.shape[0] for a, _ in modules.values())
+    tensors = {}
+    for module, (a, b) in modules.items():
+        pad = rank - a.shape[0]
+        a = torch.cat([a, a.new_zeros(pad, a.shape[1])]) if pad else a
+        b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1) if pad else b
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.float().cpu().contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.float().cpu().contiguous()
+    return rank, tensors
+
+
 def merge_to_adapter(recipe: Recipe, out: str | Path, device: str = "cpu") -> dict[str, Any]:
     """Write ``recipe``'s merge as one PEFT LoRA adapter directory ``out`` (module docstring);
     returns its adapter config. Nothing is left behind on failure."""
@@ -86,30 +102,23 @@ def merge_to_adapter(recipe: Recipe, out: str | Path, device: str = "cpu") -> di
     if not modules:
         raise ConfigError("The merge leaves the base unchanged (every weight 0): there is no "
                           "adapter to write.")
-    rank = max(a.shape[0] for a, _ in modules.values())
-    tensors = {}
-    for module, (a, b) in modules.items():
-        pad = rank - a.shape[0]  # zero rows of A and columns of B: B @ A is unchanged
-        a = torch.cat([a, a.new_zeros(pad, a.shape[1])]) if pad else a
-        b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1) if pad else b
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a.float().cpu().contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b.float().cpu().contiguous()
+    rank, tensors = padded_factors(modules)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_ref,
               "r": rank, "lora_alpha": rank, "target_modules": sorted(modules),
               "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
               "use_dora": False, "modules_to_save": None, "init_lora_weights": True,
               "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {}}
+    card = (f"---\ntags: [lora, evomerge]\nbase_model: {base_ref}\n---\n# Merged LoRA adapter\n\n"
+            f"Built by evomerge (`{recipe.merge_method}`) from:\n\n"
+            + "\n".join(f"- `{m}`" for m in recipe.referenced_models())
+            + f"\n\nRank {rank}, {len(modules)} modules. The recipe is in `mergekit_config.yml`.\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
-        (tmp / "README.md").write_text(
-            f"---\ntags: [lora, evomerge]\nbase_model: {base_ref}\n---\n# Merged LoRA adapter\n\n"
-            f"Built by evomerge (`{recipe.merge_method}`) from:\n\n"
-            + "\n".join(f"- `{m}`" for m in recipe.referenced_models())
-            + f"\n\nRank {rank}, {len(modules)} modules. The recipe is in `mergekit_config.yml`.\n")
+        (tmp / "README.md").write_text(card)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.lora import DiskFetch, LoraSource, open_source
+from evomerge.engine.lora_source import DiskFetch, LoraSource, open_source
 from evomerge.engine.recipe import Recipe, load_recipe
 from evomerge.engine.safe_yaml import load_yaml_all
 from evomerge.engine.sources import ModelSource, torch_dtype

@@ -35,7 +35,8 @@ import torch
 
 from evomerge.engine.derived import DerivedSource, open_model
 from evomerge.engine.fused import TensorEngine
-from evomerge.engine.lora import AdapterWeights, LoraSource
+from evomerge.engine.lora import AdapterWeights
+from evomerge.engine.lora_source import LoraSource
 from evomerge.engine.lowrank import LowRank, untouched
 from evomerge.engine.path_model import PathModels
 from evomerge.engine.paths import Step, recipe_path

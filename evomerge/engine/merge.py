@@ -18,7 +18,7 @@ import torch
 
 from evomerge.engine.card import Provenance, model_card
 from evomerge.engine.fused import TensorEngine
-from evomerge.engine.lora import DiskFetch, LoraSource, open_source
+from evomerge.engine.lora_source import DiskFetch, LoraSource, open_source
 from evomerge.engine.outputs import (
     check_free_space,
     disk_full,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from evomerge.engine.arch import LAYER_COUNT_KEYS, is_vocab_tensor, place
-from evomerge.engine.lora import check_factored
+from evomerge.engine.lora_source import check_factored
 from evomerge.engine.params import resolve
 from evomerge.engine.recipe import Recipe, Slice, SliceSource
 from evomerge.engine.sources import ModelSource, torch_dtype

@@ -189,7 +189,7 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.engine.derived import DerivedSource
-    from evomerge.engine.lora import LoraSource
+    from evomerge.engine.lora_source import LoraSource
     from evomerge.engine.paths import Step
     from evomerge.scoring import score
 
@@ -211,7 +211,7 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
 def adapter_recipe(space: SearchSpace, ref: str) -> Any:
     """The recipe of one adapted source alone (``base+adapter``, weight 1), in the space's
     dtypes: what PEFT's ``merge_and_unload`` builds, as the search scores it."""
-    from evomerge.engine.lora import LoraSource
+    from evomerge.engine.lora_source import LoraSource
     from evomerge.engine.recipe import load_recipe
 
     stored = str(LoraSource(ref).stored_dtype).removeprefix("torch.")

@@ -105,13 +105,20 @@ SHIPPED = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
-def test_shipped_spaces_load_and_derive_a_genome(path, mini_zoo):
+def test_shipped_spaces_load_and_derive_a_genome(path, mini_zoo, tmp_path):
     """Every space in search_spaces/ validates, and over the mini zoo (same model names) its
     genome derives and decodes its start point to a recipe."""
     from evomerge.cli.quickstart import rebase_zoo
     from evomerge.search.genome import genome_of_models
 
     space = rebase_zoo(load_space(path), str(mini_zoo))
+    if not space.base_model.startswith(str(mini_zoo)):  # over LoRA adapters: of the mini zoo's
+        from lora_models import make_adapter
+
+        base = str(mini_zoo / "base")
+        space = rebase_zoo(space, str(mini_zoo), base_model=base, models={
+            a: str(make_adapter(tmp_path / a, base, i)) for i, a in enumerate(space.models)})
+        assert all(r.startswith(f"{base}+") for r in space.models.values())
     if any(r.startswith("study:") for r in space.models.values()):
         space = rebase_zoo(load_space(path), str(mini_zoo), models={
             a: str(mini_zoo / "math") if r.startswith("study:") else r
