@@ -97,7 +97,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, **_ray_options(args))
+                         offload=args.offload, overlap=args.overlap, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -107,7 +107,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = resume(args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, **_ray_options(args))
+                         offload=args.offload, overlap=args.overlap, **_ray_options(args))
     return _finish(outcome)
 
 
@@ -212,6 +212,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", action="store_true",
                    help="keep source models in host memory, stream them to the device per "
                         "tensor (device memory ~ one model)")
+    p.add_argument("--overlap", action="store_true",
+                   help="merge the next candidate while one is scored (in this process; one "
+                        "more model copy in memory)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -58,12 +58,15 @@ class Materializer:
         compile: compile the fused kernels with ``torch.compile``.
         recipes: recipe YAML of model references that name a recipe (a pinned study point);
             each is built once into a resident source (:mod:`evomerge.engine.derived`).
+        grouped: merge a candidate's task-vector tensors together, waiting for the device
+            once (:meth:`~evomerge.engine.fused.TensorEngine.run_plan`); False: one tensor at
+            a time, as ``evomerge merge`` streams them (the same bits either way).
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
                  offload: bool = False, compile: bool = True,
-                 recipes: Mapping[str, str] | None = None) -> None:
+                 recipes: Mapping[str, str] | None = None, grouped: bool = True) -> None:
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
         self.device = resolve_device(device)
         self.base_model = base_model
@@ -77,9 +80,11 @@ class Materializer:
         self._template = template
         self._model: torch.nn.Module | None = None  # built on first use: a data-flow search
         self._params: dict[str, torch.Tensor] = {}  # never needs the merged model's bytes
+        self._spare: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None
         self._expected = set(template.names)  # what every recipe must write, no more, no less
         self.num_layers = template.num_layers
         self._engine = TensorEngine(compile)
+        self.grouped = grouped
         self._paths = None
 
     @property
@@ -89,6 +94,18 @@ class Materializer:
             self._model = empty_model(str(self._template.path), self.dtype, self.device)
             self._params = self._model.state_dict(keep_vars=True)
         return self._model
+
+    def _slot(self, slot: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        """Output model ``slot``: 0 is :attr:`model`; 1 a second one (allocated on first use)
+        that a candidate can be merged into while the other is scored."""
+        if slot == 0:
+            return self.model, self._params
+        if slot != 1:
+            raise ValueError(f"slot {slot} is not 0 or 1")
+        if self._spare is None:
+            spare = empty_model(str(self._template.path), self.dtype, self.device)
+            self._spare = (spare, spare.state_dict(keep_vars=True))
+        return self._spare
 
     @staticmethod
     def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
@@ -129,18 +146,23 @@ class Materializer:
         return plan
 
     @torch.no_grad()
-    def materialize(self, recipe: Recipe) -> torch.nn.Module:
-        """Write ``recipe``'s merged weights into the resident model and return it; a
-        data-flow recipe (``evomerge.path``) returns a path model over the resident layers
-        instead (:mod:`evomerge.engine.path_model`)."""
+    def materialize(self, recipe: Recipe, slot: int = 0) -> torch.nn.Module:
+        """Write ``recipe``'s merged weights into the resident model (``slot`` 1: the second
+        one) and return it; a data-flow recipe (``evomerge.path``) returns a path model over
+        the resident layers instead (:mod:`evomerge.engine.path_model`)."""
         path = recipe_path(recipe)
         if path is not None:
             return self.path_model(path)
         plan = self.plan(recipe)
-        for task in plan.tasks:
-            self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
-                             self._params[task.out_name].data)
-        return self.model
+        model, params = self._slot(slot)
+        outs = {t.out_name: params[t.out_name].data for t in plan.tasks}
+        if self.grouped:
+            self._engine.run_plan(plan, self._fetch, outs)
+        else:
+            for task in plan.tasks:
+                self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
+                                 outs[task.out_name])
+        return model
 
     def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
         """The model of a data-flow ``path`` (a list of :class:`~evomerge.engine.paths.Step`):
@@ -154,9 +176,11 @@ class Materializer:
         return self._paths.build(path)
 
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output)."""
+        """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output
+        model, and the second one where a candidate was merged into slot 1)."""
         def size(ts) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
-        unique = {p.data_ptr(): p for p in self._params.values()}
+        spare = list(self._spare[1].values()) if self._spare else []
+        unique = {p.data_ptr(): p for p in [*self._params.values(), *spare]}
         return {"sources": size(t for w in self._weights.values() for t in w.values()),
                 "model": size(unique.values())}
