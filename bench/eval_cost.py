@@ -4,11 +4,13 @@
 
 Part 1, estimation (per seed): 20 + 100 random candidates of the default space
 (search_spaces/zoo_ties_dare.yaml, 250 validation examples per task) are scored in full, per
-example. Two estimators then score the 100 from 1/10 and 1/5 of the examples: a seeded
-random subset (plain mean), and anchor points chosen from the 20 others' response patterns
-(evomerge.search.fidelity). Spearman's rho between each estimate and the full score, per
-objective and for the weighted loss CMA-ES minimizes. Both come from the same per-example
-numbers the scorer returns, so they are what a search would have seen.
+example. Four estimators then score the 100 from a fraction of the examples (--fractions,
+default 1/50, 1/20, 1/10, 1/5): a seeded random subset (plain mean); anchor points chosen from
+the 20 others' response patterns (evomerge.search.fidelity); and, on the same anchors,
+tinyBenchmarks' p-IRT and gp-IRT with item parameters fitted on the 20 (evomerge.search.irt).
+Spearman's rho between each estimate and the full score, per objective and for the weighted
+loss CMA-ES minimizes, and per estimator the smallest fraction reaching rho >= 0.9. All come
+from the same per-example numbers the scorer returns, so they are what a search would see.
 
 Part 2, cost to quality (per seed; search_efficiency.py's setting: 150 validation examples per
 task, popsize 8, held-out = the whole test split, 500 per task): the mergekit-evolve-style
@@ -46,6 +48,7 @@ from search_efficiency import run_single  # noqa: E402
 from evomerge.cli.quickstart import rebase_zoo  # noqa: E402
 from evomerge.search.fidelity import fit_anchors  # noqa: E402
 from evomerge.search.heldout import heldout_evaluators  # noqa: E402
+from evomerge.search.irt import IrtEstimator  # noqa: E402
 from evomerge.search.objectives import objective_values, weighted_loss  # noqa: E402
 from evomerge.search.param_genome import ParamGenome  # noqa: E402
 from evomerge.search.space import load_space  # noqa: E402
@@ -99,7 +102,32 @@ def estimate(stats: dict, subsets: dict[str, tuple[list, list | None]], objectiv
     return objective_values(scores, objectives)
 
 
-def part1(zoo: str, seeds: list[int]) -> dict[str, Any]:
+FRACTIONS = (0.02, 0.05, 0.1, 0.2)
+ESTIMATORS = ("random", "anchors", "pirt", "gpirt")
+
+
+def _picks(fit: list, tasks: list[str], objs, frac: float, seed: int,
+           rng: np.random.Generator) -> dict[str, Any]:
+    """Per estimator, how it scores a candidate at ``frac``: random and anchor subsets
+    (task -> (indices, weights)), and the IRT estimator fitted on the ``fit`` candidates."""
+    anchors = {t: fit_anchors(fit, t, {0: frac}, [o.key for o in objs if o.task == t],
+                              seed)[0] for t in tasks}
+    k = math.ceil(frac * len(fit[0][objs[0].key][0]))
+    n = len(fit[0][objs[0].key][0])
+    irt = IrtEstimator(fit, [o.key for o in objs], {o.key: anchors[o.task] for o in objs})
+    return {"random": {t: (rng.permutation(n)[:k], None) for t in tasks},
+            "anchors": anchors, "irt": irt}
+
+
+def _irt_values(irt: IrtEstimator, stats: dict, objs) -> dict[str, tuple]:
+    seen = {o.key: tuple(np.asarray(v)[np.asarray(irt.anchors[o.key][0])]
+                         for v in stats[o.key]) for o in objs}
+    est = irt.estimate(seen)
+    return {name: objective_values({k: e[name] for k, e in est.items()}, objs)
+            for name in ("pirt", "gpirt")}
+
+
+def part1(zoo: str, seeds: list[int], fractions=FRACTIONS) -> dict[str, Any]:
     space = make_space(zoo, 250)
     worker = Worker(space)
     genome = ParamGenome(space, worker.materializer.num_layers)
@@ -109,15 +137,15 @@ def part1(zoo: str, seeds: list[int]) -> dict[str, Any]:
     for seed in seeds:
         rng = np.random.default_rng(seed)
         fit, test = per_example(worker, genome, rng, 20), per_example(worker, genome, rng, 100)
-        full = [estimate(s, {t: (np.arange(250), None) for t in tasks}, objs) for s in test]
-        for frac in (0.1, 0.2):
-            k = math.ceil(frac * 250)
-            picks = {"random": {t: (rng.permutation(250)[:k], None) for t in tasks},
-                     "anchors": {t: fit_anchors(fit, t, {0: frac}, [o.key for o in objs
-                                                                    if o.task == t], seed)[0]
-                                 for t in tasks}}
-            for name, subsets in picks.items():
-                est = [estimate(s, subsets, objs) for s in test]
+        n = len(fit[0][objs[0].key][0])  # examples per task (250; fewer in a small zoo)
+        full = [estimate(s, {t: (np.arange(n), None) for t in tasks}, objs) for s in test]
+        for frac in fractions:
+            picks = _picks(fit, tasks, objs, frac, seed, rng)
+            ests = {name: [estimate(s, picks[name], objs) for s in test]
+                    for name in ("random", "anchors")}
+            irt = [_irt_values(picks["irt"], s, objs) for s in test]
+            ests.update({name: [e[name] for e in irt] for name in ("pirt", "gpirt")})
+            for name, est in ests.items():
                 cols = {o.key: (np.array([e[i] for e in est]), np.array([f[i] for f in full]))
                         for i, o in enumerate(objs)}
                 cols["weighted_loss"] = (np.array([weighted_loss(e, objs) for e in est]),
@@ -126,9 +154,24 @@ def part1(zoo: str, seeds: list[int]) -> dict[str, Any]:
                     rho.setdefault(f"{name}@{frac:g}/{key}", []).append(spearman(a, b))
         print("part 1 seed", seed, {k: round(v[-1], 3) for k, v in rho.items()
                                     if k.endswith("weighted_loss")}, flush=True)
-    return {"candidates": 100, "fit_candidates": 20, "examples_per_task": 250,
+    return {"candidates": 100, "fit_candidates": 20, "examples_per_task": n,
+            "fractions": list(fractions),
             "spearman": {k: {"median": float(np.median(v)), "min": float(np.min(v)),
                              "seeds": v} for k, v in rho.items()}}
+
+
+def needed(est: dict[str, Any], target: float = 0.9) -> dict[str, Any]:
+    """Per estimator, the smallest fraction whose median Spearman of the weighted loss
+    reaches ``target``, its examples per task and the saving against full fidelity."""
+    n = est["examples_per_task"]
+    out = {}
+    for name in ESTIMATORS:
+        ok = [f for f in est.get("fractions", (0.1, 0.2))
+              if est["spearman"].get(f"{name}@{f:g}/weighted_loss", {}).get("median", -1) >= target]
+        f = min(ok) if ok else None
+        out[name] = {"fraction": f, "examples_per_task": math.ceil(f * n) if f else None,
+                     "fewer": round(n / math.ceil(f * n), 1) if f else None}
+    return out
 
 
 class _Reuse:
@@ -236,10 +279,21 @@ def markdown(res: dict[str, Any]) -> str:
                   f"candidates, median (min) of {est['seeds']} seeds:", "",
                   "| estimator | " + " | ".join(keys) + " |",
                   "|---|" + "---:|" * len(keys)]
-        for name in ("random@0.1", "anchors@0.1", "random@0.2", "anchors@0.2"):
-            cells = [f"{sp[f'{name}/{k}']['median']:.3f} ({sp[f'{name}/{k}']['min']:.3f})"
-                     for k in keys]
-            lines.append(f"| {name.replace('@', ' at ')} | " + " | ".join(cells) + " |")
+        for frac in est.get("fractions", (0.1, 0.2)):
+            for est_name in ESTIMATORS:
+                name = f"{est_name}@{frac:g}"
+                if f"{name}/{keys[0]}" not in sp:
+                    continue
+                cells = [f"{sp[f'{name}/{k}']['median']:.3f} ({sp[f'{name}/{k}']['min']:.3f})"
+                         for k in keys]
+                lines.append(f"| {name.replace('@', ' at ')} | " + " | ".join(cells) + " |")
+        lines += ["", "Smallest fraction whose median rho of the weighted loss is >= 0.9 "
+                      f"(examples per task; times fewer than the {est['examples_per_task']} "
+                      "of full fidelity):", ""]
+        for name, row in needed(est).items():
+            lines.append(f"- {name}: " + (f"{row['fraction']:g} ({row['examples_per_task']} "
+                                          f"examples, {row['fewer']}x fewer)"
+                                          if row["fraction"] else "not reached"))
         lines.append("")
     cq = res.get("cost_to_quality")
     if cq:
@@ -289,6 +343,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--candidates", type=int, default=128)
     ap.add_argument("--part", choices=["1", "2", "both"], default="both")
+    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+                    help="part 1: fractions of the examples each estimator scores")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
     ap.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+n-1")
@@ -305,7 +361,8 @@ def main() -> None:
     t0 = time.time()
     if args.part in ("1", "both"):
         res["estimation"] = {**part1(args.zoo, list(range(args.first_seed,
-                                                          args.first_seed + args.seeds))),
+                                                          args.first_seed + args.seeds)),
+                                     tuple(args.fractions)),
                              "seeds": args.seeds}
     if args.part in ("2", "both"):
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))

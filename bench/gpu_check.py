@@ -52,7 +52,7 @@ def search_equals_export(family: dict, tmp: Path) -> dict:
     out = {"kernel_compiled_for_cuda": None}
     for name, recipe in (("ties", ms.ties_recipe(family["base"], experts, "bfloat16")),):
         state = {k: v.detach().cpu().clone() for k, v in mat.materialize(recipe).state_dict().items()}
-        out["kernel_compiled_for_cuda"] = mat._engine._tv.compiled
+        out["kernel_compiled_for_cuda"] = mat.kernels_compiled
         for device in dict.fromkeys((DEVICE, "cpu")):
             t0 = time.perf_counter()
             merge_to_disk(recipe, tmp / f"{name}_{device}", device=device)
@@ -78,15 +78,15 @@ def worker(family: dict, candidates: int) -> dict:
         device=DEVICE).manual_seed(0))
     times = []
     for i in range(candidates + 1):
-        ms._sync(mat.device)
+        ms.sync(mat.device)
         t0 = time.perf_counter()
         model = mat.materialize(ms.ties_recipe(family["base"], experts, "bfloat16", 0.01 * i))
         with torch.no_grad():
             loss = model(ids, labels=ids).loss.item()
-        ms._sync(mat.device)
+        ms.sync(mat.device)
         times.append(time.perf_counter() - t0)
     return {"steady_candidate_s": round(min(times[1:]), 3), "loss": round(loss, 4),
-            "peak_gb": round(ms._peak_bytes(mat.device) / 2**30, 2)}
+            "peak_gb": round(ms.peak_bytes(mat.device) / 2**30, 2)}
 
 
 def shared_gpu(family: dict, candidates: int = 6) -> dict:

@@ -232,15 +232,17 @@ def summarize(storage: str, name: str, wall: float, gen_examples: int) -> dict:
     second of evaluation (every evaluator's time counted), from the study."""
     import optuna
 
-    study = optuna.load_study(study_name=name, storage=storage)
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    from evomerge.search.records import TrialRecord
+
+    trials = [TrialRecord(t) for t in optuna.load_study(study_name=name,
+                                                        storage=storage).trials]
+    done = [t for t in trials if t.state == "COMPLETE"]
     n = len(done)
-    merge = sum(t.user_attrs.get("merge_seconds", 0.0) for t in done)
-    ev = sum(t.user_attrs.get("eval_seconds", 0.0) for t in done)
-    tokens = gen_examples * sum(t.user_attrs.get("scores", {}).get("both/gen_tokens", 0.0)
-                                for t in done)
+    merge = sum(t.merge_seconds or 0.0 for t in done)
+    ev = sum(t.eval_seconds or 0.0 for t in done)
+    tokens = gen_examples * sum(t.scores.get("both/gen_tokens", 0.0) for t in done)
     best = max((t.values[0] for t in done), default=None)
-    return {"candidates": n, "failed": sum(t.state.name == "FAIL" for t in study.trials),
+    return {"candidates": n, "failed": sum(t.state == "FAIL" for t in trials),
             "wall_s": round(wall, 1), "candidates_per_hour": round(3600 * n / wall, 1),
             "merge_s_per_candidate": round(merge / max(n, 1), 4),
             "eval_s_per_candidate": round(ev / max(n, 1), 4),

@@ -66,7 +66,7 @@ def ties_recipe(base: str, experts: list[str], dtype: str, shift: float = 0.0):
     return load_recipe(f"merge_method: ties\nbase_model: {base}\n{extra}models:\n{models}\n")
 
 
-def _peak_bytes(device) -> int:
+def peak_bytes(device) -> int:
     """Peak device allocation (CUDA) or peak resident set (VmHWM: per address space, so not
     inherited from the parent the way ru_maxrss is)."""
     import torch
@@ -87,10 +87,10 @@ def _reset_peak() -> int:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    return _peak_bytes(torch.device("cpu"))
+    return peak_bytes(torch.device("cpu"))
 
 
-def _sync(device) -> None:
+def sync(device) -> None:
     import torch
 
     if device.type == "cuda":
@@ -137,7 +137,7 @@ def measure(family: dict[str, str], m: int, dtype: str, device: str = "cpu",
     t0 = time.perf_counter()
     _warm_compiler(dev, m, dtype)
     compiler_s = time.perf_counter() - t0
-    _sync(dev)
+    sync(dev)
     base_bytes = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _reset_peak()
     experts = [family[f"e{i}"] for i in range(1, m + 1)]
     t0 = time.perf_counter()
@@ -145,24 +145,25 @@ def measure(family: dict[str, str], m: int, dtype: str, device: str = "cpu",
     mat.model  # noqa: B018 -- the output model is allocated on first use; count it in loading
     load_s = time.perf_counter() - t0
     model_bytes = mat.resident_bytes()["model"]
-    store = mat._weights[family["base"]]
-    pairs = [(mat._params[n], store[n]) for n in mat.sources[family["base"]].names]
+    store = mat.source_tensors(family["base"])
+    out = mat.output_tensors()
+    pairs = [(out[n], store[n]) for n in mat.sources[family["base"]].names]
     times = []
     for i in range(1 + steady):
         recipe = ties_recipe(family["base"], experts, dtype, shift=0.01 * i)
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         mat.materialize(recipe)
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - t0)
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(3):
         for p, s in pairs:
             p.data.copy_(s, non_blocking=True)
-    _sync(dev)
+    sync(dev)
     copy_s = (time.perf_counter() - t0) / 3
-    peak = _peak_bytes(dev) - base_bytes
+    peak = peak_bytes(dev) - base_bytes
     resident = mat.resident_bytes()
     on_device = resident["model"] + (0 if offload else resident["sources"])
     return {

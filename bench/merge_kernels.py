@@ -108,7 +108,8 @@ def measure(fam: dict[str, str], device: str = "cpu", steady: int = 3,
     kw = {} if grouped is None else {"grouped": grouped}
     mat = Materializer(experts, base_model=fam["base"], device=device, **kw)
     dev = mat.device
-    pairs = [(p, mat._weights[fam["base"]][n]) for n, p in mat.model.state_dict().items()]
+    base = mat.source_tensors(fam["base"])
+    pairs = [(p, base[n]) for n, p in mat.output_tensors().items()]
     times = []
     for i in range(1 + steady):
         recipe = ms.ties_recipe(fam["base"], experts, "bfloat16", shift=0.01 * i)

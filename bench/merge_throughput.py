@@ -109,7 +109,7 @@ def copy_floor(tensors: list[torch.Tensor]) -> float:
 def in_memory(sec: dict, base: str, a: str, b: str) -> int:
     """Time the materializer per method (first call and warm); returns the parameter count."""
     mat = Materializer([a, b], base_model=base)
-    sec["copy"] = copy_floor(list(mat._weights[base].values()))
+    sec["copy"] = copy_floor(list(mat.source_tensors(base).values()))
     for method in ("linear", "task_arithmetic", "ties"):
         recipe = load_recipe(recipe_text(method, base, a, b))
         t = time.perf_counter()

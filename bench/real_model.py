@@ -1,19 +1,30 @@
 """Merging real fine-tunes: two SmolLM2-135M-Instruct experts (``add``: two-digit addition;
-``words``: numbers in English words), searched merges against both parents on ``both``
-(addition answered in words), which neither expert was trained on. Skills and fine-tuning:
-bench/real_skills.py.
+``words``: numbers in English words, or ``final``: GSM8K's final-answer format with ``--pair
+final``), searched merges against both parents on ``both`` (the composite), which neither
+expert was trained on. Skills and fine-tuning: bench/real_skills.py.
 
-    python bench/real_model.py [--seed 0] [--steps 60] [--minutes 12]     # ~1 h here
-    python bench/real_model.py --pair final --spaces ps swap   # add + a format skill
+    python bench/real_model.py --pair final --seed 0 [--evals 48]   # one seed of one pair
+    python bench/real_model.py --pair final --table                 # mean and spread over seeds
     python bench/real_model.py --mini            # the CI miniature: a few steps, a few candidates
 
 Stages (each cached under ``--build``, so a rerun resumes): tasks -> experts (full fine-tune
 of the decoder layers, ``--steps`` AdamW steps each) -> searches through ``run_search`` on the
-validation split (answer NLL of the three tasks, CMA-ES on their sum): ``ps`` (per-layer
-DARE-TIES), ``swap`` (layer swapping) and ``dfs`` (data-flow paths), each ``--minutes`` of
-wall time -> the test split: base, experts, the best uniform TIES and task-arithmetic recipes
-(by validation), and every search's best and front points, by greedy exact match (with Wilson
-95% intervals) and answer NLL. Writes results/bench/real_model[_final][_mini].json and .md.
+validation split (answer NLL of the three tasks), each ``--evals`` evaluations (equal
+evaluations; ``--minutes`` optionally caps wall time too):
+
+  ps      per-layer DARE-TIES, CMA-ES, 2 x evals: "ps" is its best after evals, "ps (2x)"
+          after all of them (the budget PS+DFS spends in all)
+  swap    layer swapping, CMA-ES
+  dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
+  path    data-flow paths as segments (optimizer path_ga), from add's own path
+  psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
+  qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
+          archive's best on ``both`` and its most balanced member (max of the lower skill)
+
+-> the test split: base, experts, the best uniform TIES and task-arithmetic recipes (by
+validation), and every search's chosen points, by greedy exact match (with Wilson 95%
+intervals) and answer NLL, with the greedy outputs of the first test examples. Writes
+results/bench/real_model[_final]_s{seed}[_mini].json and .md.
 """
 
 from __future__ import annotations
@@ -35,8 +46,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from real_skills import PAIRS, fine_tune, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
-FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3}
-MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2}
+FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3,
+        "outputs": 3}
+MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
+        "outputs": 1}
+SPACES = ("ps", "swap", "dfs", "path", "psdfs", "qd")
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
 
@@ -55,9 +69,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes: dict,
-               minutes: float, trials: int, seed: int) -> dict[str, Any]:
+               minutes: float | None, trials: int, seed: int) -> dict[str, Any]:
     val = {s: str(f["validation"]) for s, f in files.items()}
     test = {s: str(f["test"]) for s, f in files.items()}
+    budget = {"trials": trials, **({"wall_time": minutes * 60} if minutes else {})}
     return {
         "name": name, "base_model": base, "models": experts,
         "evaluators": {"qa": {"type": "answers", "files": val, "chat_template": True,
@@ -65,30 +80,46 @@ def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes
                               "test": {"files": test, "generate": True, "limit": sizes["test"]}}},
         "objectives": [{"evaluator": "qa", "task": s, "metric": "answer_nll",
                         "direction": "minimize"} for s in files],
-        "budget": {"trials": trials, "wall_time": minutes * 60},
+        "budget": budget,
         "optimizer": {"name": "cma", "popsize": 8, "seed": seed}, "device": "auto"}
 
 
-def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float,
+def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float | None,
            trials: int, seed: int, pair: str = "words",
            dfs_sigma0: float = DFS_SIGMA0) -> dict[str, dict[str, Any]]:
-    """The three searched spaces (names as in the README table)."""
+    """The searched spaces (names as in the README table); ``psdfs`` is completed by
+    :func:`psdfs_space` once the PS study has run."""
     dfs_name = "dfs" if dfs_sigma0 == DFS_SIGMA0 else f"dfs_sigma{dfs_sigma0:g}"  # own study
+    other = [s for s in experts if s != "add"][0]
+    tag = f"{pair_tag(pair)}" + (f"_e{trials}" if minutes is None else "")
 
-    def make(name: str, **over: Any) -> dict[str, Any]:
-        return {**base_space(f"real{pair_tag(pair)}_{name}_s{seed}", base, experts, files, sizes, minutes,
-                             trials, seed), **over}
+    def make(name: str, n: int = trials, **over: Any) -> dict[str, Any]:
+        return {**base_space(f"real{tag}_{name}_s{seed}", base, experts, files, sizes, minutes,
+                             n, seed), **over}
+    ps = {"method": "dare_ties", "parameters": {"weight": [0.0, 1.5], "density": [0.1, 1.0]},
+          "granularity": {"layers_per_group": 3, "embeddings": False}}
+    paths = {"repeats": 3, "max_length": 40, "scaling": "slot", "start": "add"}
+    ga = {"name": "path_ga", "popsize": 8, "parents": 4, "seed": seed}
     return {
-        "ps": make("ps", method="dare_ties",
-                   parameters={"weight": [0.0, 1.5], "density": [0.1, 1.0]},
-                   granularity={"layers_per_group": 3, "embeddings": False}),
+        "ps": make("ps", 2 * trials, **ps),
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},
                      granularity={"layers_per_group": 3}),
         "dfs": make(dfs_name, dfs={"repeats": 2, "max_length": 40, "scaling": "pair",
                                    "start": "add"},
                     optimizer={"name": "cma", "popsize": 8, "seed": seed,
                                "sigma0": dfs_sigma0}),
+        "path": make("path", dfs=paths, optimizer=ga),
+        "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
+        "qd": make("qd", **ps, optimizer={"name": "map_elites", "popsize": 8, "bins": 6,
+                                          "seed": seed,
+                                          "descriptors": ["add/answer_nll",
+                                                          f"{other}/answer_nll"]}),
     }
+
+
+def psdfs_space(doc: dict[str, Any], ps_study: str, trial: int) -> dict[str, Any]:
+    """PS+DFS over the PS study's point ``trial`` (its best after the first half)."""
+    return {**doc, "models": {"ps": f"study:{ps_study}#trial={trial}", **doc["models"]}}
 
 
 def build(root: Path, seed: int, steps: int, sizes: dict, base: str | None = None,
@@ -107,10 +138,34 @@ def build(root: Path, seed: int, steps: int, sizes: dict, base: str | None = Non
     return str(base), experts, {"files": files, "fine_tune": logs}
 
 
-def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None) -> dict:
-    """Test scores of a recipe (or of a model directory), with exact-match intervals."""
+def greedy_outputs(model: Any, tokenizer: Any, files: dict[str, str], k: int) -> list[dict]:
+    """Greedy answers of ``model`` to the first ``k`` examples of each test file (so a failure
+    can be read, not only scored)."""
+    import torch
+
+    out = []
+    for task, path in files.items():
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines()[:k]]
+        for r in rows:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                                   tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                gen = model.generate(ids.to(model.device), max_new_tokens=12, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+            text = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+            out.append({"task": task, "prompt": r["prompt"], "answer": r["answer"],
+                        "output": text.strip()})
+    return out
+
+
+def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None,
+             files: dict[str, str] | None = None, k: int = 0) -> dict:
+    """Test scores of a recipe (or of a model directory), with exact-match intervals and the
+    greedy outputs of the first ``k`` examples of ``files``."""
     from transformers import AutoModelForCausalLM
 
+    from evomerge.engine.recipe import load_recipe
     from evomerge.scoring import score
 
     if recipe_yaml is not None:
@@ -118,14 +173,17 @@ def test_row(worker: Any, tests: dict, recipe_yaml: str | None, path: str | None
         if r.values is None:
             raise RuntimeError(r.error)
         scores = r.scores
+        model = worker.materializer.materialize(load_recipe(recipe_yaml)) if k else None
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
         scores = score(model, worker.tokenizer, list(tests.values()))
-    n = {s: len(ev._examples[s]) for ev in tests.values() for s in ev._examples}
-    out = {"scores": scores}
+    n = {s: size for ev in tests.values() for s, size in ev.sizes().items()}
+    out: dict[str, Any] = {"scores": scores}
     for s in n:
-        k = round(scores[f"{s}/exact_match"] * n[s])
-        out[f"{s}/exact_match_ci"] = wilson(k, n[s])
+        kk = round(scores[f"{s}/exact_match"] * n[s])
+        out[f"{s}/exact_match_ci"] = wilson(kk, n[s])
+    if k and files:
+        out["outputs"] = greedy_outputs(model, worker.tokenizer, files, k)
     return out
 
 
@@ -153,9 +211,50 @@ def uniform_best(space: Any, method: str, levels: int) -> tuple[str, float]:
     return best
 
 
+def _best(study: Any, space: Any, first: int | None = None) -> Any:
+    """The completed trial of lowest weighted validation loss among the first ``first``
+    counted evaluations."""
+    from optuna.trial import TrialState
+
+    from evomerge.search.ledger import counted
+    from evomerge.search.objectives import weighted_loss
+
+    trials = sorted((t for t in study.get_trials() if counted(t)), key=lambda t: t.number)
+    pool = [t for t in trials[:first] if t.state == TrialState.COMPLETE]
+    return min(pool, key=lambda t: weighted_loss(t.values, space.objectives))
+
+
+def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int
+                ) -> list[tuple[str, str, Any]]:
+    """(label, role, trial) of the points a search contributes to the table."""
+    from evomerge.search.archive import archive_cells
+    from evomerge.search.front import completed, front_trials
+
+    if key == "ps":
+        first, last = _best(study, space, evals), _best(study, space)
+        return [(f"ps trial {first.number} (best of {evals})", "ps", first),
+                (f"ps trial {last.number} (best of {2 * evals})", "ps (2x)", last)]
+    if key == "qd":
+        done = {t.number: t for t in completed(study)}
+        cells = archive_cells(list(done.values()), space)
+        keys = [o.key for o in space.objectives]
+        both, skills = keys.index("both/answer_nll"), [i for i, k in enumerate(keys)
+                                                       if not k.startswith("both/")]
+        best = min(cells, key=lambda c: c.values[both])
+        balanced = max(cells, key=lambda c: min(math.exp(-c.values[i]) for i in skills))
+        return [(f"qd trial {best.trial} (archive best on both, cell {best.name})", "qd both",
+                 done[best.trial]),
+                (f"qd trial {balanced.trial} (archive most balanced, cell {balanced.name})",
+                 "qd balanced", done[balanced.trial])]
+    best = _best(study, space)
+    rows = [(f"{key} trial {best.number} (best)", key, best)]
+    rows += [(f"{key} trial {t.number}", f"{key} front", t)
+             for t in front_trials(study, space)[:front] if t.number != best.number]
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from evomerge.search.driver import run_search
-    from evomerge.search.front import best_trial, front_trials
     from evomerge.search.heldout import heldout_evaluators
     from evomerge.search.ledger import default_storage, load_study, open_storage
     from evomerge.search.objectives import weighted_loss
@@ -168,44 +267,82 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base, experts, info = build(root, args.seed, args.steps, cfg["sizes"], args.base,
                                 pair=args.pair)
     build_s = time.time() - t0
-    docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.trials,
+    docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.evals,
                   args.seed, args.pair, args.dfs_sigma0)
     ps = load_space(docs["ps"])  # the uniform grids are PS recipes, searched or not
-    docs = {k: v for k, v in docs.items() if k in args.spaces}
     worker, tests = Worker(ps), heldout_evaluators(ps)
-    rows: dict[str, Any] = {alias: test_row(worker, tests, None, path)
+    files = {s: str(f["test"]) for s, f in info["files"].items()}
+    k = cfg["outputs"]
+    rows: dict[str, Any] = {alias: {**test_row(worker, tests, None, path, files, k),
+                                    "role": alias if alias == "base" else f"expert {alias}"}
                             for alias, path in [("base", base), *experts.items()]}
     print(f"[{time.time() - t0:.0f} s] built; sources scored", file=sys.stderr)
     if args.uniform:
         for method in ("ties", "task_arithmetic"):
             yaml_, val = uniform_best(ps, method, cfg["levels"])
-            rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None),
-                                         "validation": val}
+            rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None, files, k),
+                                         "validation": val, "role": f"uniform {method}"}
         print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
     searches = {}
-    for key, doc in docs.items():
+    keys = [s for s in SPACES if s in args.spaces]
+    if "psdfs" in keys and "ps" not in keys:
+        keys.insert(0, "ps")  # PS+DFS starts from the PS study's point
+    for key in keys:
+        doc = docs[key]
+        if key == "psdfs":
+            ps_study = load_study(open_storage(default_storage(ps.name, root / "studies")), ps.name)
+            doc = psdfs_space(doc, ps.name, _best(ps_study, ps, args.evals).number)
         space = load_space(doc)
         t1 = time.time()
         out = run_search(space, results_root=root / "studies")
         study = load_study(open_storage(default_storage(space.name, root / "studies")),
                            space.name)
-        chosen = [best_trial(study, space)] + front_trials(study, space)[:cfg["front"]]
-        w, tst = Worker(space), heldout_evaluators(space)
-        for t in {t.number: t for t in chosen}.values():
-            label = f"{key} trial {t.number}" + (" (best)" if t.number == chosen[0].number
-                                                  else "")
-            rows[label] = {**test_row(w, tst, t.user_attrs["recipe"], None),
-                           "validation": weighted_loss(t.values, space.objectives)}
+        pinned = load_space(study.user_attrs["evomerge_space"])  # study: sources pinned
+        w, tst = Worker(pinned), heldout_evaluators(pinned)
+        for label, role, t in chosen_rows(key, study, space, args.evals, cfg["front"]):
+            rows[label] = {**test_row(w, tst, t.user_attrs["recipe"], None, files, k),
+                           "validation": weighted_loss(t.values, space.objectives),
+                           "role": role, "path": t.user_attrs.get("path")}
         searches[key] = {"evaluations": out.evaluations, "failed": out.failed,
-                         "stopped": out.stopped, "seconds": round(time.time() - t1, 1)}
+                         "stopped": out.stopped, "seconds": round(time.time() - t1, 1),
+                         "study": space.name}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
     return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
-            "dfs_sigma0": args.dfs_sigma0,
+            "dfs_sigma0": args.dfs_sigma0, "evals": args.evals,
             "steps": args.steps, "minutes": args.minutes,
             "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
             "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
                           for k, v in info["fine_tune"].items()},
             "searches": searches, "rows": rows, "total_seconds": round(time.time() - t0, 1)}
+
+
+def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per row role, ``both`` exact match over seeds (mean, standard deviation, each seed's
+    count and Wilson interval) and each skill's mean exact match."""
+    import statistics
+
+    skills = docs[0]["skills"]
+    out: dict[str, Any] = {"seeds": [d["seed"] for d in docs], "pair": docs[0]["pair"],
+                           "rows": {}}
+    lines = ["| row | both EM mean ± sd | per seed: both EM [95% CI] | "
+             + " | ".join(f"{s} EM mean" for s in skills[:2]) + " |", "|---|---|---|---|---|"]
+    roles = dict.fromkeys(r.get("role") for d in docs for r in d["rows"].values())
+    for role in (r for r in roles if r and not r.endswith("front")):
+        per = [next((r for r in d["rows"].values() if r.get("role") == role), None)
+               for d in docs]
+        per = [r for r in per if r is not None]
+        both = [r["scores"]["both/exact_match"] for r in per]
+        sd = statistics.stdev(both) if len(both) > 1 else 0.0
+        skill = [statistics.mean(r["scores"][f"{s}/exact_match"] for r in per)
+                 for s in skills[:2]]
+        cis = [f"{b:.2f} [{r['both/exact_match_ci'][0]:.2f}, {r['both/exact_match_ci'][1]:.2f}]"
+               for b, r in zip(both, per)]
+        out["rows"][role] = {"both": both, "mean": statistics.mean(both), "sd": sd,
+                             "skills": dict(zip(skills[:2], skill))}
+        lines.append(f"| {role} | {statistics.mean(both):.3f} ± {sd:.3f} | {'; '.join(cis)} | "
+                     + " | ".join(f"{v:.3f}" for v in skill) + " |")
+    out["markdown"] = "\n".join(lines)
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -226,8 +363,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=60, help="fine-tune steps per expert")
-    ap.add_argument("--minutes", type=float, default=12.0, help="wall time per search")
-    ap.add_argument("--trials", type=int, default=400, help="evaluations per search at most")
+    ap.add_argument("--evals", type=int, default=48,
+                    help="evaluations per search (PS: twice this; see the docstring)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="also stop each search after this wall time (then its study names "
+                         "drop the evaluation count, as the first runs did)")
     ap.add_argument("--build", default=str(ROOT / "build" / "real_model"))
     ap.add_argument("--base", default=None, help="an existing SmolLM2 directory to start from")
     ap.add_argument("--mini", action="store_true", help="the CI miniature")
@@ -239,14 +379,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "when a step crosses 0.5)")
     ap.add_argument("--no-uniform", dest="uniform", action="store_false",
                     help="skip the uniform TIES / task-arithmetic grids")
-    ap.add_argument("--spaces", nargs="+", choices=["ps", "swap", "dfs"],
-                    default=["ps", "swap", "dfs"], help="searched spaces")
+    ap.add_argument("--spaces", nargs="+", choices=list(SPACES), default=list(SPACES),
+                    help="searched spaces")
+    ap.add_argument("--table", action="store_true",
+                    help="combine this pair's per-seed JSON files into the seeds table")
     args = ap.parse_args(argv)
+    tag = pair_tag(args.pair)
+    if args.table:
+        paths = sorted(OUT.glob(f"real_model{tag}_s[0-9]*.json"))
+        doc = seeds_table([json.loads(p.read_text()) for p in paths])
+        (OUT / f"real_model{tag}_seeds.json").write_text(json.dumps(doc, indent=2))
+        print(doc["markdown"])
+        return doc
     if args.mini:
-        args.steps, args.minutes, args.trials = min(args.steps, 2), min(args.minutes, 5), 4
+        args.steps, args.evals = min(args.steps, 2), 4
     doc = run(args)
-    tag = pair_tag(args.pair) + ("_mini" if args.mini else "")
-    out = Path(args.out) if args.out else OUT / f"real_model{tag}.json"
+    out = Path(args.out) if args.out else OUT / f"real_model{tag}_s{args.seed}" \
+        f"{'_mini' if args.mini else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2))
     out.with_suffix(".md").write_text(markdown(doc) + "\n")

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import default_storage, load_study, open_storage, space_of, summary
+from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace, load_space
 
-__all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "status", "executor_factory"]
+__all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "status",
+           "executor_factory", "check_trials"]
 
 
 def open_study(name: str, storage: str | None = None, results: str = "results") -> tuple[Any, SearchSpace]:
     """An existing study and its search space."""
+    check_name(name, "study name")
     study = load_study(open_storage(storage or found_storage(name, results)), name)
     return study, space_of(study)
 
@@ -25,8 +29,7 @@ def open_study(name: str, storage: str | None = None, results: str = "results") 
 def found_storage(name: str, results: str = "results") -> str:
     """The storage of a study in the default layout: ``results/<name>/study.db`` (local
     searches) or ``results/<name>/journal.log`` (Slurm jobs)."""
-    from evomerge.errors import ConfigError
-
+    check_name(name, "study name")
     sqlite_url = default_storage(name, results)
     if Path(sqlite_url.removeprefix("sqlite:///")).is_file():
         return sqlite_url
@@ -67,6 +70,8 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
            progress: Callable[[dict], None] | None = None, offload: bool = False,
            overlap: bool = False, **ray_options: Any) -> SearchOutcome:
     space = _with_offload(load_space(space_path), offload)
+    check_name(space.name if study is None else study, "study name")
+    check_trials(trials)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
@@ -76,13 +81,22 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
            results: str = "results", progress: Callable[[dict], None] | None = None,
            offload: bool = False, overlap: bool = False, **ray_options: Any) -> SearchOutcome:
+    check_trials(trials)
     study, space = open_study(name, storage, results)
     space = _with_offload(space, offload)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
-                      trials=trials or study.user_attrs.get("evomerge_trials"),
+                      trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
+
+
+def check_trials(trials: int | None) -> None:
+    """A budget given on the command line is a positive number of evaluations."""
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int)
+                               or trials < 1):
+        raise ConfigError(f"--trials {trials!r} must be a whole number of evaluations, at "
+                          "least 1 (or leave it out to keep the space's budget).")
 
 
 def _with_offload(space: SearchSpace, offload: bool) -> SearchSpace:
@@ -104,8 +118,9 @@ def status(name: str, storage: str | None = None, results: str = "results") -> d
 
     study, space = open_study(name, storage, results)
     info = summary(study)
-    info["budget"] = study.user_attrs.get("evomerge_trials", space.budget.trials)
-    info["launch"] = study.user_attrs.get("evomerge_launch") or {}
+    record = StudyRecord(study)
+    info["budget"] = record.budget or space.budget.trials
+    info["launch"] = record.launch
     best = best_trial(study, space)
     if best is not None:
         info["best_trial"] = best.number

@@ -6,7 +6,7 @@ The CLI turns any ``EvomergeError`` into one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-__all__ = ["EvomergeError", "ConfigError", "ModelError", "UnknownNameError"]
+__all__ = ["EvomergeError", "ConfigError", "ModelError", "OutputError", "UnknownNameError"]
 
 
 class EvomergeError(Exception):
@@ -19,6 +19,10 @@ class ConfigError(EvomergeError):
 
 class ModelError(EvomergeError):
     """A source model is missing, unreadable or incompatible with the others."""
+
+
+class OutputError(EvomergeError):
+    """An output cannot be written (a full disk, an existing file); nothing was written."""
 
 
 class UnknownNameError(ConfigError, KeyError):

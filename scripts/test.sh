@@ -12,5 +12,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "${EVOMERGE_NO_SYSTE
     export EVOMERGE_TEST_POSTGRES EVOMERGE_REQUIRE_POSTGRES=1
     export EVOMERGE_REQUIRE_SLURM=1 EVOMERGE_REQUIRE_BROWSER=1
 fi
+export EVOMERGE_REQUIRE_MERGEKIT=1  # setup installs mergekit (dev extra): its oracle tests must run
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest -q "$@"

@@ -91,3 +91,24 @@ def half(request, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         save_tokenizer(root / name, 512)
         paths[name] = str(root / name)
     return paths
+
+
+@pytest.fixture(scope="session")
+def lora_tiny(tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """PEFT LoRA adapters of the tiny base (fp32): ``qv`` (rank 4 on q/v, alpha 8), ``qv2``
+    (another of the same shape), ``rs`` (rsLoRA rank 8 on q/k/down_proj), ``save`` (q/v plus
+    lm_head as a module to save) and ``pattern`` (rank_pattern / alpha_pattern)."""
+    from lora_models import make_adapter
+
+    root = tmp_path_factory.mktemp("lora")
+    base = tiny["base"]
+    out = {"base": base,
+           "qv": make_adapter(root / "qv", base, 11),
+           "qv2": make_adapter(root / "qv2", base, 12),
+           "rs": make_adapter(root / "rs", base, 13, r=8, alpha=16, rslora=True,
+                              targets=("q_proj", "k_proj", "down_proj")),
+           "save": make_adapter(root / "save", base, 14, modules_to_save=["lm_head"]),
+           "pattern": make_adapter(root / "pattern", base, 15,
+                                   rank_pattern={"model.layers.0.self_attn.q_proj": 2},
+                                   alpha_pattern={"v_proj": 3})}
+    return {k: str(v) for k, v in out.items()}

@@ -3,23 +3,18 @@ writes; multi-stage recipes built by `evomerge merge` as by mergekit-multi."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from oracle import load_dir, max_abs_diff
+from oracle import load_dir, max_abs_diff, mergekit_cli
 
 from evomerge.engine.derived import DerivedSource, load_chain, open_model, rename_models
 from evomerge.engine.materialize import Materializer
 from evomerge.engine.merge import merge_stages, merge_to_disk
 from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
-
-MERGEKIT_MULTI = shutil.which("mergekit-multi", path=str(Path(sys.executable).parent))
 
 
 def ties(tiny) -> dict:
@@ -94,8 +89,8 @@ def test_merge_stages_builds_named_stages_then_the_final_recipe(tiny, tmp_path):
     assert merge_stages(recipe, tmp_path / "again", tmp_path / "out-stages")[0].num_layers == 5
 
 
-@pytest.mark.skipif(MERGEKIT_MULTI is None, reason="mergekit-multi not installed")
 def test_multistage_recipe_builds_the_same_with_mergekit_multi(tiny, tmp_path):
+    MERGEKIT_MULTI = mergekit_cli("mergekit-multi")
     recipe = tmp_path / "chain.yaml"
     recipe.write_text(chain_text(tiny))
     merge_stages(recipe, tmp_path / "ev")

@@ -105,3 +105,20 @@ models: [{{model: {tiny['tied_a']}, parameters: {{weight: 0.5}}}}]
     base, a = load_dir(tiny["tied_base"]), load_dir(tiny["tied_a"])
     key = "model.embed_tokens.weight"
     assert torch.allclose(model.lm_head.weight, base[key] + 0.5 * (a[key] - base[key]), atol=1e-6)
+
+
+def test_public_views_of_resident_tensors(mat, tiny):
+    """What benchmarks read: a source's resident tensors (as stored on disk) and the output
+    model's tensors (the model's own storage), and whether the kernels run compiled."""
+    from oracle import load_dir
+
+    stored = load_dir(tiny["a"])
+    src = mat.source_tensors(tiny["a"])
+    assert sorted(src) == sorted(stored)
+    assert all(torch.equal(src[k], stored[k]) for k in stored)
+    model = mat.materialize(_recipe(tiny))
+    out = mat.output_tensors()
+    state = model.state_dict()
+    assert all(out[k].data_ptr() == state[k].data_ptr() for k in state)
+    eager = Materializer([tiny["a"]], base_model=tiny["base"], compile=False)
+    assert eager.kernels_compiled is False

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from models import save_tokenizer, tiny_config
+from oracle import mergekit_cli
 from transformers import LlamaForCausalLM
 
 from evomerge.engine.materialize import Materializer
 from evomerge.engine.paths import Step, path_recipe, recipe_path
 
-MERGEKIT_YAML = shutil.which("mergekit-yaml", path=str(Path(sys.executable).parent))
 # A repeated layer (a1 twice), a switch between models both ways, non-unit scales.
 PATH = [("a", 0, 1.0), ("a", 1, 1.3), ("b", 1, 0.7), ("a", 1, 1.6), ("b", 2, 0.8), ("a", 2, 1.1)]
 
@@ -120,10 +117,10 @@ def test_recipe_carries_the_path_and_inverse_running_scales(pair):
     assert [sl.sources[0].layer_range for sl in recipe.slices] == [(i, i + 1) for _, i, _ in PATH]
 
 
-@pytest.mark.skipif(MERGEKIT_YAML is None, reason="mergekit-yaml not installed")
 def test_export_builds_the_same_model_with_mergekit_and_evomerge(pair, tmp_path):
     """The passthrough export (output projections scaled by 1/running product) built by
     mergekit-yaml and by `evomerge merge` gives the path model's logits within 1e-4."""
+    MERGEKIT_YAML = mergekit_cli("mergekit-yaml")
     from evomerge.engine.merge import merge_to_disk
     from evomerge.engine.recipe import load_recipe
 

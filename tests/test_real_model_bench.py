@@ -48,17 +48,26 @@ def test_final_answer_pair_writes_its_own_tasks(tmp_path):
 
 @pytest.mark.slow
 def test_miniature_runs_every_stage(smollm2, tmp_path):
-    from real_model import main
+    """Every searched space (PS, layer swap, DFS with CMA-ES, path_ga, PS+DFS, map_elites),
+    equal evaluations, test rows with intervals and greedy outputs."""
+    from real_model import main, seeds_table
 
     out = tmp_path / "mini.json"
     doc = main(["--mini", "--base", smollm2["base"], "--build", str(tmp_path / "build"),
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
-    for key in ("ps", "swap", "dfs"):
-        assert doc["searches"][key]["evaluations"] == 4
+    for key in ("ps", "swap", "dfs", "path", "psdfs", "qd"):
+        assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
+    roles = {r["role"] for r in doc["rows"].values()}
+    assert {"ps", "ps (2x)", "swap", "dfs", "path", "psdfs", "qd both", "qd balanced"} <= roles
+    assert next(r for r in doc["rows"].values() if r["role"] == "psdfs")["path"].startswith("ps")
     for r in doc["rows"].values():
         lo, hi = r["both/exact_match_ci"]
         assert 0.0 <= lo <= r["scores"]["both/exact_match"] <= hi <= 1.0
+        assert [o["task"] for o in r["outputs"]] == ["add", "words", "both"]
+        assert all(isinstance(o["output"], str) for o in r["outputs"])
     assert all(v["seconds"] > 0 for v in doc["fine_tune"].values())
+    table = seeds_table([doc, {**doc, "seed": 1}])
+    assert table["rows"]["ps"]["sd"] == 0.0 and "| psdfs |" in table["markdown"]

@@ -29,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- the job script -------------------------------------------------------------------------
 def test_job_script_quotes_every_value_and_parses(tmp_path):
-    name = "it's a study; rm -rf ~"
+    name = "study-1.b"  # names are a safe alphabet (tests/security/test_slurm_quoting.py)
     opts = SlurmOptions(nodes=2, gpus_per_node=4, time="01:00:00", partition="gpu",
                         sbatch_args=["--account=proj"])
-    script = render_job(name, "journal:///x y/journal.log", tmp_path, opts, python="/opt/py thon")
+    root = tmp_path / "it's a dir; rm -rf ~"
+    script = render_job(name, "journal:///x y/journal.log", root, opts, python="/opt/py thon")
     path = tmp_path / "job.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -43,7 +44,7 @@ def test_job_script_quotes_every_value_and_parses(tmp_path):
     assert "#SBATCH --account=proj" in directives
     assert lines.index(directives[-1]) < next(i for i, line in enumerate(lines)
                                               if line and not line.startswith("#"))
-    assert "STUDY='it'\"'\"'s a study; rm -rf ~'" in script
+    assert f"RESULTS='{tmp_path}/it'\"'\"'s a dir; rm -rf ~'" in script
     assert "PY='/opt/py thon'" in script
     assert "--workers \"$WORKERS\"" in script and "WORKERS=8" in script  # one actor per GPU
     assert "--num-gpus 1" in script

@@ -1,11 +1,11 @@
 """Command line: parses arguments and calls the library; nothing else lives here.
 
-    evomerge merge RECIPE.yaml OUT_DIR [--device cpu|cuda] [--shard-size 2GB]
+    evomerge merge RECIPE.yaml OUT_DIR [--device cpu|cuda] [--shard-size 2GB] [--adapter]
     evomerge zoo build [DIR] [--seed 0] [--profile full|mini]
     evomerge eval MODEL_OR_RECIPE --tasks add_l1,add_l2 [--evaluator zoo|lm_eval] [--split test]
     evomerge search SPACE.yaml [--study NAME] [--storage URL] [--trials N] [--workers N]
     evomerge resume STUDY | status STUDY | front STUDY | report STUDY
-    evomerge export STUDY (--best | --trial N | --pareto I) -o recipe.yaml
+    evomerge export STUDY (--best | --trial N | --pareto I | --archive CELL) -o recipe.yaml
     evomerge quickstart          # the whole job on the embedded zoo
     evomerge slurm submit SPACE.yaml [--nodes N --gpus-per-node G --time T --partition P]
     evomerge slurm resume STUDY | slurm status STUDY
@@ -38,9 +38,20 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     from evomerge.cli.progress import progress_bar
     from evomerge.engine.merge import merge_stages
 
+    if args.adapter:
+        from evomerge.engine.adapter_export import merge_to_adapter
+        from evomerge.engine.recipe import load_recipe
+
+        config = merge_to_adapter(load_recipe(args.recipe), args.out, device=args.device)
+        print(f"Wrote {args.out}: a LoRA adapter of rank {config['r']} over "
+              f"{config['base_model_name_or_path']} ({len(config['target_modules'])} modules); "
+              f"PEFT loads it: PeftModel.from_pretrained(base_model, {str(args.out)!r}).")
+        return 0
+
     with progress_bar("merging tensors", enabled=not args.quiet) as update:
         plans = merge_stages(args.recipe, args.out, args.stages, device=args.device,
-                             max_shard_bytes=args.shard_size, progress=update)
+                             max_shard_bytes=args.shard_size, progress=update,
+                             warn=lambda s: print(f"evomerge: warning: {s}", file=sys.stderr))
     for plan in plans[:-1]:
         print(f"Built stage {plan.recipe.merge_method}: {plan.num_layers} layers.")
     plan = plans[-1]
@@ -143,9 +154,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from evomerge.search.export import export_recipe
 
     study, space = open_study(args.study, args.storage, args.results)
-    out = export_recipe(study, space, args.output, best=args.best, trial=args.trial,
-                        pareto=args.pareto)
+    out = export_recipe(study, space, args.output, overwrite=args.force, best=args.best,
+                        trial=args.trial, pareto=args.pareto, archive=args.archive)
     print(f"Wrote {out}. Build it with: evomerge merge {out} OUT_DIR")
+    if any("+" in ref for ref in space.models.values()):
+        print(f"Over LoRA adapters, one adapter instead: evomerge merge {out} OUT_DIR --adapter")
     return 0
 
 
@@ -240,7 +253,10 @@ def _add_study_commands(sub) -> None:
     e.add_argument("--best", action="store_true", help="lowest weighted loss")
     e.add_argument("--trial", type=int, default=None, help="trial number")
     e.add_argument("--pareto", type=int, default=None, help="index on the Pareto front")
+    e.add_argument("--archive", default=None, metavar="CELL",
+                   help="a map_elites archive cell, e.g. 3,5 (its elite)")
     e.add_argument("-o", "--output", required=True, help="recipe YAML to write")
+    e.add_argument("--force", action="store_true", help="replace the output file if it exists")
     e.set_defaults(func=_cmd_export)
     rep = sub.add_parser("report", help="re-score front, sources and uniform recipes on test")
     _study_args(rep)
@@ -269,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--stages", default=None,
                        help="where the named stages of a multi-document recipe are built "
                             "(default OUT-stages)")
+    merge.add_argument("--adapter", action="store_true",
+                       help="write a merge of LoRA adapters (lorahub, task_arithmetic) as one "
+                            "PEFT adapter instead of a full model")
     merge.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     merge.set_defaults(func=_cmd_merge)
 
@@ -325,11 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from evomerge.cli.quiet import quiet_third_party
 
         quiet_third_party()
+    from evomerge.cli.signals import Terminated, terminate_like_interrupt
+
     try:
-        return args.func(args)
+        with terminate_like_interrupt():
+            return args.func(args)
     except EvomergeError as exc:
         print(f"evomerge: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"evomerge: stopped by {exc}; nothing was written.", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("evomerge: interrupted; nothing was written.", file=sys.stderr)
         return 130

@@ -41,7 +41,8 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
     study, _ = _open(outcome)
     with stage_bar(enabled=not quiet, verb="scoring") as update:
         doc = make_report(study, s, outcome.results_dir, progress=update)
-    recipe = export_recipe(study, s, outcome.results_dir / "best_recipe.yaml", best=True)
+    recipe = export_recipe(study, s, outcome.results_dir / "best_recipe.yaml",
+                           overwrite=True, best=True)
     c.print("[bold]4/4[/] exported the best recipe (weighted loss)")
     print((outcome.results_dir / "report.md").read_text())
     print_outcome(outcome)

@@ -32,6 +32,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.names import check_name
+from evomerge.search.records import StudyRecord
 
 __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
            "journal_storage", "ACTIVE_STATES"]
@@ -98,10 +100,23 @@ class _Template(string.Template):
     delimiter = "@@"  # bash owns "$" (and uses "@" in arrays)
 
 
-def _directives(study: str, opts: SlurmOptions, log: Path) -> str:
-    lines = [f"--job-name=evomerge-{study}", f"--nodes={opts.nodes}", "--ntasks-per-node=1",
-             f"--output={log}", "--open-mode=append", "--requeue",
-             f"--signal=B:USR1@{opts.signal_seconds}"]
+def _output_value(log_dir: Path) -> str:
+    """``--output``'s value for a log in ``log_dir``: double-quoted (sbatch reads #SBATCH
+    lines itself, without a shell, and honours double quotes), with ``%`` doubled (sbatch's
+    filename patterns; ``%%`` is a literal one) before the job's own ``%j``. A backslash
+    would turn every pattern off, and a quote or line break cannot be carried: refused."""
+    text = str(log_dir)
+    bad = next((c for c in ('"', "\\", "\n", "\r") if c in text), None)
+    if bad is not None:
+        raise ConfigError(f"The results path {text!r} contains {bad!r}, which an #SBATCH "
+                          "line cannot carry; choose a --results path without it.")
+    return '"' + text.replace("%", "%%") + '/slurm-%j.out"'
+
+
+def _directives(study: str, opts: SlurmOptions, log_dir: Path) -> str:
+    lines = [f'--job-name="evomerge-{check_name(study, "study name")}"', f"--nodes={opts.nodes}",
+             "--ntasks-per-node=1", f"--output={_output_value(log_dir)}",
+             "--open-mode=append", "--requeue", f"--signal=B:USR1@{opts.signal_seconds}"]
     if opts.cpus_per_node:
         lines.append(f"--cpus-per-task={opts.cpus_per_node}")
     if opts.gpus_per_node:
@@ -133,7 +148,7 @@ def render_job(study: str, storage: str, results: str | Path, opts: SlurmOptions
         actor += ["--num-cpus", f"{opts.num_cpus:g}"]
     q = shlex.quote
     return _Template(TEMPLATE.read_text()).substitute(
-        directives=_directives(study, opts, results / study / "slurm" / "slurm-%j.out"),
+        directives=_directives(study, opts, results / study / "slurm"),
         signal_seconds=opts.signal_seconds, workdir=q(str(Path(workdir or os.getcwd()).resolve())),
         python=q(python), ray=q(ray_bin), study=q(study), storage=q(storage),
         results=q(str(results)), workers=opts.actors(), gpus=opts.gpus_per_node,
@@ -153,29 +168,69 @@ def _sbatch(script: Path) -> str:
 
 
 def _prepare_study(space_path: str | None, study: str | None, storage: str | None,
-                   results: Path, trials: int | None) -> tuple[Any, str, str]:
-    """Create (from a space) or open the study; returns (study, name, storage URL)."""
+                   results: Path, undo: _Undo) -> tuple[Any, str, str]:
+    """Create (from a space) or open the study; returns (study, name, storage URL). What it
+    creates is noted in ``undo``."""
+    import optuna
+
     from evomerge.search.chain import pin_sources
     from evomerge.search.ledger import create_or_load, load_study, open_storage
     from evomerge.search.space import load_space
     from evomerge.search.worker import build_evaluators
 
-    if space_path is not None:
-        space = load_space(space_path)
-        name = study or space.name
-        url = storage or journal_storage(name, results)
-        space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
-        num_layers = space.check_models()
-        build_evaluators(space)  # a bad evaluator fails here, not in the queued job
-        st = create_or_load(open_storage(url), name, space, None, num_layers)
-    else:
+    if space_path is None:
         if study is None:
             raise ConfigError("Name the study to resume.")
-        name, url = study, storage or journal_storage(study, results)
-        st = load_study(open_storage(url), name)
-    if trials is not None:
-        st.set_user_attr("evomerge_trials", trials)
-    return st, name, url
+        name, url = check_name(study, "study name"), storage or journal_storage(study, results)
+        undo.note(results, name, storage)
+        return load_study(open_storage(url), name), name, url
+    space = load_space(space_path)
+    name = check_name(space.name if study is None else study, "study name")
+    url = storage or journal_storage(name, results)
+    undo.note(results, name, storage)
+    space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
+    num_layers = space.check_models()
+    build_evaluators(space)  # a bad evaluator fails here, not in the queued job
+    store = open_storage(url)
+    undo.created = name not in {s.study_name for s in optuna.get_all_study_summaries(store)}
+    undo.study = create_or_load(store, name, space, None, num_layers)
+    return undo.study, name, url
+
+
+class _Undo:
+    """What a submit created, removed again when it fails (no sbatch, sbatch refused, an
+    active job): the study if it was new, the journal file and folders it made, the job
+    script; and the budget it changed, put back."""
+
+    def __init__(self) -> None:
+        self.before: dict[Path, bool] = {}  # path -> existed before the submit
+        self.study: Any = None
+        self.created = False
+        self.trials: tuple[bool, Any] | None = None  # (had a budget, its value)
+        self.script: Path | None = None
+
+    def note(self, results: Path, name: str, storage: str | None) -> None:
+        paths = [results, results / name, results / name / "slurm"]
+        if storage is None:  # the default journal file (and its lock) under results/<name>/
+            paths += [results / name / "journal.log", results / name / "journal.log.lock"]
+        self.before = {p: p.exists() for p in paths}
+
+    def run(self) -> None:
+        import optuna
+
+        if self.script is not None:
+            self.script.unlink(missing_ok=True)
+        if self.study is not None and self.created:
+            optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
+        elif self.study is not None and self.trials is not None and self.trials[0]:
+            StudyRecord(self.study).set_budget(self.trials[1])
+        for p in sorted(self.before, key=lambda p: len(p.parts), reverse=True):
+            if self.before[p]:
+                continue
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
 
 
 def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = None,
@@ -184,24 +239,45 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     """Validate, create the study, write the job script and ``sbatch`` it.
 
     With ``space_path=None`` the existing ``study`` is resumed by a new job. Refuses while the
-    study already has a pending or running job.
+    study already has a pending or running job. A submit that fails (no sbatch, sbatch
+    refused, a bad space, an active job) leaves nothing behind: a study it created is
+    deleted, its job script and the files and folders it made are removed, a budget it
+    changed is put back.
     """
+    from evomerge.commands import check_trials
+
+    check_trials(trials)
+    if shutil.which("sbatch") is None:
+        raise ConfigError("sbatch was not found on PATH: run `evomerge slurm submit` on a Slurm "
+                          "login node (or install slurm-client).")
     results = Path(results).resolve()
-    st, name, url = _prepare_study(space_path, study, storage, results, trials)
-    launch = dict(st.user_attrs.get("evomerge_launch") or {})
-    for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
-        state = job_state(job_id)["JobState"]
-        if state in ACTIVE_STATES:
-            raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
-                              f"wait for it or `scancel {job_id}` first.")
-    folder = results / name / "slurm"
-    folder.mkdir(parents=True, exist_ok=True)
-    script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
-    script.write_text(render_job(name, url, results, opts, python=python))
-    script.chmod(0o755)
-    job_id = _sbatch(script)
+    undo = _Undo()
+    try:
+        st, name, url = _prepare_study(space_path, study, storage, results, undo)
+        undo.study = st
+        launch = dict(StudyRecord(st).launch)
+        for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
+            state = job_state(job_id)["JobState"]
+            if state in ACTIVE_STATES:
+                raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
+                                  f"wait for it or `scancel {job_id}` first.")
+        if trials is not None:
+            budget = StudyRecord(st).budget
+            undo.trials = (budget is not None, budget)
+            StudyRecord(st).set_budget(trials)
+        folder = results / name / "slurm"
+        folder.mkdir(parents=True, exist_ok=True)
+        script = folder / f"job-{len(list(folder.glob('job-*.sh'))) + 1}.sh"
+        text = render_job(name, url, results, opts, python=python)
+        undo.script = script
+        script.write_text(text)
+        script.chmod(0o755)
+        job_id = _sbatch(script)
+    except BaseException:
+        undo.run()
+        raise
     jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
-    st.set_user_attr("evomerge_launch", {
+    StudyRecord(st).set_launch({
         "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
         "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
     return SlurmJob(job_id, script, name, url)

@@ -13,6 +13,7 @@ from typing import Any
 from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted, driver_state, open_storage, space_of, summary
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.records import StudyRecord, TrialRecord
 
 __all__ = ["Catalog", "driver_state", "study_overview", "trial_rows", "layer_view"]
 
@@ -49,7 +50,7 @@ class Catalog:
             storage = self.storage(url)
             for s in storage.get_all_studies():
                 study = optuna.load_study(study_name=s.study_name, storage=storage)
-                if "evomerge_space" in study.user_attrs:
+                if StudyRecord(study).is_evomerge:
                     out.append((url, study))
         return out
 
@@ -66,7 +67,7 @@ class Catalog:
                 study = load_study(self.storage(u), name)
             except ConfigError:
                 continue
-            if "evomerge_space" in study.user_attrs:
+            if StudyRecord(study).is_evomerge:
                 return u, study
         raise ConfigError(f"No study {name!r} in the dashboard's storages.")
 
@@ -84,11 +85,12 @@ def study_overview(url: str, study: Any) -> dict[str, Any]:
     info = summary(study, trials)
     losses = [weighted_loss(t.values, space.objectives) for t in trials
               if t.values is not None and counted(t)]
-    launch = study.user_attrs.get("evomerge_launch") or {}
+    record = StudyRecord(study)
+    launch = record.launch
     return {
         "name": study.study_name, "storage": url,
         "objectives": [f"{o.key} ({o.direction})" for o in space.objectives],
-        "budget": study.user_attrs.get("evomerge_trials", space.budget.trials),
+        "budget": record.budget or space.budget.trials,
         "done": info["evaluations"], "failed": info["failed"], "running": info["running"],
         "best": min(losses) if losses else None, "last_activity": _last_activity(trials),
         "driver": driver_state(study), "launched_via": launch.get("via", "unknown"),
@@ -100,26 +102,26 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     space = space_of(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
+        r = TrialRecord(t)
         rows.append({
             "number": t.number, "state": t.state.name,
             "values": list(t.values) if t.values is not None else None,
             "loss": weighted_loss(t.values, space.objectives) if t.values is not None else None,
             "method": space.method_name(t.params),
-            "merge_s": a.get("merge_seconds"), "eval_s": a.get("eval_seconds"),
-            "note": a.get("fail_reason") or (f"same recipe as trial {a['duplicate_of']}"
-                                             if "duplicate_of" in a else "") or _fidelity_note(a),
+            "merge_s": r.merge_seconds, "eval_s": r.eval_seconds,
+            "note": r.fail_reason or (f"same recipe as trial {r.duplicate_of}"
+                                      if r.is_duplicate else "") or _fidelity_note(r),
         })
     return rows
 
 
-def _fidelity_note(attrs: dict[str, Any]) -> str:
+def _fidelity_note(r: TrialRecord) -> str:
     """What a candidate scored under cheaper fitness: where it was pruned, and its examples."""
-    fid = attrs.get("fidelity")
+    fid = r.fidelity
     if not fid:
         return ""
     where = "in full" if fid["rung"] < 0 else f"up to rung {fid['rung']}"
-    pruned = f"pruned at rung {attrs['fidelity_rung']}; " if "fidelity_rung" in attrs else ""
+    pruned = f"pruned at rung {r.fidelity_rung}; " if r.fidelity_rung is not None else ""
     return f"{pruned}scored {where}: {fid['examples']} examples ({fid['estimator']})"
 
 
@@ -135,8 +137,8 @@ def layer_view(study: Any, number: int) -> dict[str, Any]:
     if number not in trials:
         raise ConfigError(f"Study {study.study_name!r} has no trial {number}.")
     t = trials[number]
-    table = layer_table(space, int(study.user_attrs["evomerge_num_layers"]), t.params)
+    table = layer_table(space, StudyRecord(study).num_layers, t.params)
     fig = heatmap_figure(table, title=f"trial {number}: per-layer recipe ({table['method']})")
     return {**table, "trial": number, "heatmap": json.loads(fig.to_json()),
-            "recipe": t.user_attrs.get("recipe", ""),
+            "recipe": TrialRecord(t).recipe or "",
             "values": list(t.values) if t.values is not None else None}

@@ -10,6 +10,10 @@ Security: binds 127.0.0.1 by default and answers only requests whose Host is the
 serves (no DNS rebinding); POST actions need the per-process CSRF token embedded in the page
 (a cross-site page cannot read it) and a same-origin ``Origin`` when the browser sends one;
 storages come only from the server's own list, never from a request; nothing is unpickled.
+Every response forbids framing (``X-Frame-Options: DENY``, CSP ``frame-ancestors 'none'``: a
+page on another port cannot put the Resume button under a visitor's click), MIME sniffing
+and scripts other than the dashboard's own files. Resume starts this installation's
+evomerge, never code or a directory the study names (:mod:`evomerge.dashboard.actions`).
 Bound to any other address it requires an access token on every request (``?token=`` once,
 then an HttpOnly cookie; compared in constant time), as Jupyter does: whoever can reach the
 port could otherwise resume studies and submit Slurm jobs.
@@ -25,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from evomerge.dashboard.catalog import Catalog, layer_view, study_overview, trial_rows
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.search.records import StudyRecord
 
 __all__ = ["create_app", "serve"]
 
@@ -32,6 +37,20 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 TOKEN_ENV = "EVOMERGE_DASHBOARD_TOKEN"
 COOKIE = "evomerge_token"
 MIN_TOKEN = 16
+# On every response. No page of another origin may frame the dashboard (a click there would
+# press Resume: clickjacking); only the dashboard's own files run as scripts (plotly's
+# inline styles stay allowed); nothing is MIME-sniffed; no URL (with its token) is sent on.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 
 def access_token(host: str, given: str | None) -> str | None:
@@ -54,7 +73,7 @@ def _hover(space: Any, study: Any):
     """Hover lines of a front point: the recipe in brief (method, source per layer group)."""
     from evomerge.search.genome import make_genome
 
-    genome = make_genome(space, int(study.user_attrs["evomerge_num_layers"]))
+    genome = make_genome(space, StudyRecord(study).num_layers)
     if space.dfs is not None:
         alias = {p: a for a, p in space.models.items()}
 
@@ -80,7 +99,7 @@ def _hover(space: Any, study: Any):
 
 def study_payload(study: Any) -> dict[str, Any]:
     """The JSON a study page draws: plots (plotly JSON), trial table, objectives."""
-    from evomerge.search.front import best_so_far, front_figure, front_trials
+    from evomerge.search.front import archive_rows, best_so_far, front_figure, front_trials
     from evomerge.search.ledger import space_of
 
     space = space_of(study)
@@ -98,6 +117,7 @@ def study_payload(study: Any) -> dict[str, Any]:
         "front_trials": [t.number for t in front],
         "history": {"x": xs, "y": ys},
         "trials": trial_rows(study),
+        "archive": archive_rows(study, space),  # map_elites: one row per filled cell
     }
 
 
@@ -127,6 +147,7 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1", token: str | None = No
     def _remember(resp: Any) -> Any:
         if token is not None and request.args.get("token") and resp.status_code < 400:
             resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+        resp.headers.update(SECURITY_HEADERS)
         return resp
 
     @app.before_request
@@ -194,7 +215,7 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1", token: str | None = No
 
         url, study = find()
         try:
-            started = resume_study(study, url)
+            started = resume_study(study, url, catalog.results)
             msg = (f"Submitted Slurm job {started['job_id']}." if started["via"] == "slurm"
                    else f"Resumed locally (pid {started['pid']}, log {started['log']}).")
         except EvomergeError as exc:

@@ -14,7 +14,8 @@ from typing import Literal
 
 from evomerge.errors import ModelError
 
-__all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS"]
+__all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS",
+           "layer_index"]
 
 # prefix + index + rest; the prefix is kept when a tensor is renumbered for a layer swap.
 _LAYER = [
@@ -78,6 +79,19 @@ def place(name: str) -> TensorPlace:
         "Gemma-style 'model.layers.N.', GPT-2-style 'transformer.h.N.' and GPT-NeoX-style "
         "'gpt_neox.layers.N.' decoders."
     )
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a tensor belongs to, or None (embeddings, head, unknown names).
+
+    >>> layer_index("model.layers.12.mlp.up_proj.weight"), layer_index("lm_head.weight")
+    (12, None)
+    """
+    for pattern in _LAYER:
+        m = pattern.match(name)
+        if m:
+            return int(m["idx"])
+    return None
 
 
 def rename_layer(name: str, new_index: int) -> str:

@@ -15,11 +15,13 @@ from functools import cached_property
 from typing import Any
 
 import torch
-import yaml
 
+from evomerge.engine.lora import DiskFetch, LoraSource, open_source
 from evomerge.engine.recipe import Recipe, load_recipe
+from evomerge.engine.safe_yaml import load_yaml_all
 from evomerge.engine.sources import ModelSource, torch_dtype
 from evomerge.errors import ConfigError
+from evomerge.names import check_name
 
 __all__ = ["DerivedSource", "open_model", "is_recipe_ref", "STUDY_REF", "rename_models",
            "load_chain"]
@@ -33,8 +35,9 @@ def is_recipe_ref(ref: str) -> bool:
 
 
 def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None = None
-               ) -> ModelSource | DerivedSource:
-    """A model directory as a :class:`ModelSource`; a recipe (file, or a pinned ``study:``
+               ) -> ModelSource | LoraSource | DerivedSource:
+    """A model directory as a :class:`ModelSource`, ``BASE+ADAPTER`` as a
+    :class:`~evomerge.engine.lora.LoraSource`; a recipe (file, or a pinned ``study:``
     reference in ``recipes``) as a :class:`DerivedSource`."""
     if recipes and ref in recipes:
         return DerivedSource(ref, load_recipe(recipes[ref]), field)
@@ -44,7 +47,7 @@ def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None
                           "recipe file instead.")
     if ref.endswith((".yaml", ".yml")):
         return DerivedSource(ref, load_recipe(ref), field)
-    return ModelSource(ref, field=field)
+    return open_source(ref, field)
 
 
 class DerivedSource:
@@ -59,7 +62,7 @@ class DerivedSource:
         if nested:
             raise ConfigError(f"{field} {ref!r}: its recipe names another recipe ({nested[0]!r}) "
                               "as a model; build that one first and name its directory.")
-        self.inputs = {r: ModelSource(r, field=f"{field} {ref!r}: model")
+        self.inputs = {r: open_source(r, field=f"{field} {ref!r}: model")
                        for r in recipe.referenced_models()}
         self.plan = build_plan(recipe, self.inputs)
         self._first = self.inputs[recipe.referenced_models()[0]]
@@ -122,8 +125,9 @@ class DerivedSource:
         device = torch.device(device)
         # compiled on CUDA as the materializer and `evomerge merge` are (the same bits)
         engine, out = TensorEngine(compile=device.type == "cuda"), {}
-        fetch = lambda model, name: self.inputs[model].get(name, device)  # noqa: E731
+        fetch = DiskFetch(self.inputs, device)
         for task in self.plan.tasks:
+            fetch.clear()
             out[task.out_name] = torch.empty(task.shape, dtype=self.stored_dtype, device=device)
             engine.run(task, self.plan.method, fetch, self.plan.compute_dtype, out[task.out_name])
         return out
@@ -134,31 +138,63 @@ class DerivedSource:
                           "single tensors from disk.")
 
 
-def rename_models(obj: Any, names: Mapping[str, str]) -> Any:
-    """``obj`` (a parsed recipe) with every string equal to a key of ``names`` replaced."""
-    if isinstance(obj, str):
-        return names.get(obj, obj)
-    if isinstance(obj, dict):
-        return {k: rename_models(v, names) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [rename_models(v, names) for v in obj]
-    return obj
+def rename_models(doc: Any, names: Mapping[str, str]) -> Any:
+    """``doc`` (a parsed recipe) with every model reference that is a key of ``names``
+    replaced: ``base_model``, ``models[].model``, ``slices[].base_model``,
+    ``slices[].sources[].model``, ``tokenizer_source`` and the models of an
+    ``evomerge.path``. Nothing else is touched, so a stage named like a method or a filter
+    (``ties``, ``mlp``) renames only the models it stands for."""
+    if not isinstance(doc, dict):
+        return doc
+    ren = lambda ref: names.get(ref, ref) if isinstance(ref, str) else ref  # noqa: E731
+    out = dict(doc)
+    for key in ("base_model", "tokenizer_source"):
+        if key in out:
+            out[key] = ren(out[key])
+    if isinstance(out.get("models"), list):
+        out["models"] = [{**e, "model": ren(e.get("model"))} if isinstance(e, dict) and "model" in e
+                         else e for e in out["models"]]
+    if isinstance(out.get("slices"), list):
+        out["slices"] = [_rename_slice(sl, ren) for sl in out["slices"]]
+    extras = out.get("evomerge")
+    if isinstance(extras, dict) and isinstance(extras.get("path"), list):
+        out["evomerge"] = {**extras, "path": [
+            [ren(step[0]), *step[1:]] if isinstance(step, list) and step else step
+            for step in extras["path"]]}
+    return out
 
 
-def load_chain(text: str) -> list[tuple[str | None, str]]:
-    """(stage name or None for the final recipe, recipe YAML) of a multi-document recipe, in
-    order; a single document gives one unnamed stage. Raises ConfigError on a bad chain."""
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+def _rename_slice(sl: Any, ren: Any) -> Any:
+    if not isinstance(sl, dict):
+        return sl
+    out = dict(sl)
+    if "base_model" in out:
+        out["base_model"] = ren(out["base_model"])
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [{**s, "model": ren(s.get("model"))} if isinstance(s, dict) and "model" in s
+                          else s for s in out["sources"]]
+    return out
+
+
+def load_chain(text: str, source: str = "recipe") -> list[tuple[str | None, dict[str, Any]]]:
+    """(stage name or None for the final recipe, recipe mapping) of a multi-document recipe,
+    in order; a single document gives one unnamed stage. Stage names are safe names
+    (:mod:`evomerge.names`): each becomes a directory under the stages directory. Raises
+    ConfigError on a bad chain (``source`` names it)."""
+    docs = load_yaml_all(text, source)
     out, names = [], set()
     for i, d in enumerate(docs):
         if not isinstance(d, dict):
-            raise ConfigError(f"Recipe document {i + 1} is not a mapping.")
+            raise ConfigError(f"{source}: document {i + 1} is not a mapping.")
+        d = dict(d)
         name = d.pop("name", None)
         if name is None and i != len(docs) - 1:
-            raise ConfigError(f"Recipe document {i + 1} has no 'name': only the last stage "
+            raise ConfigError(f"{source}: document {i + 1} has no 'name': only the last stage "
                               "may be unnamed.")
+        if name is not None:
+            check_name(name, f"stage name of document {i + 1} of {source}")
         if name in names:
-            raise ConfigError(f"Recipe stage name {name!r} is used twice.")
+            raise ConfigError(f"{source}: stage name {name!r} is used twice.")
         names.add(name)
-        out.append((name, yaml.safe_dump(d, sort_keys=False)))
+        out.append((name, d))
     return out

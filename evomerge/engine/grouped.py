@@ -24,12 +24,13 @@ the same bits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from evomerge.engine.kernels import CHUNK, FusedKernel, compiles_exactly, task_vector_kernel
+from evomerge.engine.lowrank import RowBlocks
 from evomerge.engine.select import (
     EXACT_BELOW,
     MagnitudeSample,
@@ -42,7 +43,6 @@ __all__ = ["TaskVectorBatch"]
 _INF = math.inf
 _ALIGN = 8  # table fields start at multiples of 8 entries (16-byte aligned views for bf16)
 _STACK = 1 << 24  # entries of stacked magnitudes per sort, at most
-Fetch = Callable[[str, str], torch.Tensor]
 
 
 @dataclass
@@ -116,13 +116,15 @@ class TaskVectorBatch:
     def __init__(self, kernel: FusedKernel, samples: dict) -> None:
         self._tv, self._samples = kernel, samples
 
-    def run(self, tasks: Sequence, sparsify: str | None, consensus: bool, fetch: Fetch,
-            compute_dtype: torch.dtype | None, outs: Sequence[torch.Tensor]) -> None:
-        """Merge every task into its flat ``outs`` entry (on the device the merge runs on)."""
+    def run(self, items: Sequence[tuple], sparsify: str | None, consensus: bool,
+            compute_dtype: torch.dtype | None) -> None:
+        """Merge every ``(task, flat base, flat experts, flat out)`` item: the experts are
+        tensors (on the device, or host-held with offload) or row blocks of adapters
+        (:class:`~evomerge.engine.lowrank.RowBlocks`), the output on the merge's device."""
         groups: dict[tuple, list[_Job]] = {}
         rows: dict[tuple, list[list[float]]] = {}
-        for task, out in zip(tasks, outs):
-            job, row = self._prepare(task, sparsify, fetch, compute_dtype, out)
+        for task, base, experts, out in items:
+            job, row = self._prepare(task, sparsify, base, experts, compute_dtype, out)
             key = (len(job.experts), row[0], out.device, bool(task.shared.get("normalize")))
             job.row = len(rows.setdefault(key, []))
             groups.setdefault(key, []).append(job)
@@ -140,10 +142,8 @@ class TaskVectorBatch:
                 for j in sampled:
                     self._refine(j, counts[j.row], table, flags)
 
-    def _prepare(self, task, sparsify: str | None, fetch: Fetch,
+    def _prepare(self, task, sparsify: str | None, base: torch.Tensor, experts: list,
                  compute_dtype: torch.dtype | None, out: torch.Tensor) -> tuple[_Job, list]:
-        base = fetch(*task.base).reshape(-1)
-        experts = [fetch(*r).reshape(-1) for r in task.inputs]
         cd, n, m = compute_dtype or base.dtype, base.numel(), len(experts)
         density = task.per_model.get("density", (1.0,) * m)
         gamma = task.per_model.get("gamma", (0.01,) * m)
@@ -182,14 +182,16 @@ class TaskVectorBatch:
         compiled = self._tv.compiled and compiles_exactly(args[0].dtype)
         kernel = self._tv if compiled else task_vector_kernel
         n = out.numel()
-        if compiled and base.device == dev or n <= CHUNK:
+        blocks = [e for e in experts if isinstance(e, RowBlocks)]
+        if not blocks and (compiled and base.device == dev or n <= CHUNK):
             kernel(out, counts, base.to(dev, non_blocking=True),
                    [e.to(dev, non_blocking=True) for e in experts], *args, *flags)
             return
+        step = blocks[0].block if blocks else CHUNK  # an adapter's rows: one block per call
         part = torch.empty_like(counts)
         counts.zero_()
-        for s in range(0, n, CHUNK):
-            sl = slice(s, s + CHUNK)
+        for s in range(0, n, step):
+            sl = slice(s, s + step)
             kernel(out[sl], part, base[sl].to(dev, non_blocking=True),
                    [e[sl].to(dev, non_blocking=True) for e in experts], *args, *flags)
             counts += part
@@ -207,8 +209,8 @@ class TaskVectorBatch:
             per = max(1, _STACK // n)
             for s in range(0, len(items), per):
                 chunk = items[s:s + per]
-                mags = torch.stack([(j.experts[i].to(dev).to(cd) - j.base.to(dev).to(cd)).abs()
-                                    for j, i in chunk])
+                mags = torch.stack([(j.experts[i][0:n].to(dev).to(cd)
+                                     - j.base.to(dev).to(cd)).abs() for j, i in chunk])
                 ordered = (mags.float() if cd == torch.bfloat16 and dev.type == "cpu"
                            else mags).sort(dim=1).values  # (rows, n)
                 picks, cols, rows_ = [], [], []

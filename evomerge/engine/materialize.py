@@ -9,6 +9,12 @@ that each recipe's merged weights are written into in place::
     model = mat.materialize(recipe)      # same object every call, new weights
     logits = model(input_ids).logits
 
+LoRA adapters (``BASE+ADAPTER`` references, :mod:`evomerge.engine.lora`) cost what they weigh:
+the base is resident once, each adapter keeps only its factors A and B, and each candidate is
+written from the factors (:mod:`evomerge.engine.lowrank`). A tensor no adapter touches is not
+copied at all: the output model's parameter is the base's own tensor (read only by the model),
+so memory is the base, the adapters and the output's adapted tensors.
+
 The output model is built from its config with parameters on the meta device and then given
 storage once, so it never costs a second load of the base. With ``offload`` the sources stay in
 host memory (pinned when CUDA is present) and stream tensor by tensor to the device, where only
@@ -25,6 +31,8 @@ import torch
 
 from evomerge.engine.derived import DerivedSource, open_model
 from evomerge.engine.fused import TensorEngine
+from evomerge.engine.lora import AdapterWeights, LoraSource
+from evomerge.engine.lowrank import LowRank, untouched
 from evomerge.engine.path_model import PathModels
 from evomerge.engine.paths import Step, recipe_path
 from evomerge.engine.plan import MergePlan, build_plan
@@ -76,11 +84,20 @@ class Materializer:
         self.dtype = dtype or template.stored_dtype
         store = torch.device("cpu") if offload else self.device
         pin = offload and self.device.type == "cuda"
-        self._weights = {ref: self._load(src, store, pin) for ref, src in self.sources.items()}
+        self._weights = {ref: self._load(src, store, pin) for ref, src in self.sources.items()
+                         if not isinstance(src, LoraSource)}
+        # adapter ref -> (the key of its base in _weights, its factors)
+        self._adapters: dict[str, tuple[str, AdapterWeights]] = {}
+        for ref, src in self.sources.items():
+            if isinstance(src, LoraSource):
+                self._adapters[ref] = (self._base_key(src, store, pin),
+                                       src.adapter.load(store, pin))
+        self._shared: set[str] = set()  # output tensors that are the base's own tensor
         self._template = template
         self._model: torch.nn.Module | None = None  # built on first use: a data-flow search
         self._params: dict[str, torch.Tensor] = {}  # never needs the merged model's bytes
-        self._spare: tuple[torch.nn.Module, dict[str, torch.Tensor]] | None = None
+        # the second output model (slot 1: merged while slot 0 is scored), its shared tensors
+        self._spare: tuple[torch.nn.Module, dict[str, torch.Tensor], set[str]] | None = None
         self._expected = set(template.names)  # what every recipe must write, no more, no less
         self.num_layers = template.num_layers
         self._engine = TensorEngine(compile)
@@ -95,16 +112,17 @@ class Materializer:
             self._params = self._model.state_dict(keep_vars=True)
         return self._model
 
-    def _slot(self, slot: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-        """Output model ``slot``: 0 is :attr:`model`; 1 a second one (allocated on first use)
-        that a candidate can be merged into while the other is scored."""
+    def _slot(self, slot: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor], set[str]]:
+        """Output model ``slot``, its tensors and which of them are the base's own: 0 is
+        :attr:`model`; 1 a second one (allocated on first use) that a candidate can be merged
+        into while the other is scored."""
         if slot == 0:
-            return self.model, self._params
+            return self.model, self._params, self._shared
         if slot != 1:
             raise ValueError(f"slot {slot} is not 0 or 1")
         if self._spare is None:
             spare = empty_model(str(self._template.path), self.dtype, self.device)
-            self._spare = (spare, spare.state_dict(keep_vars=True))
+            self._spare = (spare, spare.state_dict(keep_vars=True), set())
         return self._spare
 
     @staticmethod
@@ -118,7 +136,21 @@ class Materializer:
             weights[name] = t.pin_memory() if pin else t
         return weights
 
-    def _fetch(self, model: str, name: str) -> torch.Tensor:
+    def _base_key(self, src: LoraSource, store: torch.device, pin: bool) -> str:
+        """The resident base of an adapter: a loaded model of the same directory, else its
+        base, loaded here (once)."""
+        where = src.base.path.resolve()
+        for ref, other in self.sources.items():
+            if isinstance(other, ModelSource) and other.path.resolve() == where:
+                return ref
+        if src.base.ref not in self._weights:
+            self._weights[src.base.ref] = self._load(src.base, store, pin)
+        return src.base.ref
+
+    def _fetch(self, model: str, name: str) -> torch.Tensor | LowRank:
+        if model in self._adapters:
+            key, weights = self._adapters[model]
+            return weights.value(name, self._weights[key][name])
         return self._weights[model][name]  # the engine streams host-held tensors per chunk
 
     def plan(self, recipe: Recipe) -> MergePlan:
@@ -154,19 +186,50 @@ class Materializer:
         if path is not None:
             return self.path_model(path)
         plan = self.plan(recipe)
-        model, params = self._slot(slot)
-        outs = {t.out_name: params[t.out_name].data for t in plan.tasks}
+        model, params, shared = self._slot(slot)
+        todo = []
+        for task in plan.tasks:
+            param = params[task.out_name]
+            if self._share_base(task, plan, param, shared):
+                continue
+            if task.out_name in shared:  # own storage again before anything is written
+                param.data = torch.empty(param.shape, dtype=self.dtype, device=self.device)
+                shared.discard(task.out_name)
+            todo.append(task)
+        outs = {t.out_name: params[t.out_name].data for t in todo}
         if self.grouped:
-            self._engine.run_plan(plan, self._fetch, outs)
+            self._engine.run_plan(plan, self._fetch, outs, todo)
         else:
-            for task in plan.tasks:
+            for task in todo:
                 self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
                                  outs[task.out_name])
         return model
 
+    def _share_base(self, task, plan: MergePlan, param: torch.nn.Parameter,
+                    shared: set[str]) -> bool:
+        """Point ``param`` at the base's own tensor when the merge leaves that tensor as it is
+        (a tensor no adapter touches) and its bits would not change: resident dtype, device,
+        and a compute dtype that holds it exactly. Its own storage, never written, is freed."""
+        inputs = [self._fetch(*r) for r in task.inputs]
+        base = self._fetch(*task.base) if task.base is not None else None
+        w0 = untouched(plan.method, inputs, base, task.shared, task.per_model,
+                       plan.compute_dtype or self.dtype)
+        cd = plan.compute_dtype or (w0.dtype if w0 is not None else None)
+        if w0 is None or w0.dtype != self.dtype or w0.device != param.device or not (
+                cd == w0.dtype or (cd.itemsize > w0.dtype.itemsize and cd.is_floating_point)):
+            return False
+        if task.out_name not in shared:
+            param.data = w0
+            shared.add(task.out_name)
+        return True
+
     def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
         """The model of a data-flow ``path`` (a list of :class:`~evomerge.engine.paths.Step`):
         its layers reference the resident sources' tensors, no copy."""
+        adapted = [s.model for s in path if s.model in self._adapters]
+        if adapted:
+            raise ConfigError(f"Path references the adapted model {adapted[0]!r}: data-flow "
+                              "paths run resident layers of full models, not LoRA adapters.")
         missing = [s.model for s in path if s.model not in self._weights]
         if missing:
             raise ConfigError(f"Path references model {missing[0]!r}, which this materializer "
@@ -175,12 +238,30 @@ class Materializer:
             self._paths = PathModels(self._weights, str(self._template.path), self.device)
         return self._paths.build(path)
 
+    def source_tensors(self, ref: str) -> Mapping[str, torch.Tensor]:
+        """The resident tensors of source ``ref`` (read-only by contract: every candidate
+        is computed from them)."""
+        return self._weights[ref]
+
+    def output_tensors(self) -> Mapping[str, torch.Tensor]:
+        """The resident output model's tensors by name (allocated on first use)."""
+        self.model  # noqa: B018 -- allocates the output model
+        return self._params
+
+    @property
+    def kernels_compiled(self) -> bool:
+        """Whether the fused merge kernels run compiled (``torch.compile``)."""
+        return self._engine.compiled
+
     def resident_bytes(self) -> dict[str, int]:
-        """Bytes held on each side: ``sources`` (base + experts) and ``model`` (the output
-        model, and the second one where a candidate was merged into slot 1)."""
+        """Bytes held on each side: ``sources`` (base + experts, adapters' factors) and
+        ``model`` (the output model, and the second one where a candidate was merged into
+        slot 1)."""
         def size(ts) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
-        spare = list(self._spare[1].values()) if self._spare else []
-        unique = {p.data_ptr(): p for p in [*self._params.values(), *spare]}
-        return {"sources": size(t for w in self._weights.values() for t in w.values()),
+        outputs = [(self._params, self._shared)] + ([self._spare[1:]] if self._spare else [])
+        unique = {p.data_ptr(): p for params, shared in outputs
+                  for n, p in params.items() if n not in shared}
+        adapters = sum(w.nbytes for _, w in self._adapters.values())
+        return {"sources": size(t for w in self._weights.values() for t in w.values()) + adapters,
                 "model": size(unique.values())}

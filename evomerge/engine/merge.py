@@ -17,6 +17,14 @@ from typing import Any
 import torch
 
 from evomerge.engine.fused import TensorEngine
+from evomerge.engine.lora import DiskFetch, LoraSource, open_source
+from evomerge.engine.outputs import (
+    check_free_space,
+    disk_full,
+    follow_umask,
+    is_disk_full,
+    markdown_text,
+)
 from evomerge.engine.plan import MergePlan, build_plan
 from evomerge.engine.recipe import Recipe
 from evomerge.engine.sources import ModelSource, torch_dtype
@@ -30,9 +38,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "generation_config.json")
 
 
-def open_sources(recipe: Recipe) -> dict[str, ModelSource]:
-    """Open every model the recipe names (headers only); ModelError if one is missing."""
-    return {ref: ModelSource(ref) for ref in recipe.referenced_models()}
+def open_sources(recipe: Recipe) -> dict[str, ModelSource | LoraSource]:
+    """Open every model the recipe names (headers only; ``BASE+ADAPTER`` as an adapted
+    source); ModelError if one is missing or an adapter does not fit its base."""
+    return {ref: open_source(ref) for ref in recipe.referenced_models()}
 
 
 def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[TensorMeta]:
@@ -51,7 +60,7 @@ def _tokenizer_ref(recipe: Recipe) -> str:
 
 
 def _model_card(recipe: Recipe, plan: MergePlan) -> str:
-    models = "\n".join(f"- `{m}`" for m in recipe.referenced_models())
+    models = "\n".join(f"- {markdown_text(m)}" for m in recipe.referenced_models())
     return (f"---\ntags: [merge, evomerge]\n---\n# Merged model\n\nBuilt by evomerge with the "
             f"`{recipe.merge_method}` method ({plan.method.paper}) from:\n\n{models}\n\n"
             f"Output layers: {plan.num_layers}. The exact recipe is in `mergekit_config.yml`; "
@@ -60,7 +69,8 @@ def _model_card(recipe: Recipe, plan: MergePlan) -> str:
 
 def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
                   max_shard_bytes: int = 2 * 1024**3,
-                  progress: Callable[[int, int], None] | None = None) -> MergePlan:
+                  progress: Callable[[int, int], None] | None = None,
+                  extra_files: Mapping[str, str] | None = None) -> MergePlan:
     """Merge ``recipe`` into the model directory ``out``.
 
     Args:
@@ -69,53 +79,63 @@ def merge_to_disk(recipe: Recipe, out: str | Path, device: str = "cpu",
         device: where the tensor math runs ("cpu", "cuda", "cuda:1", ...).
         max_shard_bytes: largest safetensors shard.
         progress: called as ``progress(done, total)`` after each tensor.
+        extra_files: more files to write into ``out`` (name -> text), with the model.
 
     Returns:
         The executed plan.
 
     Raises:
         ConfigError, ModelError: bad recipe or sources; nothing is written.
+        OutputError: the disk is full (checked first, and while writing); nothing is left.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Output {str(out)!r} is a file; give a directory to build into.")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"Output directory {str(out)!r} exists and is not empty.")
     sources = open_sources(recipe)
     plan = build_plan(recipe, sources)
     tok_ref = _tokenizer_ref(recipe)
     if tok_ref not in sources:
-        sources[tok_ref] = ModelSource(tok_ref, field="tokenizer_source")
+        sources[tok_ref] = open_source(tok_ref, field="tokenizer_source")
+    metas = _output_metas(plan, sources)
+    tokenizer = [p for p in (sources[tok_ref].path / n for n in TOKENIZER_FILES) if p.is_file()]
+    needed = sum(m.nbytes for m in metas) + sum(p.stat().st_size for p in tokenizer) + 65536
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, needed)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_weights(plan, sources, tmp, device, max_shard_bytes, progress)
+        _write_weights(plan, sources, metas, tmp, device, max_shard_bytes, progress)
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2))
-        for name in TOKENIZER_FILES:
-            src = sources[tok_ref].path / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
+        for src in tokenizer:
+            shutil.copy2(src, tmp / src.name)
         (tmp / "mergekit_config.yml").write_text(recipe.to_yaml())
         (tmp / "README.md").write_text(_model_card(recipe, plan))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        follow_umask(tmp)  # mkdtemp made it 0700
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full(out, needed) from None
         raise
     return plan
 
 
-def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Path, device: str,
-                   max_shard_bytes: int, progress: Callable[[int, int], None] | None) -> None:
-    def fetch(model: str, name: str) -> torch.Tensor:
-        return sources[model].get(name, device=device)
-
+def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], metas: list[TensorMeta],
+                   tmp: Path, device: str, max_shard_bytes: int,
+                   progress: Callable[[int, int], None] | None) -> None:
+    fetch = DiskFetch(dict(sources), device)
     # The same engine as the resident materializer: compiled on CUDA, where the materializer
     # compiles too (Triton may contract mul+add into FMA, so both sides must run one kernel);
     # eager on CPU, whose compiled kernels compute the same bits (tested).
     engine = TensorEngine(compile=torch.device(device).type == "cuda")
-    metas = _output_metas(plan, sources)
     with torch.no_grad(), ShardedWriter(tmp, metas, max_shard_bytes) as writer:
         for i, (task, meta) in enumerate(zip(plan.tasks, metas)):
+            fetch.clear()
             out = torch.empty(task.shape, dtype=meta.dtype, device=device)
             engine.run(task, plan.method, fetch, plan.compute_dtype, out)
             if out.is_floating_point() and not bool(torch.isfinite(out).all()):
@@ -128,35 +148,84 @@ def _write_weights(plan: MergePlan, sources: Mapping[str, ModelSource], tmp: Pat
         writer.finish()
 
 
+STAGE_MARK = "evomerge_stage.json"  # in a built stage: the hash of the recipe it was built from
+
+
 def merge_stages(path: str | Path, out: str | Path, stages_dir: str | Path | None = None,
-                 **options: Any) -> list[MergePlan]:
+                 warn: Callable[[str], None] | None = None, **options: Any) -> list[MergePlan]:
     """Build the recipe file ``path``. A multi-document recipe (``mergekit-multi``'s
     format: named stages, then the final recipe, which names them as models) builds each
-    stage into ``stages_dir/<name>``
-    (default ``<out>-stages``; a stage already built there is reused), then the final one
-    into ``out``. A single document is one plain merge. ``options`` go to
-    :func:`merge_to_disk`. Returns the plans, in order."""
-    import yaml
+    stage into ``stages_dir/<name>`` (default ``<out>-stages``), then the final one into
+    ``out``. A single document is one plain merge. ``options`` go to :func:`merge_to_disk`;
+    ``warn`` hears each :meth:`Recipe.warnings` sentence before anything is built.
 
+    A stage directory records the SHA-256 of the recipe it was built from (with the hashes
+    of the stages it uses) in ``evomerge_stage.json``: it is reused while that matches and
+    rebuilt when the stage's recipe changed. A directory there that evomerge did not build
+    (no record) is refused, never taken as built. Every document and stage directory is
+    checked before anything is built. Returns the plans of what was built, in order.
+
+    Raises:
+        ConfigError: a bad chain or stage name, or a foreign directory in the stages dir.
+    """
     from evomerge.engine.derived import load_chain, rename_models
     from evomerge.engine.recipe import load_recipe
+    from evomerge.engine.safe_yaml import read_yaml_text
 
     path = Path(path)
-    text = path.read_text() if path.is_file() else ""
+    text = read_yaml_text(path) if path.is_file() else ""
     if "\n---" not in text:  # one document: a plain recipe (its errors name the file)
-        return [merge_to_disk(load_recipe(path), out, **options)]
+        recipe = load_recipe(path)
+        for sentence in recipe.warnings() if warn else []:
+            warn(sentence)
+        return [merge_to_disk(recipe, out, **options)]
     out = Path(out)
     stages_dir = Path(stages_dir) if stages_dir else out.with_name(f"{out.name}-stages")
-    built: dict[str, str] = {}
+    chain = load_chain(text, str(path))
+    where = {name: str(stages_dir / name) for name, _ in chain[:-1]}
+    recipes, keys = [], {}
+    for i, (name, doc) in enumerate(chain):  # validate everything first: nothing built yet
+        recipe = load_recipe(rename_models(doc, where))
+        recipes.append(recipe)
+        if i < len(chain) - 1:
+            used = sorted(keys[n] for n in keys if where[n] in recipe.referenced_models())
+            keys[name] = _stage_key(recipe, used)
+            _check_stage_dir(stages_dir / name, name, keys[name])
+    for recipe in recipes if warn else []:
+        for sentence in recipe.warnings():
+            warn(sentence)
     plans = []
-    for name, text_i in load_chain(text):
-        doc = rename_models(yaml.safe_load(text_i), built)
-        recipe = load_recipe(doc)
-        target = out if name is None else stages_dir / name
-        if name is not None and (target / "config.json").is_file():
-            built[name] = str(target)
-            continue
-        plans.append(merge_to_disk(recipe, target, **options))
-        if name is not None:
-            built[name] = str(target)
+    for (name, _), recipe in zip(chain[:-1], recipes):
+        target = stages_dir / name
+        if _stage_key_of(target) == keys[name]:
+            continue  # built from this very recipe
+        if target.exists():
+            shutil.rmtree(target)  # a stale stage of ours (checked above)
+        mark = json.dumps({"stage": name, "recipe_sha256": keys[name]})
+        plans.append(merge_to_disk(recipe, target, extra_files={STAGE_MARK: mark}, **options))
+    plans.append(merge_to_disk(recipes[-1], out, **options))
     return plans
+
+
+def _stage_key(recipe: Recipe, used: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join([recipe.to_yaml(), *used]).encode()).hexdigest()
+
+
+def _stage_key_of(target: Path) -> str | None:
+    """The recipe hash a stage directory was built from, or None."""
+    try:
+        return str(json.loads((target / STAGE_MARK).read_text())["recipe_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_stage_dir(target: Path, name: str, key: str) -> None:
+    if not target.exists() or target.is_dir() and not any(target.iterdir()):
+        return
+    if target.is_dir() and _stage_key_of(target) is not None:
+        return  # ours: reused if current, rebuilt if stale
+    raise ConfigError(f"Stage directory {str(target)!r} exists but evomerge did not build it "
+                      f"for stage {name!r} (no {STAGE_MARK}); remove it or choose another "
+                      "--stages directory.")

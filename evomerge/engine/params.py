@@ -14,7 +14,7 @@ Semantics follow mergekit so that a recipe builds the same model in both tools:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from evomerge.engine.recipe import Conditional, ParamValue
 
@@ -57,7 +57,3 @@ def resolve(
             if value is not None:
                 return value
     return None
-
-
-def first_non_none(values: Sequence[float | bool | None]) -> float | bool | None:
-    return next((v for v in values if v is not None), None)

@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from evomerge.engine.arch import LAYER_COUNT_KEYS, place
+from evomerge.engine.lora import check_factored
 from evomerge.engine.params import resolve
 from evomerge.engine.recipe import Recipe, Slice, SliceSource
-from evomerge.engine.sources import ModelSource
+from evomerge.engine.sources import ModelSource, torch_dtype
 from evomerge.errors import ConfigError, ModelError
 from evomerge.methods import MergeMethod
 
-__all__ = ["TensorTask", "MergePlan", "build_plan", "execute", "normalized_slices"]
+__all__ = ["TensorTask", "MergePlan", "build_plan", "execute", "normalized_slices",
+           "NORMALIZE_TOLERANCE"]
 
 Ref = tuple[str, str]  # (model reference, tensor name)
 
@@ -168,6 +170,7 @@ class _Planner:
                 own = [s.parameters for s in sl.sources if s.model == model]
                 values.append(self._value(spec, own + shared_tables, name, t, model))
             per_model[spec.name] = tuple(values)
+        _check_normalize(out_name, shared, per_model)
         seed = None
         if method.stochastic:
             seed = zlib.crc32(f"{recipe.evomerge.seed}:{out_name}".encode())
@@ -186,6 +189,27 @@ class _Planner:
         if value is not None and spec.kind is float:
             value = float(value)
         return value
+
+
+NORMALIZE_TOLERANCE = 0.01
+
+
+def _check_normalize(out_name: str, shared: Mapping[str, Any],
+                     per_model: Mapping[str, tuple[Any, ...]]) -> None:
+    """``normalize`` divides the weighted sum by the sum of the weights w: when that sum
+    nearly cancels (|sum w| < NORMALIZE_TOLERANCE * sum |w|) the merge is scaled up by
+    sum |w| / |sum w| (> 100x), which writes an exploded model; refused instead."""
+    w = per_model.get("weight")
+    if not w or not (shared.get("normalize") or shared.get("normalize_weights")):
+        return
+    total, magnitude = sum(w), sum(abs(x) for x in w)
+    if magnitude > 0 and abs(total) < NORMALIZE_TOLERANCE * magnitude:
+        raise ConfigError(
+            f"The weights {list(w)} for tensor {out_name!r} sum to {total:.3g} and normalize "
+            f"divides by that sum: it must be at least {NORMALIZE_TOLERANCE:g} times the sum "
+            f"of their magnitudes ({magnitude:.3g}) in absolute value, or the merge is scaled "
+            f"up {magnitude / max(abs(total), 1e-300):.3g}-fold; change the weights or set "
+            "normalize: false.")
 
 
 def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
@@ -227,7 +251,8 @@ def build_plan(recipe: Recipe, sources: Mapping[str, ModelSource]) -> MergePlan:
     for name in post:
         planner.add(name, last, [name] * len(last.sources), 0.0)
     config = _out_config(recipe, sources, first, out_layer, layer_types)
-    from evomerge.engine.sources import torch_dtype
+    if recipe.method.factored:
+        check_factored(recipe.merge_method, planner.tasks, sources)
     return MergePlan(recipe, recipe.method, tuple(planner.tasks), config, out_layer,
                      torch_dtype(recipe.dtype))
 

@@ -20,18 +20,20 @@ Everything here is validated before any weights are read.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evomerge.engine.safe_yaml import load_yaml, read_yaml_text
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
 
 __all__ = [
     "Conditional", "ModelEntry", "SliceSource", "Slice", "Recipe", "load_recipe",
-    "DTYPES", "format_validation_error", "read_mapping",
+    "DTYPES", "format_validation_error", "read_mapping", "yaml_mapping",
 ]
 
 Scalar = bool | int | float
@@ -130,6 +132,7 @@ class Recipe(_Strict):
         if self.tokenizer_source == "union":
             raise ValueError("tokenizer_source 'union' is not supported; name a model or 'base'")
         method = get_method(self.merge_method)
+        _check_duplicates(self)
         _check_parameters(self, method)
         _check_structure(self, method)
         return self
@@ -150,11 +153,35 @@ class Recipe(_Strict):
                 refs.append(ref)
         return refs
 
+    def warnings(self) -> list[str]:
+        """What in a valid recipe is probably not what its author meant (sentences)."""
+        method, base = self.method, self.base_model
+        out = []
+        for i, e in enumerate(self.models or []):
+            if base is not None and e.model == base and e.parameters and method.base != "input":
+                out.append(f"models[{i}] is the base model {base!r} with parameters "
+                           f"({', '.join(e.parameters)}); {method.name!r} uses the base as "
+                           "the base only, so they are ignored.")
+        return out
+
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
         if data.get("evomerge") == {"seed": 0}:
             data.pop("evomerge")
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def _check_duplicates(recipe: Recipe) -> None:
+    """A model listed twice in ``models`` (or in one slice's sources) is refused: inputs are
+    told apart by model, so the second entry's parameters would be silently confused."""
+    groups = [("models", [e.model for e in recipe.models or []])]
+    groups += [(f"slices[{i}].sources", [s.model for s in sl.sources])
+               for i, sl in enumerate(recipe.slices or [])]
+    for where, refs in groups:
+        for j, ref in enumerate(refs):
+            if ref in refs[:j]:
+                raise ValueError(f"{where} lists model {ref!r} twice (entries {refs.index(ref)} "
+                                 f"and {j}); list each model once")
 
 
 def _param_tables(recipe: Recipe) -> list[tuple[str, Params]]:
@@ -278,7 +305,7 @@ def format_validation_error(err: ValidationError, source: str,
         if "parameters" in parts:
             parts = parts[: parts.index("parameters") + 2]
         return (f"{source}: field {'.'.join(parts)!r} must be a finite number "
-                f"(got {first.get('input')!r}).")
+                f"(got {_brief(first.get('input'))}).")
     if "parameters" in parts and len(parts) > parts.index("parameters") + 1:
         # A parameter value failed every member of the union: say what is allowed instead.
         parts = parts[: parts.index("parameters") + 2]
@@ -288,14 +315,25 @@ def format_validation_error(err: ValidationError, source: str,
         return f"{source}: unknown field {loc!r}."
     if first["type"] in ("value_error", "assertion_error") or not loc:
         return f"{source}: {msg}."
-    return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {first.get('input')!r})."
+    return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {_brief(first.get('input'))})."
+
+
+def _brief(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message quotes the value, never
+    a whole (possibly huge) tree."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict = 3, 6, 6
+    short.maxstring = short.maxother = limit
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_mapping(source: str | Path | dict[str, Any], what: str,
                  expected: str = "a YAML mapping") -> tuple[dict[str, Any], str]:
     """``(data, name)`` from a YAML path, YAML text or a dict; ``name`` is the file path, or
-    ``what`` for text and dicts. A missing file, bad YAML or a non-mapping is a ConfigError
-    naming the file (and the line and column of a YAML error)."""
+    ``what`` for text and dicts. A missing file, bad YAML, YAML over the limits of
+    :mod:`evomerge.engine.safe_yaml` or a non-mapping is a ConfigError naming the file (and
+    the line and column of a YAML error)."""
     if isinstance(source, dict):
         return source, what
     name, text = what, str(source)
@@ -303,17 +341,21 @@ def read_mapping(source: str | Path | dict[str, Any], what: str,
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{what[:1].upper() + what[1:]} file {str(path)!r} does not exist.")
-        name, text = str(path), path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "parse error"
-        raise ConfigError(f"{name} is not valid YAML{where}: {problem}.") from None
+        name, text = str(path), read_yaml_text(path)
+    return yaml_mapping(text, name, expected), name
+
+
+def yaml_mapping(text: str, what: str, expected: str = "a YAML mapping") -> dict[str, Any]:
+    """The mapping YAML ``text`` holds (never read as a file name), under the limits of
+    :mod:`evomerge.engine.safe_yaml`; ``what`` names it in messages.
+
+    Raises:
+        ConfigError: bad YAML, over a limit, or not a mapping.
+    """
+    data = load_yaml(text, what)
     if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be {expected}.")
-    return data, name
+        raise ConfigError(f"{what} must be {expected}.")
+    return data
 
 
 def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:

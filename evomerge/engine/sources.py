@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.arch import num_layers_of
+from evomerge.engine.arch import layer_index, num_layers_of
 from evomerge.errors import ModelError
 
-__all__ = ["ModelSource", "torch_dtype", "read_header", "TensorEntry", "ST_DTYPES"]
+__all__ = ["ModelSource", "torch_dtype", "read_header", "read_tensor", "TensorEntry",
+           "ST_DTYPES"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -176,7 +177,23 @@ class ModelSource:
 
     @cached_property
     def num_layers(self) -> int:
-        return num_layers_of(self.config, f"{self.ref}/config.json")
+        """The decoder depth, from config.json, which must agree with the weights: a config
+        that says fewer layers than the tensors hold would silently drop the rest, one that
+        says more would fail halfway through a merge.
+
+        Raises:
+            ModelError: no layer count, or the weights hold another number of layers.
+        """
+        count = num_layers_of(self.config, f"{self.ref}/config.json")
+        held = {i for i in map(layer_index, self._entries) if i is not None}
+        if held and held != set(range(count)):
+            top = max(held) + 1
+            detail = (f"hold layers 0-{top - 1}" if held == set(range(top))
+                      else f"hold layers {sorted(held)[:8]}{'...' if len(held) > 8 else ''}")
+            raise ModelError(f"{self.ref!r}: config.json says {count} layers but its weights "
+                             f"{detail}; config and tensors must agree (fix "
+                             "num_hidden_layers or the checkpoint).")
+        return count
 
     @property
     def vocab_size(self) -> int | None:
@@ -258,16 +275,26 @@ class ModelSource:
         Raises:
             ModelError: the file changed or vanished since its header was read.
         """
-        e = self._entries[name]
-        raw = torch.empty(e.nbytes, dtype=torch.uint8)
-        try:
-            with open(e.file, "rb") as f:
-                f.seek(e.offset)
-                got = f.readinto(raw.numpy()) if e.nbytes else 0
-        except OSError as exc:
-            raise ModelError(f"{self.ref!r}: cannot read {e.file.name} ({exc.strerror}).") from None
-        if got != e.nbytes:
-            raise ModelError(f"{self.ref!r}: {e.file.name} was truncated after it was opened "
-                             f"(tensor {name!r} is incomplete).")
-        tensor = raw.view(e.dtype).reshape(e.shape)
-        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+        return read_tensor(self._entries[name], self.ref, name, device, dtype)
+
+
+def read_tensor(e: TensorEntry, ref: str, name: str, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Read the tensor at ``e`` (of model ``ref``) onto ``device``, cast to ``dtype`` if given:
+    one plain file read into its final storage.
+
+    Raises:
+        ModelError: the file changed or vanished since its header was read.
+    """
+    raw = torch.empty(e.nbytes, dtype=torch.uint8)
+    try:
+        with open(e.file, "rb") as f:
+            f.seek(e.offset)
+            got = f.readinto(raw.numpy()) if e.nbytes else 0
+    except OSError as exc:
+        raise ModelError(f"{ref!r}: cannot read {e.file.name} ({exc.strerror}).") from None
+    if got != e.nbytes:
+        raise ModelError(f"{ref!r}: {e.file.name} was truncated after it was opened "
+                         f"(tensor {name!r} is incomplete).")
+    tensor = raw.view(e.dtype).reshape(e.shape)
+    return tensor.to(device=device, dtype=dtype or tensor.dtype)

@@ -79,6 +79,8 @@ class MergeMethod:
             task vectors instead of recomputing ``tensor - base`` for every candidate.
         composition: for task-vector methods, the (sparsify, consensus) step names, so that
             accelerated kernels can tell which variant they are computing.
+        factored: the method composes LoRA factors (its inputs are adapters of the base,
+            :mod:`evomerge.engine.lowrank` values), not dense tensors.
     """
 
     name: str
@@ -91,6 +93,7 @@ class MergeMethod:
     stochastic: bool = False
     delta_fn: Callable[..., torch.Tensor] | None = field(default=None, compare=False)
     composition: tuple[str | None, str | None] | None = None
+    factored: bool = False
 
     def param(self, name: str) -> ParamSpec:
         for p in self.params:

@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from evomerge.engine.derived import STUDY_REF, rename_models
-from evomerge.engine.recipe import load_recipe
+from evomerge.engine.recipe import load_recipe, yaml_mapping
 from evomerge.errors import ConfigError
+from evomerge.search.records import StudyRecord, TrialRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["pin_sources", "stage_name", "chained_docs"]
@@ -51,7 +52,8 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
     trial = select_trial(study, space_of(study), **choice)
-    recipe = yaml.safe_load(trial.user_attrs["recipe"])
+    recipe = yaml_mapping(TrialRecord(trial).recipe, f"The recipe of trial {trial.number} of "
+                          f"study {name!r}")
     recipe.setdefault("evomerge", {}).update(study=name, trial=trial.number, pinned_as=ref)
     return yaml.safe_dump(recipe, sort_keys=False)
 
@@ -72,8 +74,8 @@ def pin_sources(space: SearchSpace, storage: str, study: str,
     store = open_storage(storage)
     pinned = dict(space.pinned)
     try:
-        stored = optuna.load_study(study_name=study, storage=store).user_attrs
-        pinned = {**(stored.get("evomerge_space") or {}).get("pinned", {}), **pinned}
+        stored = StudyRecord(optuna.load_study(study_name=study, storage=store))
+        pinned = {**(stored.space.pinned if stored.is_evomerge else {}), **pinned}
     except KeyError:
         pass
     for ref in refs:
@@ -90,7 +92,8 @@ def stage_name(ref: str) -> str:
 def chained_docs(recipe_yaml: str, pinned: dict[str, str]) -> list[dict[str, Any]]:
     """The stages that build ``recipe_yaml``: one named document per pinned reference it
     uses, then the recipe with those references replaced by the stage names."""
-    doc = yaml.safe_load(recipe_yaml)
+    doc = yaml_mapping(recipe_yaml, "The recipe")
     used = [r for r in load_recipe(doc).referenced_models() if r in pinned]
-    stages = [{"name": stage_name(r), **yaml.safe_load(pinned[r])} for r in used]
+    stages = [{"name": stage_name(r), **yaml_mapping(pinned[r], f"The pinned recipe of {r!r}")}
+              for r in used]
     return [*stages, rename_models(doc, {r: stage_name(r) for r in used})]

@@ -29,15 +29,12 @@ import numpy as np
 
 from evomerge.errors import ConfigError
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import Fidelity, Objective
 
-__all__ = ["Ladder", "FULL", "RUNGS_ATTR", "STATS_ATTR", "ANCHORS_ATTR", "fit_anchors",
-           "kmeans", "ladder_for"]
+__all__ = ["Ladder", "FULL", "fit_anchors", "kmeans", "ladder_for"]
 
 FULL = -1                              # a full-fidelity evaluation outside the ladder (warmup)
-RUNGS_ATTR = "rungs"                   # trial: [{"rung", "fraction", "examples", "values"}]
-STATS_ATTR = "example_stats"           # trial: {evaluator: {task/metric: [nums, dens]}}
-ANCHORS_ATTR = "evomerge_anchors"      # study: {rung: {evaluator: {task: [indices, weights]}}}
 
 Subsets = dict[str, dict[str, tuple[list[int], list[float] | None]]]
 
@@ -121,8 +118,8 @@ class Ladder:
 
     def restore(self, trials: Sequence[Any]) -> None:
         """Rung history from the study's trials (in trial order)."""
-        for t in sorted(trials, key=lambda t: t.number):
-            for r in t.user_attrs.get(RUNGS_ATTR, []):
+        for t in sorted(map(TrialRecord, trials), key=lambda t: t.number):
+            for r in t.rungs:
                 if r.get("values") is not None:
                     self.history.setdefault(r["rung"], []).append(self._key(r["values"]))
 

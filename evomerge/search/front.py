@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import csv
 import json
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.search.archive import archive_cells, archive_trial
 from evomerge.search.ledger import counted
 from evomerge.search.pareto import pareto_front
+from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace
 
 __all__ = ["front_trials", "write_front", "best_trial", "front_figure", "best_so_far", "completed",
-           "select_trial"]
+           "select_trial", "archive_rows", "archive_html"]
 
 
 def completed(study: Any) -> list[Any]:
@@ -61,6 +64,8 @@ def write_front(study: Any, space: SearchSpace, out_dir: Path) -> list[Any]:
     doc = {"study": study.study_name,
            "objectives": [o.model_dump() for o in space.objectives],
            "evaluations": len(completed(study)), "front": rows}
+    if space.optimizer.name == "map_elites":
+        doc["archive"] = archive_rows(study, space)
     (out_dir / "pareto.json").write_text(json.dumps(doc, indent=2))
     keys = ["pareto_index", "trial", *(o.key for o in space.objectives)]
     with open(out_dir / "pareto.csv", "w", newline="") as fh:
@@ -173,6 +178,7 @@ _PAGE = """<!DOCTYPE html>
 <p class="hint">Click a Pareto-front point to show its per-layer recipe below (top strip: where
 each layer comes from; below: the searched coefficients, blank where a layer is copied).</p>
 <div id="heatmap"></div>
+{archive}
 <script type="application/json" id="layers">{layers}</script>
 <script>
 const views = JSON.parse(document.getElementById("layers").textContent);
@@ -192,7 +198,7 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
     from evomerge.search.layers import heatmap_figure, layer_table
 
     shown = front if len(space.objectives) > 1 else [t for t in [best_trial(study, space)] if t]
-    n_layers = int(study.user_attrs.get("evomerge_num_layers", 0))
+    n_layers = StudyRecord(study).num_layers
     views = {}
     for t in shown if n_layers else []:
         table = layer_table(space, n_layers, t.params)
@@ -200,21 +206,63 @@ def _write_html(study: Any, space: SearchSpace, front: list[Any], fig: Any, path
             table, title=f"trial {t.number}: per-layer recipe ({table['method']})").to_json())
     body = fig.to_html(full_html=False, include_plotlyjs=True, div_id="front")
     layers = json.dumps(views).replace("</", "<\\/")  # never closes the script element
-    path.write_text(_PAGE.format(title=study.study_name, front=body, layers=layers,
+    path.write_text(_PAGE.format(title=escape(study.study_name), front=body, layers=layers,
+                                 archive=archive_html(study, space),
                                  first=json.dumps(shown[0].number if shown else None)))
 
 
+def archive_rows(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
+    """A ``map_elites`` study's archive, one row per filled cell (empty otherwise)."""
+    if space.optimizer.name != "map_elites":
+        return []
+    return [{"cell": c.name, "trial": c.trial, "weighted_loss": c.loss,
+             "descriptors": dict(zip(space.optimizer.descriptors or
+                                     [o.key for o in space.objectives][:2], c.measures)),
+             **{o.key: v for o, v in zip(space.objectives, c.values)}}
+            for c in archive_cells(completed(study), space)]
+
+
+def archive_html(study: Any, space: SearchSpace) -> str:
+    """The archive as an HTML table (cell, elite, loss, descriptors, objectives); ''
+    for other optimizers."""
+    from html import escape
+
+    rows = archive_rows(study, space)
+    if not rows:
+        return ""
+    keys = list(rows[0]["descriptors"])
+    head = "".join(f"<th>{escape(h)}</th>" for h in
+                   ["cell", "trial", "weighted loss", *(f"descriptor {k}" for k in keys),
+                    *(o.key for o in space.objectives)])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in
+                         [r["cell"], r["trial"], f"{r['weighted_loss']:.4g}",
+                          *(f"{r['descriptors'][k]:.3f}" for k in keys),
+                          *(f"{r[o.key]:.4g}" for o in space.objectives)]) + "</tr>"
+        for r in rows)
+    return (f"<h3>Quality-diversity archive ({len(rows)} cells)</h3>"
+            f'<p class="hint">Export a cell\'s elite: evomerge export {escape(study.study_name)} '
+            f"--archive CELL -o recipe.yaml</p><table id=\"archive\"><tr>{head}</tr>{body}</table>")
+
+
 def select_trial(study: Any, space: SearchSpace, *, best: bool = False, trial: int | None = None,
-                 pareto: int | None = None) -> Any:
-    """The trial chosen by exactly one of ``best`` (lowest weighted loss), ``trial`` (number)
-    or ``pareto`` (index into the front, sorted by the first objective)."""
-    if sum([best, trial is not None, pareto is not None]) != 1:
-        raise ConfigError("Choose exactly one of --best, --trial N or --pareto I.")
+                 pareto: int | None = None, archive: str | None = None) -> Any:
+    """The trial chosen by exactly one of ``best`` (lowest weighted loss), ``trial`` (number),
+    ``pareto`` (index into the front, sorted by the first objective) or ``archive`` (a
+    ``map_elites`` archive cell, ``"i,j"``: its elite)."""
+    if sum([best, trial is not None, pareto is not None, archive is not None]) != 1:
+        raise ConfigError("Choose exactly one of --best, --trial N, --pareto I or "
+                          "--archive CELL.")
     if best:
         t = best_trial(study, space)
         if t is None:
             raise ConfigError(f"Study {study.study_name!r} has no completed trial yet.")
         return t
+    if archive is not None:
+        if space.optimizer.name != "map_elites":
+            raise ConfigError(f"--archive needs a study searched by 'map_elites'; "
+                              f"{study.study_name!r} was searched by {space.optimizer.name!r}.")
+        trial = archive_trial(completed(study), space, archive)
     if trial is not None:
         by_number = {t.number: t for t in completed(study)}
         if trial not in by_number:

@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.engine.outputs import markdown_text
 from evomerge.errors import ConfigError
 from evomerge.search.front import front_trials
 from evomerge.search.gene import Genome
 from evomerge.search.genome import genome_of_models
 from evomerge.search.pareto import hypervolume, pareto_front
+from evomerge.search.records import TrialRecord
 from evomerge.search.space import SWAP_MERGE, SearchSpace
 
-__all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report"]
+__all__ = ["heldout_evaluators", "uniform_params", "make_report", "plot_report", "adapter_recipe"]
 
 
 def heldout_evaluators(space: SearchSpace) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def make_report(study: Any, space: SearchSpace, out_dir: Path, levels: int = 3,
             progress("front", i + 1, len(front))
         rows.append({"kind": "search front", "name": f"trial {t.number}",
                      "validation": dict(zip(keys, t.values)),
-                     "test": score(t.user_attrs["recipe"], tests)})
+                     "test": score(TrialRecord(t).recipe, tests)})
     grid = _distinct(genome, uniform_params(genome, levels))
     val_points = []
     for i, params in enumerate(grid):
@@ -187,15 +189,32 @@ def _whole_model(worker: Any, path: str, tests: dict[str, Any]) -> dict[str, flo
     from transformers import AutoModelForCausalLM
 
     from evomerge.engine.derived import DerivedSource
+    from evomerge.engine.lora import LoraSource
     from evomerge.engine.paths import Step
     from evomerge.scoring import score
 
     src = worker.materializer.sources.get(path)
     if isinstance(src, DerivedSource):  # a pinned study point: resident, scored in place
         model = worker.materializer.path_model([Step(path, i) for i in range(src.num_layers)])
+    elif isinstance(src, LoraSource):  # an adapter: written into the resident model alone
+        model = worker.materializer.materialize(adapter_recipe(worker.space, path))
     else:
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
     return score(model, worker.tokenizer, list(tests.values()))
+
+
+def adapter_recipe(space: SearchSpace, ref: str) -> Any:
+    """The recipe of one adapted source alone (``base+adapter``, weight 1), in the space's
+    dtypes: what PEFT's ``merge_and_unload`` builds, as the search scores it."""
+    from evomerge.engine.lora import LoraSource
+    from evomerge.engine.recipe import load_recipe
+
+    stored = str(LoraSource(ref).stored_dtype).removeprefix("torch.")
+    dtype, out_dtype = space.recipe_dtypes(stored)
+    doc = {"merge_method": "task_arithmetic", "base_model": space.base_model,
+           "models": [{"model": ref, "parameters": {"weight": 1.0}}]}
+    doc.update({k: v for k, v in (("dtype", dtype), ("out_dtype", out_dtype)) if v})
+    return load_recipe(doc)
 
 
 def _describe(params: dict[str, Any]) -> str:
@@ -234,21 +253,23 @@ def _summary(rows: list[dict], objs: list, space: SearchSpace, grid_size: int) -
 
 
 def _markdown(doc: dict[str, Any]) -> str:
+    """report.md; every name from the study or its space is literal text (markdown_text)."""
     keys = [o["task"] + "/" + o["metric"] for o in doc["objectives"]]
     extra = sorted({k for r in doc["rows"] for k in r["test"]
                     if k.endswith("exact_match") and k.split("/")[0] in
                     {x.split("/")[0] for x in keys}})
     cols = keys + [k for k in extra if k not in keys]
-    lines = [f"# Held-out report: study `{doc['study']}`", "",
+    md = markdown_text
+    lines = [f"# Held-out report: study {md(doc['study'])}", "",
              "Scores on the **test** split (the search saw only validation).", "",
-             "| kind | model / recipe | " + " | ".join(cols) + " |",
+             "| kind | model / recipe | " + " | ".join(md(c) for c in cols) + " |",
              "|---|---|" + "---:|" * len(cols)]
     for r in doc["rows"]:
-        lines.append(f"| {r['kind']} | {r['name']} | "
+        lines.append(f"| {r['kind']} | {md(r['name'])} | "
                      + " | ".join(f"{r['test'].get(c, float('nan')):.4f}" for c in cols) + " |")
     s = doc["summary"]
     lines += ["", "## Summary", ""]
-    lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}"
+    lines += [f"- {md(k)}: {v:.4f}" if isinstance(v, float) else f"- {md(k)}: {v}"
               for k, v in s.items() if k != "reference_point"]
     lines += [f"- hypervolume reference point (worst test value per objective): "
               f"{[round(v, 4) for v in s['reference_point']]}", ""]

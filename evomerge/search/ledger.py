@@ -1,10 +1,7 @@
-"""The study is the ledger: every candidate is an Optuna trial in an Optuna storage.
-
-Per trial, user attributes hold the decoded ``recipe`` (YAML), all evaluator ``scores``,
-``merge_seconds`` / ``eval_seconds`` / ``peak_memory_mb``, the ``recipe_hash``, the optimizer's
-bookkeeping, and ``fail_reason`` for a failed candidate. A trial that was RUNNING when its
-driver died is failed on resume with ``interrupted: true`` and does not count as an
-evaluation; its candidate is asked again. Study user attributes hold the search space.
+"""The study is the ledger: every candidate is an Optuna trial in an Optuna storage (SQLite,
+a journal file, PostgreSQL). What evomerge stores in it, and how to read it, is
+:mod:`evomerge.search.records`. A trial that was RUNNING when its driver died is failed on
+resume as interrupted and does not count as an evaluation; its candidate is asked again.
 """
 
 from __future__ import annotations
@@ -17,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError
-from evomerge.search.space import SearchSpace, load_space
+from evomerge.search.records import INTERRUPTED, StudyRecord, T, TrialRecord, counted, told_values
+from evomerge.search.space import SearchSpace
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values"]
-
-INTERRUPTED = "interrupted: the search stopped before this trial finished"
-
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     return Path(root) / study
@@ -162,11 +157,10 @@ def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_lay
     directions = [o.direction for o in space.objectives]
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=sampler, load_if_exists=True)
-    stored = study.user_attrs.get("evomerge_space")
-    if stored is None:
-        study.set_user_attr("evomerge_space", space.model_dump(mode="json"))
-        study.set_user_attr("evomerge_num_layers", num_layers)
-    elif not load_space(stored).same_search(space):
+    record = StudyRecord(study)
+    if not record.is_evomerge:
+        record.set_space(space, num_layers)
+    elif not record.space.same_search(space):
         raise ConfigError(f"Study {name!r} exists with a different search space; resume it with "
                           f"`evomerge resume {name}` or choose another --study name.")
     return study
@@ -184,32 +178,8 @@ def load_study(storage, name: str, sampler: Any = None):
 
 
 def space_of(study) -> SearchSpace:
-    data = study.user_attrs.get("evomerge_space")
-    if data is None:
-        raise ConfigError(f"Study {study.study_name!r} was not created by evomerge.")
-    return load_space(data)
-
-
-def counted(trial) -> bool:
-    """Whether a trial is a finished evaluation that counts toward the budget."""
-    from optuna.trial import TrialState
-
-    a = trial.user_attrs
-    return (trial.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-            and not a.get("interrupted") and "duplicate_of" not in a)
-
-
-def told_values(trial) -> tuple[float, ...] | None:
-    """The objective values an optimizer was told for a finished trial: a complete trial's
-    values, a pruned one's at the last rung it reached, None for a failure."""
-    from optuna.trial import TrialState
-
-    if trial.state == TrialState.COMPLETE:
-        return tuple(trial.values)
-    rungs = trial.user_attrs.get("rungs") or []
-    if trial.state == TrialState.PRUNED and rungs:
-        return tuple(rungs[-1]["values"])
-    return None
+    """The search space stored with ``study`` (ConfigError if evomerge did not create it)."""
+    return StudyRecord(study).space
 
 
 def fail_interrupted(study) -> list:
@@ -220,25 +190,24 @@ def fail_interrupted(study) -> list:
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        set_trial_attr(study, t, "interrupted", True)  # FrozenTrials have no setters
-        set_trial_attr(study, t, "fail_reason", INTERRUPTED)
+        set_trial_attr(study, t, T.INTERRUPTED, True)  # FrozenTrials have no setters
+        set_trial_attr(study, t, T.FAIL_REASON, INTERRUPTED)
         study.tell(t.number, state=TrialState.FAIL)
     return stale
 
 
 def summary(study, trials: list | None = None) -> dict[str, Any]:
     """Counts of a study's trials (``trials`` if already read) by outcome."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False) if trials is None else trials
+    recs = [TrialRecord(t) for t in trials]
     return {
-        "evaluations": sum(counted(t) for t in trials),
-        "complete": sum(t.state == TrialState.COMPLETE and counted(t) for t in trials),
-        "failed": sum(t.state == TrialState.FAIL and counted(t) for t in trials),
-        "pruned": sum(t.state == TrialState.PRUNED and counted(t) for t in trials),
-        "running": sum(t.state == TrialState.RUNNING for t in trials),
-        "duplicates": sum("duplicate_of" in t.user_attrs for t in trials),
-        "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
+        "evaluations": sum(r.counted for r in recs),
+        "complete": sum(r.state == "COMPLETE" and r.counted for r in recs),
+        "failed": sum(r.state == "FAIL" and r.counted for r in recs),
+        "pruned": sum(r.state == "PRUNED" and r.counted for r in recs),
+        "running": sum(r.state == "RUNNING" for r in recs),
+        "duplicates": sum(r.is_duplicate for r in recs),
+        "interrupted": sum(r.interrupted for r in recs),
     }
 
 
@@ -252,7 +221,7 @@ STALE_SECONDS = 120.0  # a driver whose heartbeat is older than this is presumed
 def driver_state(study: Any, now: float | None = None) -> str:
     """"running" (a live driver), "stopped (<reason>)", "dead" (a running driver stopped
     reporting: killed) or "never" (no evomerge driver has run)."""
-    info = study.user_attrs.get("evomerge_driver")
+    info = StudyRecord(study).driver
     if not info:
         return "never"
     if info.get("state") != "running":

@@ -11,11 +11,14 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.search.ledger import STALE_SECONDS, driver_state
+from evomerge.search.records import StudyRecord
 
-__all__ = ["Liveness", "StopSignal", "HEARTBEAT_SECONDS"]
+__all__ = ["Heartbeat", "StopSignal", "HEARTBEAT_SECONDS"]
 
 HEARTBEAT_SECONDS = 30.0
 
@@ -47,35 +50,39 @@ class StopSignal:
             signal.signal(signal.SIGTERM, self._old)
 
 
-class Liveness:
-    """Heartbeat methods of the search loop (which holds ``study``, ``name``, ``done``,
-    ``budget``)."""
+class Heartbeat:
+    """A driver's heartbeat in its study (what the dashboard shows, and what a second driver
+    checks before it refuses to search the same study).
 
-    study: Any
-    name: str
-    done: int
-    budget: int
-    _beat: float = 0.0
+    Args:
+        record: the study.
+        name: the study's name (for messages).
+        progress: ``() -> (done, budget)``, reported with each beat.
+    """
 
-    def heartbeat(self, state: str = "running", force: bool = False) -> None:
-        """Record in the study that a driver is alive (the dashboard shows it): at most one
-        storage write every ``HEARTBEAT_SECONDS``."""
+    def __init__(self, record: StudyRecord, name: str,
+                 progress: Callable[[], tuple[int, int]]) -> None:
+        self.record, self.name, self.progress = record, name, progress
+        self._beat = 0.0
+
+    def beat(self, state: str = "running", force: bool = False) -> None:
+        """Record that a driver is alive: at most one storage write every
+        ``HEARTBEAT_SECONDS`` unless ``force``."""
         now = time.time()
         if not force and now - self._beat < HEARTBEAT_SECONDS:
             return
         self._beat = now
-        self.study.set_user_attr("evomerge_driver", {
+        done, budget = self.progress()
+        self.record.set_driver({
             "host": socket.gethostname(), "pid": os.getpid(), "state": state,
             "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "heartbeat": now, "done": self.done, "budget": self.budget})
+            "heartbeat": now, "done": done, "budget": budget})
 
     def refuse_second_driver(self) -> None:
         """One driver per study: two would each spend the budget (double counting). A driver
         is live while its heartbeat is fresh (and, on this host, its process exists)."""
-        from evomerge.search.ledger import STALE_SECONDS, driver_state
-
-        info = self.study.user_attrs.get("evomerge_driver") or {}
-        if driver_state(self.study) != "running":
+        info = self.record.driver
+        if driver_state(self.record.study) != "running":
             return
         if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
             return  # this process, searching again
@@ -88,7 +95,7 @@ class Liveness:
             f"{info.get('host')}, pid {info.get('pid')}, heartbeat {age:.0f} s ago); stop it "
             f"first, or if it died, resume once its heartbeat is {STALE_SECONDS:.0f} s old.")
 
-    def beat_in_background(self) -> threading.Event:
+    def in_background(self) -> threading.Event:
         """Keep the heartbeat fresh while a long candidate blocks the loop (a 7B evaluation
         takes minutes); set the returned event to stop."""
         done = threading.Event()
@@ -96,7 +103,7 @@ class Liveness:
         def beat() -> None:
             while not done.wait(HEARTBEAT_SECONDS):
                 try:
-                    self.heartbeat(force=True)
+                    self.beat(force=True)
                 except Exception:  # noqa: BLE001 -- a missed beat must not kill the search
                     pass
 

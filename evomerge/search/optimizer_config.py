@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Nsga2Config",
-           "GpConfig", "RandomConfig", "OPTIMIZER_CONFIGS", "optimizer_config_input"]
+           "GpConfig", "RandomConfig", "PathGaConfig", "MapElitesConfig",
+           "OPTIMIZER_CONFIGS", "optimizer_config_input"]
 
 
 class _Optimizer(BaseModel):
@@ -81,12 +82,64 @@ class RandomConfig(_Optimizer):
     name: Literal["random"]
 
 
+class PathGaConfig(_Optimizer):
+    """Structured data-flow search (:mod:`evomerge.search.path_ga`): a path is a sequence of
+    (model, layer range, scale) segments, evolved by mutation and crossover. ``dfs`` spaces
+    only."""
+
+    objectives: ClassVar = "weighted_sum"
+    name: Literal["path_ga"]
+    popsize: int = Field(8, ge=2)           # candidates per generation
+    parents: int = Field(4, ge=1)           # best paths so far that breed (elitist)
+    crossover: float = Field(0.3, ge=0, le=1)  # share of children made by crossover
+    # Where generation 0 starts: these models' own paths and their mutants (default:
+    # dfs.start, else every model; a PS merge named as a model gives PS+DFS).
+    starts: list[str] | None = None
+    scale_sigma: float = Field(0.15, gt=0)  # log-normal step of a transition's scale
+    max_shift: int = Field(3, ge=1)         # layers a boundary moves / a new segment spans
+
+
+class MapElitesConfig(_Optimizer):
+    """Quality-diversity search (:mod:`evomerge.search.qd`): a MAP-Elites archive of the best
+    candidate per cell of a grid over behaviour descriptors taken from the objectives."""
+
+    objectives: ClassVar = "weighted_sum"  # quality: the weighted loss of every objective
+    name: Literal["map_elites"]
+    # Objective keys (task/metric) whose values place a candidate in the grid; default: the
+    # first two objectives.
+    descriptors: list[str] | None = Field(None, min_length=1)
+    bins: int = Field(8, ge=2)              # cells per descriptor
+    # [low, high] per descriptor; default: [0, 1] on exp(-v) of a minimized objective (an
+    # answer NLL becomes a per-token probability) and on v of a maximized one
+    ranges: list[tuple[float, float]] | None = None
+    popsize: int = Field(8, ge=1)           # candidates per generation
+    # Variation (pyribs' iso+line operator; merging as crossover): a child is an elite plus
+    # iso_sigma * N(0, I) plus line_sigma * N(0, 1) * (another elite - it), in the unit cube.
+    # Data-flow spaces: path crossover between two elites and path mutations instead.
+    iso_sigma: float = Field(0.05, gt=0)
+    line_sigma: float = Field(0.3, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MapElitesConfig:
+        if self.ranges is not None:
+            if self.descriptors is None or len(self.ranges) != len(self.descriptors):
+                raise ValueError("optimizer.ranges needs one [low, high] per descriptor "
+                                 "(name the descriptors)")
+            for lo, hi in self.ranges:
+                if not lo < hi:
+                    raise ValueError(f"optimizer.ranges [{lo}, {hi}] must have low < high")
+        return self
+
+
 OPTIMIZER_CONFIGS: dict[str, type[_Optimizer]] = {
     "cma": CmaConfig, "tpe": TpeConfig, "cmaes": OptunaCmaesConfig, "nsga2": Nsga2Config,
-    "gp": GpConfig, "random": RandomConfig}
+    "gp": GpConfig, "random": RandomConfig, "path_ga": PathGaConfig,
+    "map_elites": MapElitesConfig}
 
 OptimizerConfig = Annotated[Union[CmaConfig, TpeConfig, OptunaCmaesConfig, Nsga2Config,  # noqa: UP007
-                                  GpConfig, RandomConfig], Field(discriminator="name")]
+                                  GpConfig, RandomConfig, PathGaConfig,
+                                  MapElitesConfig],
+                            Field(discriminator="name")]
 
 
 def optimizer_config_input(value: Any) -> Any:

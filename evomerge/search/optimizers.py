@@ -11,14 +11,17 @@ Every optimizer builds the study's sampler and proposes candidates:
   drift, which is logged as a warning, not refused.
 * :class:`OptunaOptimizer` -- an Optuna sampler (TPE, CMA-ES, NSGA-II, GP, random) that asks
   through ``Study.ask``; its state already lives in the study.
+* :class:`~evomerge.search.path_ga.PathGaOptimizer` (``path_ga``) -- a genetic algorithm over
+  data-flow paths made of segments (``dfs`` spaces); state rebuilt from the study's trials.
+* :class:`~evomerge.search.qd.MapElitesOptimizer` (``map_elites``) -- quality diversity: a
+  MAP-Elites archive over descriptors taken from the objectives (pyribs).
 """
 
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,8 +29,8 @@ import numpy as np
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
 from evomerge.search.gene import Genome
-from evomerge.search.ledger import told_values
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import (
     CmaConfig,
     Nsga2Config,
@@ -35,52 +38,15 @@ from evomerge.search.optimizer_config import (
     OptunaCmaesConfig,
     TpeConfig,
 )
+from evomerge.search.path_ga import PathGaOptimizer
+from evomerge.search.qd import MapElitesOptimizer
+from evomerge.search.records import T, told_values
 from evomerge.search.space import Objective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Proposal", "Optimizer", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
+__all__ = ["Proposal", "Optimizer", "FixedSampler", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
            "OPTIMIZERS", "register_optimizer", "make_optimizer"]
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A candidate to evaluate.
-
-    Attributes:
-        params: named gene values; ``None`` lets the study's sampler choose (Optuna).
-        attrs: stored as trial user attributes (the optimizer's bookkeeping).
-    """
-
-    params: dict[str, Any] | None
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-class Optimizer(ABC):
-    """Ask/tell contract.
-
-    ``ask()`` returns the next proposal, or ``None`` when nothing can be proposed until
-    pending results are told (a CMA-ES generation barrier). ``tell(attrs, values)`` reports
-    a finished proposal: objective values in objective order, or ``None`` if it failed.
-    ``restore(trials)`` rebuilds the state from the study's finished trials.
-    """
-
-    sampler: Any
-
-    @abstractmethod
-    def ask(self) -> Proposal | None: ...
-
-    @abstractmethod
-    def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None: ...
-
-    def restore(self, trials: Sequence[Any],  # noqa: B027 -- optional hook
-                checkpoint: dict[str, Any] | None = None) -> None:
-        """Rebuild state from finished trials and the last :meth:`checkpoint` stored in the
-        study (default: the sampler keeps its state in the study)."""
-
-    def checkpoint(self) -> dict[str, Any] | None:
-        """JSON state to store in the study after a tell, or None (nothing new to store)."""
-        return None
 
 
 class OptunaOptimizer(Optimizer):
@@ -106,12 +72,12 @@ class OptunaOptimizer(Optimizer):
 class CmaOptimizer(Optimizer):
     """pycma CMA-ES with bounds [0, 1] on the genome's unit cube (not ``cma.fmin2``)."""
 
+    proposes = True
+
     def __init__(self, genome: Genome, objectives: Sequence[Objective],
                  config: CmaConfig) -> None:
-        import optuna
-
         self.genome, self.objectives, self.config = genome, list(objectives), config
-        self.sampler = optuna.samplers.RandomSampler(seed=config.seed)  # enqueued params win
+        self.sampler = FixedSampler()  # the study samples what ask() proposed
         self._es = self._new_es()
         self._checkpoint: dict[str, Any] | None = None  # taken between a tell and an ask
         self._start_generation()
@@ -145,15 +111,15 @@ class CmaOptimizer(Optimizer):
         i = self._queue.pop(0)
         x = self._X[i]
         return Proposal(self.genome.from_unit(x),
-                        {"cma_gen": self._gen, "cma_index": i, "x": [float(v) for v in x]})
+                        {T.CMA_GEN: self._gen, T.CMA_INDEX: i, T.X: [float(v) for v in x]})
 
     def tell(self, attrs: dict[str, Any], values: Sequence[float] | None) -> None:
-        if attrs.get("cma_gen") != self._gen:
+        if attrs.get(T.CMA_GEN) != self._gen:
             return  # a straggler of an older generation: CMA-ES has moved on
         loss = None if values is None else weighted_loss(values, self.objectives)
         # A candidate pruned at a lower rung ranks below every one that went further.
-        self._losses[attrs["cma_index"]] = loss
-        self._rungs[attrs["cma_index"]] = attrs.get("fidelity_rung")
+        self._losses[attrs[T.CMA_INDEX]] = loss
+        self._rungs[attrs[T.CMA_INDEX]] = attrs.get(T.FIDELITY_RUNG)
         if len(self._losses) == len(self._X):
             self._finish_generation()
 
@@ -183,8 +149,8 @@ class CmaOptimizer(Optimizer):
         cache have no trial, so the driver re-derives them through its genome cache."""
         by_gen: dict[int, dict[int, Any]] = {}
         for t in trials:
-            if "cma_gen" in t.user_attrs:
-                by_gen.setdefault(t.user_attrs["cma_gen"], {})[t.user_attrs["cma_index"]] = t
+            if T.CMA_GEN in t.user_attrs:
+                by_gen.setdefault(t.user_attrs[T.CMA_GEN], {})[t.user_attrs[T.CMA_INDEX]] = t
         upto = checkpoint["generation"] if checkpoint else None
         self._es = self._new_es()
         self._start_generation()
@@ -230,7 +196,7 @@ class CmaOptimizer(Optimizer):
         while self._gen in by_gen and (upto is None or self._gen < upto):
             done = by_gen[self._gen]
             for i, t in done.items():
-                x = np.asarray(t.user_attrs["x"])
+                x = np.asarray(t.user_attrs[T.X])
                 if i < len(self._X) and not np.allclose(self._X[i], x, atol=1e-9):
                     log.warning("Trial %d differs from CMA-ES generation %d as replayed "
                                 "(max %.3g); told as stored", t.number, self._gen,
@@ -308,6 +274,10 @@ _optuna("cmaes", _cmaes)
 _optuna("nsga2", _nsga2)
 _optuna("gp", lambda s, c: s.GPSampler(seed=c.seed))
 _optuna("random", lambda s, c: s.RandomSampler(seed=c.seed))
+register_optimizer(OptimizerSpec("path_ga", lambda config, genome, objectives: PathGaOptimizer(
+    genome, objectives, config)))
+register_optimizer(OptimizerSpec("map_elites", lambda config, genome, objectives:
+                                 MapElitesOptimizer(genome, objectives, config)))
 
 
 def make_optimizer(config: OptimizerConfig, genome: Genome,

@@ -43,6 +43,7 @@ class ParamGenome:
         self.num_layers = num_layers
         self.source_dtype = source_dtype  # stored dtype of the sources, e.g. "bfloat16"
         k = space.granularity.layers_per_group
+        k = num_layers if k == "all" else k
         self.groups = [(s, min(s + k, num_layers)) for s in range(0, num_layers, k)]
         self.parts = ["attn", "mlp"] if space.granularity.split_attn_mlp else ["all"]
         self.genes = self._genes()

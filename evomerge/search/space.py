@@ -32,11 +32,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evomerge.engine.derived import STUDY_REF, open_model
+from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
 from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
-from evomerge.search.optimizer_config import CmaConfig, OptimizerConfig, optimizer_config_input
+from evomerge.names import SAFE_NAME
+from evomerge.search.optimizer_config import (
+    OPTIMIZER_CONFIGS,
+    CmaConfig,
+    OptimizerConfig,
+    optimizer_config_input,
+)
 
 __all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
            "SWAP_MERGE", "SWAP_BASE"]
@@ -51,9 +58,20 @@ class _Strict(BaseModel):
 class Granularity(_Strict):
     """How finely coefficients vary over the model."""
 
-    layers_per_group: int = Field(1, ge=1)  # consecutive layers sharing one coefficient set
+    # consecutive layers sharing one coefficient set; "all": one set for the whole depth
+    # (with embeddings: false, one weight per model: LoraHub's space over adapters)
+    layers_per_group: int | Literal["all"] = 1
     split_attn_mlp: bool = False            # separate sets for attention and MLP tensors
     embeddings: bool = True                 # a separate set for embeddings / final norm / head
+
+    @field_validator("layers_per_group", mode="before")
+    @classmethod
+    def _group(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool)
+                              and value >= 1):
+            return value
+        raise ValueError(f"granularity.layers_per_group must be a whole number >= 1 or 'all', "
+                         f"got {value!r}")
 
 
 class LayerSwap(_Strict):
@@ -145,7 +163,7 @@ class Fidelity(_Strict):
 class SearchSpace(_Strict):
     """A validated search space (see module docstring)."""
 
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    name: str = Field(min_length=1, max_length=100, pattern=SAFE_NAME.pattern)  # evomerge.names
     base_model: str
     models: dict[str, str] = Field(min_length=1)
     method: str | list[str] | None = None
@@ -175,6 +193,15 @@ class SearchSpace(_Strict):
 
     _optimizer_name = field_validator("optimizer", mode="before")(optimizer_config_input)
 
+    @field_validator("models")
+    @classmethod
+    def _adapters_over_base(cls, models: dict[str, str], info: Any) -> dict[str, str]:
+        """A LoRA adapter directory among the models is that adapter over ``base_model``,
+        written BASE+ADAPTER (mergekit's spelling) in every recipe of the search."""
+        base = info.data.get("base_model")
+        return {alias: f"{base}+{ref}" if base and is_adapter_dir(ref) else ref
+                for alias, ref in models.items()}
+
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
         if self.dfs is not None:
@@ -190,6 +217,7 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
+        _check_optimizer(self)
         if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "
                              "'cma' (weighted sum of objectives), 'nsga2', 'tpe' or 'random'")
@@ -267,9 +295,6 @@ class SearchSpace(_Strict):
             raise ConfigError(f"The search needs models with the same layer count ({detail}).")
         return next(iter(depths.values()))
 
-    def model_paths(self) -> list[str]:
-        return [self.base_model, *self.models.values()]
-
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False),
                               sort_keys=False)
@@ -280,9 +305,33 @@ def _check_dfs(space: SearchSpace) -> None:
         raise ValueError("a 'dfs' space searches layer paths only: drop 'method', 'parameters' "
                          "and 'layer_swap' (merge in parameter space in a study of its own and "
                          "name its best point as a model: study:NAME#best)")
+    adapted = [a for a, ref in space.models.items() if "+" in ref]
+    if adapted:
+        raise ValueError(f"a 'dfs' space runs the models' own layers, and models.{adapted[0]} "
+                         "is a LoRA adapter: merge the adapters in a parameter-space study "
+                         "first and name its point as a model (study:NAME#best)")
     start = space.dfs.start
     if start is not None and start not in space.models:
         raise ValueError(f"dfs.start {start!r} is not a model alias ({', '.join(space.models)})")
+
+
+def _check_optimizer(space: SearchSpace) -> None:
+    """Settings of an optimizer that need the rest of the space."""
+    opt = space.optimizer
+    if opt.name == "path_ga":
+        if space.dfs is None:
+            raise ValueError("optimizer 'path_ga' searches data-flow paths: the space needs a "
+                             "'dfs' block")
+        for s in opt.starts or []:
+            if s not in space.models:
+                raise ValueError(f"optimizer.starts {s!r} is not a model alias "
+                                 f"({', '.join(space.models)})")
+    if opt.name == "map_elites":
+        keys = [o.key for o in space.objectives]
+        for d in opt.descriptors or []:
+            if d not in keys:
+                raise ValueError(f"optimizer.descriptors {d!r} is not an objective "
+                                 f"({', '.join(keys)})")
 
 
 def _check_method(method: MergeMethod, space: SearchSpace) -> None:
@@ -335,5 +384,18 @@ def load_space(source: str | Path | dict[str, Any]) -> SearchSpace:
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(
+        raise ConfigError(_optimizer_error(exc, name) or format_validation_error(
             exc, name, "must be a [low, high] range to search, a number or true/false")) from None
+
+
+def _optimizer_error(exc: ValidationError, source: str) -> str | None:
+    """A setting the chosen optimizer does not take, named without the union's tag:
+    ``optimizer.sigma0 does not apply to optimizer 'tpe'``."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if (len(loc) == 3 and loc[0] == "optimizer" and loc[1] in OPTIMIZER_CONFIGS
+            and first["type"] == "extra_forbidden"):
+        takes = ", ".join(f for f in OPTIMIZER_CONFIGS[loc[1]].model_fields if f != "name")
+        return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
+                f"{loc[1]!r} (its settings: {takes}).")
+    return None

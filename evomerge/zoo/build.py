@@ -73,7 +73,7 @@ class Profile:
                                                                  "sub": 2e-3})
     # Each expert's own data mix (task -> weight), before 20% replay of the base mix. math
     # also replays L1 max/min, the circuit lang's task B builds on: without it math's drift
-    # broke that circuit and no merge kept half of both experts' scores on seed 0 (README,
+    # broke that circuit and no merge kept half of both experts' scores on seed 0 (docs/zoo.md,
     # "Designs tried").
     expert_mix: dict[str, dict[str, float]] = field(default_factory=lambda: {
         "math": {"add_l1": 0.8, "maxmin_l1": 0.2},

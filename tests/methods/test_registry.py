@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evomerge.engine.lowrank import LowRank, densify
 from evomerge.errors import UnknownNameError
 from evomerge.methods import METHODS, get_method
 
@@ -14,10 +15,15 @@ REQUIRED = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "br
 
 
 def _inputs(method, n=2, shape=(16, 12), seed=0):
+    """Tensors near a base; for a factored method (lorahub), rank-3 LoRA adapters of it."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(shape, generator=g)
     k = max(method.min_inputs, min(n, method.max_inputs or n))
-    tensors = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(k)]
+    if method.factored:
+        tensors = [LowRank(base, 0.3 * torch.randn(3, shape[1], generator=g),
+                           0.3 * torch.randn(shape[0], 3, generator=g), 0.5) for _ in range(k)]
+    else:
+        tensors = [base + 0.1 * torch.randn(shape, generator=g) for _ in range(k)]
     params = {}
     for p in method.params:
         value = p.default
@@ -55,11 +61,13 @@ def test_spec_is_well_formed(name):
 def test_shape_dtype_and_inputs_untouched(name):
     method = get_method(name)
     tensors, base, params = _inputs(method)
-    before = [t.clone() for t in tensors] + ([base.clone()] if base is not None else [])
+    flat = [u for t in tensors for u in ((t.a, t.b) if method.factored else (t,))]
+    before = [t.clone() for t in flat] + ([base.clone()] if base is not None else [])
     out = method.fn(tensors, base, **params)
-    assert out.shape == tensors[0].shape and out.dtype == tensors[0].dtype
+    like = base if method.factored else tensors[0]
+    assert out.shape == like.shape and out.dtype == like.dtype
     assert torch.isfinite(out).all()
-    after = tensors + ([base] if base is not None else [])
+    after = flat + ([base] if base is not None else [])
     assert all(torch.equal(x, y) for x, y in zip(before, after))
 
 
@@ -76,6 +84,11 @@ def test_identical_inputs_give_that_model(name):
     """Merging copies of one model returns it (every method is an average of some kind)."""
     method = get_method(name)
     tensors, base, params = _inputs(method)
+    if method.factored:  # copies of one adapter, weights summing to 1: that adapted model
+        params["weight"] = [1.0 / len(tensors)] * len(tensors)
+        out = method.fn([tensors[0]] * len(tensors), base, **params)
+        assert torch.allclose(out, densify(tensors[0], torch.float32, "cpu"), atol=1e-6)
+        return
     same = [tensors[0].clone() for _ in tensors]
     if base is not None:
         base = tensors[0].clone()

@@ -46,8 +46,8 @@ def test_cma_search_spends_the_budget_exactly(mini_zoo, tmp_path):
 
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "random", "gp"])
 def test_optuna_samplers(mini_zoo, tmp_path, name):
-    space = load_space(space_dict(mini_zoo, optimizer={"name": name, "seed": 1, "popsize": 4},
-                                  budget={"trials": 6}))
+    opt = {"name": name, "seed": 1, **({"popsize": 4} if name == "nsga2" else {})}
+    space = load_space(space_dict(mini_zoo, optimizer=opt, budget={"trials": 6}))
     out = run_search(space, results_root=tmp_path)
     assert out.evaluations == 6
     assert all(t.state == TrialState.COMPLETE for t in _study("t", tmp_path).get_trials())
@@ -103,7 +103,9 @@ def test_resume_from_checkpoint_survives_a_drifting_replay(mini_zoo, tmp_path, c
     of the uninterrupted run."""
     import sqlite3
 
-    from evomerge.search.driver import CHECKPOINT
+    from evomerge.search.records import S
+
+    CHECKPOINT = S.CHECKPOINT
 
     space, root = _stopped_in_generation_2(mini_zoo, tmp_path)
     assert _study("t", root).user_attrs[CHECKPOINT]["generation"] == 2
@@ -129,7 +131,9 @@ def test_unreadable_checkpoint_falls_back_to_the_whole_replay(mini_zoo, tmp_path
     """A checkpoint this pycma cannot read is ignored with a warning: the study is replayed
     to its end (not only up to the checkpoint's generation) and resumes like an
     uninterrupted run."""
-    from evomerge.search.driver import CHECKPOINT
+    from evomerge.search.records import S
+
+    CHECKPOINT = S.CHECKPOINT
 
     space, root = _stopped_in_generation_2(mini_zoo, tmp_path)
     study = _study("t", root)
@@ -179,7 +183,7 @@ def test_failing_candidate_becomes_failed_trial(mini_zoo, tmp_path):
 
 def _run_cli_search(space_file, root, trials):
     return subprocess.Popen(
-        [sys.executable, "-m", "evomerge.cli", "search", str(space_file), "--results",
+        [sys.executable, "-m", "evomerge", "search", str(space_file), "--results",
          str(root), "--trials", str(trials), "-q"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
 

@@ -208,7 +208,8 @@ def test_optuna_samplers_with_rungs(mini_zoo, tmp_path, optimizer):
     objectives = space_dict(mini_zoo)["objectives"][:1]
     space = load_space(space_dict(mini_zoo, budget={"trials": 10}, objectives=objectives,
                                   fidelity={"rungs": [0.25, 1.0], "eta": 2},
-                                  optimizer={"name": optimizer, "seed": 0, "popsize": 4}))
+                                  optimizer={"name": optimizer, "seed": 0,
+                                             **({"popsize": 4} if optimizer == "nsga2" else {})}))
     assert run_search(space, results_root=tmp_path).evaluations == 10
     trials = _study(tmp_path).get_trials()
     assert {t.state for t in trials} == {TrialState.PRUNED, TrialState.COMPLETE}

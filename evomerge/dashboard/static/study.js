@@ -59,6 +59,29 @@ function trialTable(data) {
   makeSortable(table);
 }
 
+function archiveTable(rows) {
+  if (!rows || !rows.length) return;
+  document.getElementById("archive-panel").hidden = false;
+  const table = document.getElementById("archive");
+  table.replaceChildren();
+  const keys = Object.keys(rows[0].descriptors);
+  const head = table.createTHead().insertRow();
+  ["cell", "trial", "weighted loss", ...keys.map((k) => "descriptor " + k)].forEach((h) => {
+    const th = document.createElement("th"); th.textContent = h; head.appendChild(th);
+  });
+  const body = table.createTBody();
+  rows.forEach((r) => {
+    const row = body.insertRow();
+    cell(row, r.cell);
+    const link = cell(row, String(r.trial), r.trial);
+    link.classList.add("trial-link");
+    link.addEventListener("click", () => showTrial(r.trial));
+    cell(row, fmt(r.weighted_loss), r.weighted_loss);
+    keys.forEach((k) => cell(row, fmt(r.descriptors[k], 3), r.descriptors[k]));
+  });
+  makeSortable(table);
+}
+
 async function load() {
   const data = await (await fetch("/api/study?" + query({}))).json();
   const front = document.getElementById("front");
@@ -68,6 +91,7 @@ async function load() {
   await Plotly.newPlot("history", [{ x: data.history.x, y: data.history.y, mode: "lines", line: { shape: "hv" } }],
     { margin: { t: 30 }, height: 420, xaxis: { title: { text: "evaluations" } }, yaxis: { title: { text: "best weighted loss" } } });
   trialTable(data);
+  archiveTable(data.archive);
   if (data.front_trials.length) showTrial(data.front_trials[0]);
 }
 document.getElementById("show-trial").addEventListener("click", () => {

@@ -1,0 +1,177 @@
+"""The structured data-flow search (path_ga): paths as segments, their encoding in a dfs
+space's genes, the operators, and the search on the mini zoo (run, resume, PS+DFS start)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evomerge.errors import ConfigError
+from evomerge.search.dfs import PathGenome
+from evomerge.search.driver import run_search
+from evomerge.search.executors import InlineExecutor
+from evomerge.search.ledger import counted, default_storage, load_study, open_storage
+from evomerge.search.path_ops import OPERATORS, PathCodec, Segment, crossover, mutate
+from evomerge.search.space import load_space
+
+from .spaces import space_dict
+
+L = 6  # a pretend depth for codec tests (the genome never opens the models)
+
+
+def _space(zoo, dfs=None, optimizer=None, **over):
+    d = space_dict(zoo, name="g", method=None, parameters={},
+                   dfs=dfs or {"repeats": 2, "scaling": "pair", "start": "math"},
+                   optimizer=optimizer or {"name": "path_ga", "popsize": 4, "parents": 2,
+                                           "seed": 0})
+    d.update(over)
+    return load_space(d)
+
+
+def _codec(zoo, **dfs):
+    return PathCodec(PathGenome(_space(zoo, dfs={"repeats": 2, "scaling": "pair", **dfs}), L))
+
+
+def test_codec_round_trip_and_what_the_slots_hold(mini_zoo):
+    c = _codec(mini_zoo)
+    own = c.own("lang")
+    params = c.encode(own)
+    assert [k for k, v in params.items() if v is True] == [f"on.r0.lang.l{i}" for i in range(L)]
+    assert c.decode(params) == own
+    # math 0-2, lang 3-5, math 3-5 again: the third segment needs repetition 1
+    p = (Segment("math", 0, 3), Segment("lang", 3, 6, 1.5), Segment("math", 3, 6, 0.8))
+    got = c.canonical(p)
+    assert got == p and c.decode(c.encode(got)) == got
+    assert c.encode(got)["on.r1.math.l3"] and c.encode(got)["scale.lang.math"] == 0.8
+    # four alternations need three repetitions of the model pair: not with repeats 2
+    assert c.canonical(p + (Segment("lang", 0, 1), Segment("math", 0, 1))) is None
+    assert _codec(mini_zoo, max_length=5).canonical(p) is None
+
+
+def test_pair_scaling_shares_a_transition_scale_and_keeps_w_aa_at_one(mini_zoo):
+    c = _codec(mini_zoo, repeats=3)
+    p = (Segment("math", 0, 2), Segment("lang", 2, 4, 1.5), Segment("math", 4, 5, 0.7),
+         Segment("lang", 5, 6, 1.9), Segment("lang", 5, 6, 1.3))
+    got = c.canonical(p)
+    # the second math -> lang transition takes the first one's W; lang -> lang is unscaled
+    assert [s.scale for s in got] == [1.0, 1.5, 0.7, 1.5, 1.0]
+    assert c.decode(c.encode(got)) == got
+    slot = _codec(mini_zoo, repeats=3, scaling="slot").canonical(p)
+    assert [s.scale for s in slot] == [1.0, 1.5, 0.7, 1.9, 1.3]
+    assert [s.scale for s in _codec(mini_zoo, scaling="none").canonical(p[:3])] == [1.0] * 3
+    assert _codec(mini_zoo, scale=[0.8, 1.2]).canonical(p[:2])[1].scale == 1.2  # clipped
+
+
+@pytest.mark.parametrize("scaling", ["pair", "slot", "none"])
+def test_every_operator_yields_paths_the_genes_round_trip(mini_zoo, scaling):
+    c = _codec(mini_zoo, repeats=3, scaling=scaling)
+    rng = np.random.default_rng(0)
+    path, held = c.own("math"), 0
+    for k in range(300):
+        child = c.canonical(mutate(path, rng, c.aliases, L, OPERATORS[k % len(OPERATORS)]))
+        if child is not None:
+            held += 1
+            assert c.decode(c.encode(child)) == child
+            assert all(0 <= s.start < s.stop <= L for s in child)
+            path = child if len(child) < 5 else c.own("lang")
+    assert held > 200
+
+
+def test_operators_do_what_they_say():
+    rng = np.random.default_rng(1)
+    own = (Segment("math", 0, 6),)
+    re = mutate(own, rng, ["math", "lang"], 6, "resource")
+    assert {s.alias for s in re} == {"math", "lang"} and sum(map(len, re)) == 6
+    dup = mutate(own, np.random.default_rng(2), ["math", "lang"], 6, "duplicate")
+    assert sum(map(len, dup)) > 6 and {s.alias for s in dup} == {"math"}
+    assert mutate(own, rng, ["math", "lang"], 6, "delete") == own  # never empties a path
+    two = (Segment("math", 0, 3), Segment("lang", 3, 6))
+    shifted = {mutate(two, np.random.default_rng(k), ["math", "lang"], 6, "shift")
+               for k in range(10)}
+    moved = [p for p in shifted if len(p) == 2 and p[0].stop == p[1].start != 3]
+    assert moved and all(sum(map(len, p)) == 6 for p in moved)  # the boundary moved
+    assert all(0 <= s.start < s.stop <= 6 for p in shifted for s in p)
+    scaled = mutate(two, rng, ["math", "lang"], 6, "scale")
+    assert scaled[0] == two[0] and scaled[1].scale != 1.0
+    with pytest.raises(ValueError, match="unknown path operator 'x'"):
+        mutate(two, rng, ["math"], 6, "x")
+
+
+def test_crossover_joins_two_paths_at_the_same_depth():
+    a, b = (Segment("math", 0, 6),), (Segment("lang", 0, 6),)
+    for seed in range(5):
+        child = crossover(a, b, np.random.default_rng(seed))
+        assert child[0].alias == "math" and child[-1].alias == "lang"
+        assert [s.start for s in child] == [0, child[0].stop] and child[-1].stop == 6
+
+
+def test_path_ga_needs_a_dfs_space_and_known_starts(mini_zoo):
+    with pytest.raises(ConfigError, match="optimizer 'path_ga' searches data-flow paths"):
+        load_space(space_dict(mini_zoo, optimizer={"name": "path_ga"}))
+    with pytest.raises(ConfigError, match="optimizer.starts 'x' is not a model alias"):
+        _space(mini_zoo, optimizer={"name": "path_ga", "starts": ["x"]})
+    with pytest.raises(ConfigError, match="crossover"):
+        _space(mini_zoo, optimizer={"name": "path_ga", "crossover": 2})
+
+
+def _trials(root, name="g"):
+    study = load_study(open_storage(default_storage(name, root)), name)
+    return sorted((t for t in study.get_trials() if counted(t) or "duplicate_of" in t.user_attrs),
+                  key=lambda t: t.number)
+
+
+@pytest.mark.slow
+def test_search_starts_from_the_start_model_and_improves(mini_zoo, tmp_path):
+    space = _space(mini_zoo, budget={"trials": 12})
+    out = run_search(space, results_root=tmp_path)
+    assert out.evaluations == 12 and out.failed == 0
+    trials = _trials(tmp_path)
+    assert trials[0].user_attrs["path"] == "math[0:2]"  # dfs.start's own path comes first
+    assert [t.user_attrs["cma_gen"] for t in trials[:4]] == [0] * 4
+    assert len({t.user_attrs["recipe_hash"] for t in trials}) == len(trials)
+    losses = [sum(t.values) for t in trials if t.values]
+    assert min(losses[4:]) <= min(losses[:4])  # elitist: later generations keep the best
+
+
+class _StopAt(InlineExecutor):
+    calls, at = 0, 0
+
+    def submit(self, trial, recipe_yaml, job=None):
+        type(self).calls += 1
+        if type(self).calls == type(self).at:
+            raise KeyboardInterrupt
+        super().submit(trial, recipe_yaml, job)
+
+
+@pytest.mark.slow
+def test_resume_mid_generation_proposes_what_an_uninterrupted_search_does(mini_zoo, tmp_path):
+    """Stopped in generation 2 (and again at the budget), then resumed: the same paths,
+    in the same generations, with the same values."""
+    space = _space(mini_zoo, budget={"trials": 14})
+    run_search(space, results_root=tmp_path / "ref")
+    _StopAt.calls, _StopAt.at = 0, 7
+    out = run_search(space, results_root=tmp_path / "r", executor_factory=_StopAt)
+    assert out.stopped == "interrupted"
+    run_search(space, results_root=tmp_path / "r", trials=10)
+    run_search(space, results_root=tmp_path / "r")
+
+    def outcome(trials):
+        return sorted((t.user_attrs["cma_gen"], t.user_attrs["cma_index"],
+                       t.user_attrs["recipe_hash"], t.values and tuple(t.values))
+                      for t in trials if counted(t))
+
+    assert outcome(_trials(tmp_path / "r")) == outcome(_trials(tmp_path / "ref"))
+
+
+@pytest.mark.slow
+def test_ps_dfs_start_is_the_merge_named_as_a_model(mini_zoo, tmp_path):
+    """PS+DFS: a parameter-space study's best point as a model, its own path first."""
+    ps = load_space(space_dict(mini_zoo, name="ps", budget={"trials": 4}))
+    run_search(ps, results_root=tmp_path)
+    models = {"ps": "study:ps#best", "math": str(mini_zoo / "math")}
+    space = _space(mini_zoo, name="g2", models=models, budget={"trials": 4},
+                   dfs={"repeats": 2, "scaling": "pair", "start": "ps"})
+    run_search(space, results_root=tmp_path)
+    trials = _trials(tmp_path, "g2")
+    assert trials[0].user_attrs["path"] == "ps[0:2]"
+    assert all(t.state.name == "COMPLETE" for t in trials)
