@@ -159,7 +159,7 @@ def timed(fn, device: str, repeats: int) -> tuple[Any, float, float]:
 
 
 def measure(base: str, device: str, dtype: str, n: int, batch: int, max_new: int,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, label: str = "SmolLM2-135M-Instruct") -> dict[str, Any]:
     """Every method on the same prompts; tokens/s and equality with ``generate``."""
     dec = decode_module()
     model, tok = load(base, device, dtype)
@@ -199,7 +199,7 @@ def measure(base: str, device: str, dtype: str, n: int, batch: int, max_new: int
         print(name, rows[name], flush=True)
     gen = rows["generate"]["tokens_per_s"]
     speedup = {k: round(v["tokens_per_s"] / gen, 2) for k, v in rows.items()}
-    return {"model": "SmolLM2-135M-Instruct", "device": device, "dtype": dtype, "prompts": n,
+    return {"model": label, "device": device, "dtype": dtype, "prompts": n,
             "batch": batch, "max_new_tokens": max_new, "stop": list(STOP), "repeats": repeats,
             "tokens_kept": kept, "truncated": sum(g.finish == "length" for g in ref),
             "methods": rows, "speedup_vs_generate": speedup, "skipped": skipped}

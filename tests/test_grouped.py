@@ -59,9 +59,11 @@ def engines():
     return {"eager": TensorEngine(compile=False), "compiled": TensorEngine(compile=True)}
 
 
-@pytest.mark.parametrize("name", FUSABLE)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["eager", "compiled"])
+CASES = [(name, dtype, "eager") for name in FUSABLE for dtype in (torch.float32, torch.bfloat16)
+         ] + [("ties", torch.float32, "compiled"), ("breadcrumbs_ties", torch.bfloat16, "compiled")]
+
+
+@pytest.mark.parametrize("name,dtype,kind", CASES)
 def test_together_equals_one_at_a_time(engines, name, dtype, kind):
     method = METHODS.get(name)
     src = sources(dtype)
