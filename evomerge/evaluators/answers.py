@@ -36,7 +36,7 @@ from evomerge.errors import ConfigError
 from evomerge.evaluators.base import Metric, SubsetEvaluator, register_evaluator
 from evomerge.evaluators.decode import BACKENDS, DecodeOptions
 from evomerge.evaluators.extract import extraction
-from evomerge.evaluators.generative import GenerativeScorer, LmEvalGeneration
+from evomerge.evaluators.generative import Decoder, GenerativeScorer, LmEvalGeneration
 from evomerge.evaluators.likelihood import encode_pair, loglikelihoods
 from evomerge.jsonl import read_rows
 
@@ -83,7 +83,10 @@ class AnswerEvaluator(SubsetEvaluator):
         gen_batch_size, token_budget: rows and rows x (prompt + max_new_tokens) tokens per
             decoding batch (default rows: ``batch_size``).
         decode_backend: ``auto``, ``loop``, ``hf`` or ``hf_static``
-            (:mod:`evomerge.evaluators.decode`).
+            (:mod:`evomerge.evaluators.decode`), or ``vllm``: a resident vLLM engine loaded
+            with each candidate's weights (:mod:`evomerge.evaluators.vllm_engine`).
+        vllm: that engine's settings (``gpu_memory_utilization``, ``max_model_len``,
+            ``enforce_eager``, ``dtype``, ``model``).
         num_fewshot: few-shot examples in the prompts of lm-eval ``generate_until`` tasks.
         terminator: text appended to every answer and scored with it (the zoo: a newline).
         eos_ends_answer: the EOS token where the terminator's last token is expected counts
@@ -103,16 +106,20 @@ class AnswerEvaluator(SubsetEvaluator):
                  match: dict[str, Any] | None = None, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  gen_batch_size: int | None = None, token_budget: int = 65536,
-                 decode_backend: str = "auto", num_fewshot: int = 0) -> None:
+                 decode_backend: str = "auto", num_fewshot: int = 0,
+                 vllm: dict[str, Any] | None = None) -> None:
         if bool(files) == bool(lm_eval_tasks):
             raise ConfigError("The answers evaluator needs 'files' ({task: path.jsonl}) or "
                               "'lm_eval_tasks' (task names), one of the two.")
         if not (teacher_forced or generate):
             raise ConfigError("The answers evaluator scores nothing with teacher_forced false "
                               "and generate false; set one of them.")
-        if decode_backend not in BACKENDS:
+        if decode_backend not in (*BACKENDS, "vllm"):
             raise ConfigError(f"decode_backend {decode_backend!r} is not one of "
-                              f"{', '.join(BACKENDS)}.")
+                              f"{', '.join(BACKENDS)}, vllm.")
+        if vllm and decode_backend != "vllm":
+            raise ConfigError("The 'vllm' options apply to decode_backend 'vllm' only; set it "
+                              f"or drop them (decode_backend is {decode_backend!r}).")
         lm_gen: dict[str, Any] = {}
         if files:
             self._examples = {t: read_examples(p)[:limit] for t, p in files.items()}
@@ -128,8 +135,9 @@ class AnswerEvaluator(SubsetEvaluator):
                                 top_k, top_p, seed, gen_batch_size or batch_size, token_budget,
                                 decode_backend)
         ex, mt = extraction(extract, match)
-        self._scorers = {t: LmEvalGeneration(*lm_gen[t], options) if t in lm_gen
-                         else GenerativeScorer(options, ex, mt)
+        self._decoder = Decoder(vllm)  # one vLLM engine (if any) for every task
+        self._scorers = {t: LmEvalGeneration(*lm_gen[t], options, self._decoder) if t in lm_gen
+                         else GenerativeScorer(options, ex, mt, self._decoder)
                          for t in self._examples} if generate else {}
         self._encoded: dict[str, Any] | None = None
         self._tok_id: int | None = None
@@ -173,6 +181,11 @@ class AnswerEvaluator(SubsetEvaluator):
                 self._encoded[task] = (prompts, answers, choices)
             self._tok_id = id(tokenizer)
         return self._encoded
+
+    def score(self, model: Any, tokenizer: Any, subset: dict | None = None,
+              per_example: bool = False):
+        self._decoder.new_candidate()  # a vLLM engine reloads the weights once per call
+        return super().score(model, tokenizer, subset, per_example)
 
     def example_stats(self, model: Any, tokenizer: Any, task: str,
                       indices: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

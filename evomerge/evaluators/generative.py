@@ -25,7 +25,7 @@ import numpy as np
 from evomerge.evaluators.decode import DecodeOptions, Generation, generate
 from evomerge.evaluators.extract import Extract, Match
 
-__all__ = ["GenerativeScorer", "LmEvalGeneration", "COUNTS"]
+__all__ = ["GenerativeScorer", "LmEvalGeneration", "Decoder", "COUNTS"]
 
 # counts every generative scorer reports, with their directions
 COUNTS = (("truncated", "minimize"), ("gen_tokens", "minimize"))
@@ -41,16 +41,53 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode(p) for p in prompts]  # as lm-eval's HF model encodes contexts
 
 
+class Decoder:
+    """Where generations come from: :func:`evomerge.evaluators.decode.generate` on the
+    resident model, or (backend ``vllm``) a resident vLLM engine loaded with its weights
+    (:mod:`evomerge.evaluators.vllm_engine`), shared by the scorers of one evaluator.
+
+    Args:
+        vllm: the engine's settings (``dtype``: default the model's; ``gpu_memory_utilization``,
+            ``max_model_len``, ``enforce_eager``, ``model``: the checkpoint it starts from,
+            default the resident model's directory).
+    """
+
+    def __init__(self, vllm: dict[str, Any] | None = None) -> None:
+        self._vllm, self._engine = dict(vllm or {}), None
+
+    def new_candidate(self) -> None:
+        """The next generations are another candidate's (the engine reloads its weights)."""
+        if self._engine is not None:
+            self._engine.mark_stale()
+
+    def __call__(self, model: Any, tokenizer: Any, prompts: list[list[int]],
+                 options: DecodeOptions, keys: Sequence[int]) -> list[Generation]:
+        if options.backend != "vllm":
+            return generate(model, tokenizer, prompts, options, keys)
+        if self._engine is None:
+            from evomerge.evaluators.vllm_engine import VllmEngine
+
+            opts = dict(self._vllm)
+            path = opts.pop("model", None) or getattr(model.config, "_name_or_path", "")
+            dtype = opts.pop("dtype", None) or str(next(model.parameters()).dtype).removeprefix(
+                "torch.")
+            self._engine = VllmEngine.shared(path, dtype, **opts)
+        return self._engine.generate(model, tokenizer, prompts, options, keys)
+
+
 class GenerativeScorer:
     """Exact match of extracted answers against references (JSONL ``answers`` tasks).
 
     Args:
         options: decoding options.
         extract, match: answer extraction and comparison (:mod:`evomerge.evaluators.extract`).
+        decoder: where generations come from (:class:`Decoder`).
     """
 
-    def __init__(self, options: DecodeOptions, extract: Extract, match: Match) -> None:
+    def __init__(self, options: DecodeOptions, extract: Extract, match: Match,
+                 decoder: Decoder | None = None) -> None:
         self.options, self.extract, self.match = options, extract, match
+        self.decode = decoder or Decoder()
 
     def metric_names(self) -> list[tuple[str, str]]:
         names = [("exact_match", "maximize")]
@@ -62,7 +99,7 @@ class GenerativeScorer:
               keys: Sequence[int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per metric, per example ``(num, den)``; ``keys`` name the examples (their draws
         when sampling)."""
-        gens = generate(model, tokenizer, _encode(tokenizer, prompts), self.options, keys)
+        gens = self.decode(model, tokenizer, _encode(tokenizer, prompts), self.options, keys)
         found = [self.extract(g.text) for g in gens]
         ref = [r if self.extract.regex is not None else r.strip() for r in references]
         right = [self.match(f if f is not None else self.extract.fallback, r)
@@ -84,13 +121,15 @@ class LmEvalGeneration:
         contexts: each document's prompt as lm-eval builds it (few-shot, description).
         options: decoding options; the task's ``generation_kwargs`` override ``stop``,
             ``max_new_tokens`` and sampling (as lm-eval runs the task).
+        decoder: where generations come from (:class:`Decoder`).
     """
 
     def __init__(self, task: Any, docs: list[dict], contexts: list[str],
-                 options: DecodeOptions) -> None:
+                 options: DecodeOptions, decoder: Decoder | None = None) -> None:
         from evomerge.compat import task_filters
 
         self.task, self.docs, self.contexts = task, docs, contexts
+        self.decode = decoder or Decoder()
         self._filters = task_filters(task)
         self.options = _task_options(task, options)
         self._metrics = list(task.higher_is_better().items())
@@ -104,7 +143,7 @@ class LmEvalGeneration:
               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """As :meth:`GenerativeScorer.stats`; ``keys`` index the task's documents and
         ``references`` are unused (the task knows its targets)."""
-        gens = generate(model, tokenizer, _encode(tokenizer, prompts), self.options, keys)
+        gens = self.decode(model, tokenizer, _encode(tokenizer, prompts), self.options, keys)
         docs = [self.docs[k] for k in keys]
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         ones = np.ones(len(gens))

@@ -121,8 +121,11 @@ def test_generative_options_are_checked(tmp_path):
     path.write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n")
     with pytest.raises(ConfigError, match="scores nothing with teacher_forced false"):
         make_evaluator("answers", files={"t": str(path)}, teacher_forced=False)
-    with pytest.raises(ConfigError, match="decode_backend 'vllm' is not one of auto, loop"):
-        make_evaluator("answers", files={"t": str(path)}, generate=True, decode_backend="vllm")
+    with pytest.raises(ConfigError, match="decode_backend 'vlm' is not one of auto, loop"):
+        make_evaluator("answers", files={"t": str(path)}, generate=True, decode_backend="vlm")
+    with pytest.raises(ConfigError, match="'vllm' options apply to decode_backend 'vllm' only"):
+        make_evaluator("answers", files={"t": str(path)}, generate=True,
+                       vllm={"max_model_len": 512})
     with pytest.raises(ConfigError, match="extract preset 'gsm'"):
         make_evaluator("answers", files={"t": str(path)}, generate=True, extract="gsm")
     ev = make_evaluator("answers", files={"t": str(path)}, generate=True, extract="gsm8k")
