@@ -1,5 +1,6 @@
 """Generation speed on the same prompts: evomerge's batched decoder against transformers'
-``generate`` (batched, left-padded, stop strings) and lm-eval's HF ``generate_until``, on
+``generate`` (batched, left-padded, rows ended at stop strings) and lm-eval's HF
+``generate_until``, on
 SmolLM2-135M-Instruct; every output is checked equal to ``generate``'s.
 
     python bench/generation_speed.py                      # this CPU: fp32, batch 16
@@ -95,11 +96,31 @@ def cut(tok: Any, ids: list[int], eos: set[int]) -> tuple[list[int], str]:
     return out, text
 
 
+def tail_stop(tok: Any, start: int) -> Any:
+    """A stopping criterion that ends each row once its generated tail holds a stop string,
+    as lm-eval's HF model stops (``generate``'s own ``stop_strings`` ended rows at a lone
+    newline for the stop "\\n\\n" here, with transformers 5.17 and 5.25)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in STOP) + 2
+
+    class TailStop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tails = tok.batch_decode(input_ids[:, max(start, input_ids.shape[1] - window):],
+                                     skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in STOP) for t in tails],
+                                device=input_ids.device)
+
+    return TailStop()
+
+
 def hf_generate(model: Any, tok: Any, prompts: list[list[int]], batch: int, max_new: int,
                 static: bool = False) -> list[str]:
-    """transformers' ``generate``, batches of ``batch`` prompts sorted by length, stop
-    strings through its own ``stop_strings``."""
+    """transformers' ``generate``, batches of ``batch`` prompts sorted by length, each row
+    ended at a stop string (:func:`tail_stop`)."""
     import torch
+    from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -118,7 +139,8 @@ def hf_generate(model: Any, tok: Any, prompts: list[list[int]], batch: int, max_
         with torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new, do_sample=False, pad_token_id=pad,
-                                 stop_strings=list(STOP), tokenizer=tok, **extra)
+                                 stopping_criteria=StoppingCriteriaList([tail_stop(tok, width)]),
+                                 **extra)
         for r, i in enumerate(idx):
             texts[i] = cut(tok, out[r, width:].tolist(), eos)[1]
     return texts

@@ -90,7 +90,8 @@ def install_wheels(wheels: Path) -> None:
 
 def pack(dest: Path, python: str = "3.12") -> None:
     """Wheels of ``WHEELS`` for CPython ``python`` on x86-64 Linux, and SmolLM2's GGUF cut in
-    two 50 MB parts (the device tool carries at most 64 MiB a call): docs/gpu.md."""
+    a 60 MB part and the rest (the device tool carries at most 64 MiB a call, the repository
+    included): docs/gpu.md says how they travel."""
     from pretrained import _gguf_file, cache_dir
 
     wheels = dest / "wheels"
@@ -101,9 +102,8 @@ def pack(dest: Path, python: str = "3.12") -> None:
                     "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
                     *plats, "-d", str(wheels), *WHEELS], check=True)
     data = _gguf_file(cache_dir()).read_bytes()
-    half = (len(data) + 1) // 2
-    for i in range(2):
-        (dest / f"smollm2.gguf.part{i}").write_bytes(data[i * half:(i + 1) * half])
+    (dest / "smollm2.gguf.part0").write_bytes(data[:60_000_000])
+    (dest / "smollm2.gguf.part1").write_bytes(data[60_000_000:])
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20
     print(f"{dest}: {len(list(wheels.glob('*.whl')))} wheels, 2 GGUF parts, {size:.0f} MB")
 
@@ -382,6 +382,7 @@ def run(args: argparse.Namespace) -> dict:
                        else None, "settings": cfg})
     t0 = time.perf_counter()
     base = base_model(args, work)
+    rep.doc["base_s"] = round(time.perf_counter() - t0, 1)  # a GGUF dequantized, or nothing
     models, files, log = experts(base, work / "experts", cfg, device)
     rep.stage("experts", lambda: log)
     stamp = time.strftime("%H%M%S")
