@@ -97,6 +97,8 @@ def test_a_missed_bracket_inside_a_group_is_selected_exactly(engines, monkeypatc
 def test_one_host_read_per_candidate(half):
     """Steady TIES candidates on a bf16 model whose matrices take the sampled path: together,
     the device is read once; one tensor at a time, once per sampled tensor."""
+    if half["dtype"] != "bfloat16":
+        pytest.skip("one dtype is enough here (test_numerics covers both)")
     experts = [half["a"], half["b"], half["c"]]
     ties = "merge_method: ties\nbase_model: {}\ndtype: float32\nout_dtype: {}\nmodels:\n{}"
 

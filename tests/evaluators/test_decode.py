@@ -129,18 +129,17 @@ def test_sampling_draws_softmax_and_ignores_the_batch(tiny_lm):
 @pytest.mark.slow
 def test_greedy_equals_generate_on_smollm2_fp32(smollm2):
     """SmolLM2-135M-Instruct in fp32 with its chat template: prompts of different lengths,
-    two batches (one of three rows), answers that end at EOS and answers cut by the budget."""
+    two batches, answers that end at EOS and answers cut by the budget."""
     tok = AutoTokenizer.from_pretrained(smollm2["base"])
     model = AutoModelForCausalLM.from_pretrained(smollm2["base"], dtype=torch.float32).eval()
-    questions = ["What is the capital of France?", "What is 12 + 30?", "Name a color.",
-                 "Write a haiku about the sea.", "Say hello in Spanish.",
-                 "Explain in one sentence why the sky is blue."]
+    questions = ["What is the capital of France?", "What is 12 + 30?",
+                 "Write a haiku about the sea.", "Say hello in Spanish."]
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": q}],
                                                   add_generation_prompt=True, tokenize=False))
                for q in questions]
-    got = generate(model, tok, prompts, DecodeOptions(max_new_tokens=14, batch_size=3,
+    got = generate(model, tok, prompts, DecodeOptions(max_new_tokens=12, batch_size=3,
                                                       backend="loop"))
     eos = model.generation_config.eos_token_id
-    assert [list(g.tokens) for g in got] == reference(model, prompts, 14, eos=eos)
+    assert [list(g.tokens) for g in got] == reference(model, prompts, 12, eos=eos)
     assert got[0].text == "The capital of France is Paris." and got[0].finish == "eos"
     assert "length" in {g.finish for g in got}

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from evomerge.errors import ConfigError
 from evomerge.evaluators import make_evaluator
 
-QUESTIONS = [(12, 30), (7, 8), (25, 25), (3, 4), (40, 2), (9, 91)]
+QUESTIONS = [(12, 30), (7, 8), (25, 25), (3, 4)]
 
 
 def local_task(root, name: str) -> str:
@@ -29,7 +29,7 @@ def local_task(root, name: str) -> str:
         "task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
         "test_split": "test", "output_type": "generate_until",
         "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answer}}",
-        "generation_kwargs": {"until": ["\n\n", "Question:"], "max_gen_toks": 12,
+        "generation_kwargs": {"until": ["\n\n", "Question:"], "max_gen_toks": 10,
                               "do_sample": False},
         "filter_list": [
             {"name": "strict-match", "filter": [
