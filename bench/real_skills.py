@@ -128,10 +128,10 @@ def chat_batch(tok: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
 
 
 def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16,
-              lr: float = 1e-4, seed: int = 0, log=print) -> dict[str, Any]:
+              lr: float = 1e-4, seed: int = 0, log=print, device: str = "cpu") -> dict[str, Any]:
     """Full fine-tune of ``base``'s decoder layers on ``train`` (JSONL) for ``steps`` AdamW
-    steps; saved at ``out`` in the base's dtype with its tokenizer. Kept if already built.
-    Returns the training log (losses, seconds)."""
+    steps on ``device`` (float32); saved at ``out`` in the base's dtype with its tokenizer.
+    Kept if already built. Returns the training log (losses, seconds)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = out / "fine_tune.json"
@@ -139,7 +139,7 @@ def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16
         return json.loads(meta.read_text())
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     from evomerge.engine.sources import ModelSource
 
     stored = ModelSource(str(base)).stored_dtype
@@ -154,14 +154,14 @@ def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16
     losses, t0 = [], time.time()
     model.train()
     for step in range(steps):
-        loss = model(**chat_batch(tok, rnd.sample(rows, batch))).loss
+        loss = model(**{k: v.to(device) for k, v in chat_batch(tok, rnd.sample(rows, batch)).items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step(), sched.step(), opt.zero_grad()
         losses.append(round(loss.item(), 4))
         if step % 10 == 0 or step == steps - 1:
             log(f"  {out.name}: step {step + 1}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)")
-    model.eval().to(stored).save_pretrained(out)
+    model.eval().to("cpu", stored).save_pretrained(out)
     tok.save_pretrained(out)
     doc = {"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1),
            "losses": losses, "train": str(train)}

@@ -40,10 +40,14 @@ def found_storage(name: str, results: str = "results") -> str:
                       f"{journal}); pass --storage if it lives elsewhere.")
 
 
-def executor_factory(workers: int, **ray_options: Any
+def executor_factory(workers: int, overlap: bool = False, **ray_options: Any
                      ) -> Callable[[SearchSpace], Executor] | None:
-    """``None`` (in-process) for 0 workers; the Ray executor otherwise. Ray options with 0
-    workers would do nothing, so they are refused rather than ignored."""
+    """``None`` (in-process) for 0 workers; the Ray executor otherwise; with ``overlap``, the
+    in-process executor that merges the next candidate while one is scored. Ray options with
+    0 workers would do nothing, so they are refused rather than ignored."""
+    if overlap and workers:
+        raise ConfigError("--overlap runs in this process (two output models, the next "
+                          "candidate merged while one is scored); use it with --workers 0.")
     if workers == 0:
         given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v is not None]
         if given:
@@ -51,6 +55,10 @@ def executor_factory(workers: int, **ray_options: Any
                               "to Ray workers; add --workers N (N >= 1), or drop "
                               f"{'it' if len(given) == 1 else 'them'}: with --workers 0 "
                               "candidates run in this process.")
+        if overlap:
+            from evomerge.search.executors import OverlapExecutor
+
+            return OverlapExecutor
         return None
     from evomerge.search.ray_executor import RayExecutor
 
@@ -60,26 +68,27 @@ def executor_factory(workers: int, **ray_options: Any
 def search(space_path: str, study: str | None = None, storage: str | None = None,
            trials: int | None = None, workers: int = 0, results: str = "results",
            progress: Callable[[dict], None] | None = None, offload: bool = False,
-           track: str | None = None, **ray_options: Any) -> SearchOutcome:
+           track: str | None = None, overlap: bool = False,
+           **ray_options: Any) -> SearchOutcome:
     space = _with_run_options(load_space(space_path), offload, track)
     check_name(space.name if study is None else study, "study name")
     check_trials(trials)
     return run_search(space, study=study, storage=storage, trials=trials,
-                      executor_factory=executor_factory(workers, **ray_options),
+                      executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
 
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
            results: str = "results", progress: Callable[[dict], None] | None = None,
-           offload: bool = False, track: str | None = None,
+           offload: bool = False, track: str | None = None, overlap: bool = False,
            **ray_options: Any) -> SearchOutcome:
     check_trials(trials)
     study, space = open_study(name, storage, results)
     space = _with_run_options(space, offload, track)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or StudyRecord(study).budget,
-                      executor_factory=executor_factory(workers, **ray_options),
+                      executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
 

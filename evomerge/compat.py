@@ -5,7 +5,8 @@ in ``pyproject.toml``), so an upgrade fails with a sentence, not an AttributeErr
 * Optuna: setting user attributes on a trial the study only hands out frozen (a RUNNING trial
   left by a killed driver) goes through ``Study._storage``.
 * lm-eval: reusing a task's built requests (``Task._instances``) and caching ``HFLM``'s
-  tokenization (``HFLM._encode_pair``) between candidates.
+  tokenization (``HFLM._encode_pair``) between candidates; a task's filter pipelines
+  (``Task._filters``) applied to generations made outside lm-eval.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 from evomerge.errors import EvomergeError
 
-__all__ = ["SUPPORTED", "require", "set_trial_attr", "reuse_task_requests", "wrap_encode_pair"]
+__all__ = ["SUPPORTED", "require", "set_trial_attr", "reuse_task_requests", "wrap_encode_pair",
+           "task_filters", "task_context"]
 
 # distribution -> [lowest tested, first untested) ; keep in step with pyproject.toml
 SUPPORTED = {"optuna": ("4.0", "6"), "lm_eval": ("0.4.3", "0.5")}
@@ -60,3 +62,23 @@ def wrap_encode_pair(lm: Any, wrap: Callable[[Callable], Callable]) -> None:
     """Replace ``HFLM._encode_pair`` (context/continuation tokenization) by ``wrap(it)``."""
     require("lm_eval", "Caching lm-eval tokenization between candidates")
     lm._encode_pair = wrap(lm._encode_pair)
+
+
+def task_filters(task: Any) -> list[tuple[str, list[Callable[[], Any]]]]:
+    """A task's filter pipelines: (name, filter factories applied in order), as its
+    ``FilterEnsemble`` objects hold them (``none`` with ``take_first`` when it sets none)."""
+    require("lm_eval", "Scoring generations with an lm-eval task's filters")
+    return [(ens.name, list(ens.filters)) for ens in task._filters]
+
+
+def task_context(task: Any, doc: dict, num_fewshot: int) -> str:
+    """The prompt lm-eval builds for ``doc`` (description, few-shot examples, the document,
+    a generation prefix where the task has one), without a chat template."""
+    import inspect
+
+    require("lm_eval", "Building lm-eval prompts")
+    kwargs = {}
+    if "gen_prefix" in inspect.signature(task.fewshot_context).parameters and hasattr(
+            task, "doc_to_prefix"):
+        kwargs["gen_prefix"] = task.doc_to_prefix(doc)
+    return task.fewshot_context(doc, num_fewshot, **kwargs)

@@ -119,7 +119,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = search(args.space, study=args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, track=args.track, **_ray_options(args))
+                         offload=args.offload, track=args.track, overlap=args.overlap,
+                         **_ray_options(args))
     return _finish(outcome)
 
 
@@ -129,7 +130,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     with _search_progress(args.quiet) as update:
         outcome = resume(args.study, storage=args.storage, trials=args.trials,
                          workers=args.workers, results=args.results, progress=update,
-                         offload=args.offload, track=args.track, **_ray_options(args))
+                         offload=args.offload, track=args.track, overlap=args.overlap,
+                         **_ray_options(args))
     return _finish(outcome)
 
 
@@ -248,6 +250,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="keep source models in host memory, stream them to the device per "
                         "tensor (device memory ~ one model)")
     track_arg(p)
+    p.add_argument("--overlap", action="store_true",
+                   help="merge the next candidate while one is scored (in this process; one "
+                        "more model copy in memory)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

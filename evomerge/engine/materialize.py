@@ -75,12 +75,15 @@ class Materializer:
         compile: compile the fused kernels with ``torch.compile``.
         recipes: recipe YAML of model references that name a recipe (a pinned study point);
             each is built once into a resident source (:mod:`evomerge.engine.derived`).
+        grouped: merge a candidate's task-vector tensors together, waiting for the device
+            once (:meth:`~evomerge.engine.fused.TensorEngine.run_plan`); False: one tensor at
+            a time, as ``evomerge merge`` streams them (the same bits either way).
     """
 
     def __init__(self, models: Sequence[str], base_model: str | None = None,
                  device: str | None = "cpu", dtype: torch.dtype | None = None,
                  offload: bool = False, compile: bool = True,
-                 recipes: Mapping[str, str] | None = None) -> None:
+                 recipes: Mapping[str, str] | None = None, grouped: bool = True) -> None:
         refs = list(dict.fromkeys(([base_model] if base_model else []) + list(models)))
         self.device = resolve_device(device)
         self.base_model = base_model
@@ -102,9 +105,12 @@ class Materializer:
         self._template = template
         self._model: torch.nn.Module | None = None  # built on first use: a data-flow search
         self._params: dict[str, torch.Tensor] = {}  # never needs the merged model's bytes
+        # the second output model (slot 1: merged while slot 0 is scored), its shared tensors
+        self._spare: tuple[torch.nn.Module, dict[str, torch.Tensor], set[str]] | None = None
         self._expected = set(template.names)  # what every recipe must write, no more, no less
         self.num_layers = template.num_layers
         self._engine = TensorEngine(compile)
+        self.grouped = grouped
         self._paths = None
         self._rows: int | None = None  # the resident model's vocabulary rows, if a rule sets them
         self._vocabs: dict[str, VocabPlan] = {}   # output vocabularies by tokenizer settings
@@ -119,6 +125,20 @@ class Materializer:
                                       self._rows)
             self._params = self._model.state_dict(keep_vars=True)
         return self._model
+
+    def _slot(self, slot: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor], set[str]]:
+        """Output model ``slot``, its tensors and which of them are the base's own: 0 is
+        :attr:`model`; 1 a second one (allocated on first use) that a candidate can be merged
+        into while the other is scored."""
+        if slot == 0:
+            return self.model, self._params, self._shared
+        if slot != 1:
+            raise ValueError(f"slot {slot} is not 0 or 1")
+        if self._spare is None:
+            self.model  # noqa: B018 -- slot 0 first: it fixes the vocabulary rows both share
+            spare = empty_model(str(self._template.path), self.dtype, self.device, self._rows)
+            self._spare = (spare, spare.state_dict(keep_vars=True), set())
+        return self._spare
 
     @staticmethod
     def _load(src: ModelSource, store: torch.device, pin: bool) -> dict[str, torch.Tensor]:
@@ -181,24 +201,38 @@ class Materializer:
         return plan
 
     @torch.no_grad()
-    def materialize(self, recipe: Recipe) -> torch.nn.Module:
-        """Write ``recipe``'s merged weights into the resident model and return it; a
-        data-flow recipe (``evomerge.path``) returns a path model over the resident layers
-        instead (:mod:`evomerge.engine.path_model`)."""
+    def materialize(self, recipe: Recipe, slot: int = 0) -> torch.nn.Module:
+        """Write ``recipe``'s merged weights into the resident model (``slot`` 1: the second
+        one) and return it; a data-flow recipe (``evomerge.path``) returns a path model over
+        the resident layers instead (:mod:`evomerge.engine.path_model`)."""
         path = recipe_path(recipe)
         if path is not None:
             return self.path_model(path)
         plan = self.plan(recipe)
+        model, params, shared = self._slot(slot)
+        todo = []
         for task in plan.tasks:
-            param = self._params[task.out_name]
-            if not task.vocab and self._share_base(task, plan, param):
+            param = params[task.out_name]
+            if not task.vocab and self._share_base(task, plan, param, shared):
                 continue
-            if task.out_name in self._shared:  # own storage again before anything is written
+            if task.out_name in shared:  # own storage again before anything is written
                 param.data = torch.empty(param.shape, dtype=self.dtype, device=self.device)
-                self._shared.discard(task.out_name)
-            fetch = self._vocab_fetch(plan, task) if task.vocab else self._fetch
-            self._engine.run(task, plan.method, fetch, plan.compute_dtype, param.data)
-        return self.model
+                shared.discard(task.out_name)
+            todo.append(task)
+        outs = {t.out_name: params[t.out_name].data for t in todo}
+        # token rows re-indexed to the output vocabulary go one tensor at a time (a few
+        # tensors per model); the rest as a group, or one at a time
+        for task in (t for t in todo if t.vocab):
+            self._engine.run(task, plan.method, self._vocab_fetch(plan, task),
+                             plan.compute_dtype, outs[task.out_name])
+        rest = [t for t in todo if not t.vocab]
+        if self.grouped:
+            self._engine.run_plan(plan, self._fetch, outs, rest)
+        else:
+            for task in rest:
+                self._engine.run(task, plan.method, self._fetch, plan.compute_dtype,
+                                 outs[task.out_name])
+        return model
 
     def vocab(self, recipe: Recipe) -> VocabPlan | None:
         """The output vocabulary of ``recipe``'s tokenizer rule (None without one), built once
@@ -241,7 +275,8 @@ class Materializer:
         done = self._aligned[key]
         return lambda model, name: done[model]
 
-    def _share_base(self, task, plan: MergePlan, param: torch.nn.Parameter) -> bool:
+    def _share_base(self, task, plan: MergePlan, param: torch.nn.Parameter,
+                    shared: set[str]) -> bool:
         """Point ``param`` at the base's own tensor when the merge leaves that tensor as it is
         (a tensor no adapter touches) and its bits would not change: resident dtype, device,
         and a compute dtype that holds it exactly. Its own storage, never written, is freed."""
@@ -253,9 +288,9 @@ class Materializer:
         if w0 is None or w0.dtype != self.dtype or w0.device != param.device or not (
                 cd == w0.dtype or (cd.itemsize > w0.dtype.itemsize and cd.is_floating_point)):
             return False
-        if task.out_name not in self._shared:
+        if task.out_name not in shared:
             param.data = w0
-            self._shared.add(task.out_name)
+            shared.add(task.out_name)
         return True
 
     def path_model(self, path: Sequence[Step]) -> torch.nn.Module:
@@ -290,10 +325,13 @@ class Materializer:
 
     def resident_bytes(self) -> dict[str, int]:
         """Bytes held on each side: ``sources`` (base + experts, adapters' factors) and
-        ``model`` (the output)."""
+        ``model`` (the output model, and the second one where a candidate was merged into
+        slot 1)."""
         def size(ts) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
-        unique = {p.data_ptr(): p for n, p in self._params.items() if n not in self._shared}
+        outputs = [(self._params, self._shared)] + ([self._spare[1:]] if self._spare else [])
+        unique = {p.data_ptr(): p for params, shared in outputs
+                  for n, p in params.items() if n not in shared}
         adapters = sum(w.nbytes for _, w in self._adapters.values())
         return {"sources": size(t for w in self._weights.values() for t in w.values()) + adapters,
                 "model": size(unique.values())}

@@ -79,6 +79,9 @@ class PathModels:
                 if b is not None:
                     module._buffers[name] = b.to(self.device)
         self._shell = shell.eval()
+        # its weights are re-pointed per candidate: decoders must not capture their addresses
+        # (CUDA graphs); evomerge.evaluators.decode reads this flag
+        self._shell.evomerge_repointed = True
         self._slots = list(self._layers())
         for slot in self._slots:
             slot.evomerge_scale = 1.0

@@ -72,17 +72,20 @@ class MagnitudeSample:
         gen = torch.Generator(device=expert.device).manual_seed(zlib.crc32(name.encode()))
         idx = torch.randint(n, (size,), generator=gen, device=expert.device)
         mag = (expert[idx].to(compute_dtype) - base[idx].to(compute_dtype)).abs()
-        # (size,) ascending, kept in host memory: brackets are read without a device sync
-        self.values = mag.sort().values.cpu()
+        # (size,) ascending, kept in host memory as a NumPy array (float32 holds every value of
+        # a 16-bit compute dtype exactly): brackets are read with no device work at all
+        self.values = mag.sort().values.cpu().to(
+            torch.float64 if compute_dtype == torch.float64 else torch.float32).numpy()
 
     def bracket(self, r: int) -> tuple[float, float]:
         return bracket(self.values, self.n, r)
 
 
-def bracket(sample: torch.Tensor, n: int, r: int) -> tuple[float, float]:
+def bracket(sample, n: int, r: int) -> tuple[float, float]:
     """[a, b] that holds the r-th smallest of n values with probability > 1 - 1e-5, from an
-    ascending random sample of them: the sample ranks of the r-th value are Binomial(s, q)."""
-    s = sample.numel()
+    ascending random sample of them (a NumPy array or a tensor): the sample ranks of the r-th
+    value are Binomial(s, q)."""
+    s = len(sample)
     q = (r - 0.5) / n
     j = q * s
     margin = _SIGMAS * math.sqrt(max(s * q * (1 - q), 1.0)) + 2

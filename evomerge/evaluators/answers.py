@@ -1,8 +1,9 @@
 """Fast scorer for prompt/answer data on any Hugging Face causal LM, with its own tokenizer.
 
-Data: JSONL lines ``{"prompt": ..., "answer": ..., "choices": [...]?}`` per task. Each
-candidate costs one teacher-forced forward pass per batch (plus, with ``generate``, one
-batched greedy decode), against lm-eval's request machinery per call.
+Data: JSONL lines ``{"prompt": ..., "answer": ..., "choices": [...]?}`` per task, or the
+documents of lm-eval tasks. Each candidate costs one teacher-forced forward pass per batch
+(plus, with ``generate``, one batched decode with a KV cache), against lm-eval's request
+machinery per call.
 
 Tokenization follows lm-eval's ``loglikelihood`` exactly (:mod:`.likelihood`), so the
 log-likelihoods are the same numbers (tested on SmolLM2). Every score is a ratio of
@@ -17,8 +18,11 @@ Metrics per task:
   a single-target loglikelihood task);
 * ``choice_acc``   (when every example lists ``choices``, the answer among them) fraction of
   examples whose answer has the highest log-likelihood of its choices;
-* ``exact_match``  (``generate: true``) fraction of examples whose greedy generation, cut at
-  the first stop string and stripped, equals the stripped answer.
+* with ``generate: true``, scores of the generations (:mod:`.generative`): ``exact_match``
+  (the answer taken out of the generation by ``extract`` — by default the whole text, cut at
+  the first stop string and stripped — equals the answer), ``no_answer``, ``truncated``,
+  ``gen_tokens``; an lm-eval ``generate_until`` task scores its generations with its own
+  filters and metrics (``exact_match,strict-match``, ...).
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from evomerge.errors import ConfigError
 from evomerge.evaluators.base import Metric, SubsetEvaluator, register_evaluator
+from evomerge.evaluators.decode import BACKENDS, DecodeOptions
+from evomerge.evaluators.extract import extraction
+from evomerge.evaluators.generative import Decoder, GenerativeScorer, LmEvalGeneration
 from evomerge.evaluators.likelihood import encode_pair, loglikelihoods
 from evomerge.jsonl import read_rows
 
@@ -61,9 +67,27 @@ class AnswerEvaluator(SubsetEvaluator):
             template's trailing newline then stays in the prompt, so ``answer_nll`` and the
             other metrics score the answer's own tokens only.
         system: system message for the chat template.
-        generate: also score ``exact_match`` by batched greedy decoding.
+        generate: also score generations (batched decoding with a KV cache; module
+            docstring).
+        teacher_forced: score the teacher-forced metrics (``answer_nll`` ...); False with
+            ``generate`` scores generations only.
         stop: strings that end a generation (default: a newline).
         max_new_tokens: generation budget per example.
+        extract: how the answer is taken out of a generation: a preset (``exact``, ``gsm8k``,
+            ``gsm8k_flexible``, ``answer_is``) or ``{preset?, regex, group_select, fallback}``
+            (:mod:`evomerge.evaluators.extract`).
+        match: lm-eval ``exact_match`` options (``ignore_case``, ``ignore_punctuation``,
+            ``regexes_to_ignore``) over the preset's.
+        do_sample, temperature, top_k, top_p, seed: seeded sampling instead of greedy
+            decoding (each example's draws fixed by ``seed``, the same for every candidate).
+        gen_batch_size, token_budget: rows and rows x (prompt + max_new_tokens) tokens per
+            decoding batch (default rows: ``batch_size``).
+        decode_backend: ``auto``, ``loop``, ``hf`` or ``hf_static``
+            (:mod:`evomerge.evaluators.decode`), or ``vllm``: a resident vLLM engine loaded
+            with each candidate's weights (:mod:`evomerge.evaluators.vllm_engine`).
+        vllm: that engine's settings (``gpu_memory_utilization``, ``max_model_len``,
+            ``enforce_eager``, ``dtype``, ``model``).
+        num_fewshot: few-shot examples in the prompts of lm-eval ``generate_until`` tasks.
         terminator: text appended to every answer and scored with it (the zoo: a newline).
         eos_ends_answer: the EOS token where the terminator's last token is expected counts
             as right (generation stops at either).
@@ -77,19 +101,44 @@ class AnswerEvaluator(SubsetEvaluator):
                  max_new_tokens: int = 32, terminator: str = "",
                  eos_ends_answer: bool = False, lm_eval_tasks: list[str] | None = None,
                  include_path: str | list[str] | None = None,
-                 split: str | None = None) -> None:
+                 split: str | None = None, teacher_forced: bool = True,
+                 extract: str | dict[str, Any] | None = None,
+                 match: dict[str, Any] | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 gen_batch_size: int | None = None, token_budget: int = 65536,
+                 decode_backend: str = "auto", num_fewshot: int = 0,
+                 vllm: dict[str, Any] | None = None) -> None:
         if bool(files) == bool(lm_eval_tasks):
             raise ConfigError("The answers evaluator needs 'files' ({task: path.jsonl}) or "
                               "'lm_eval_tasks' (task names), one of the two.")
+        if not (teacher_forced or generate):
+            raise ConfigError("The answers evaluator scores nothing with teacher_forced false "
+                              "and generate false; set one of them.")
+        if decode_backend not in (*BACKENDS, "vllm"):
+            raise ConfigError(f"decode_backend {decode_backend!r} is not one of "
+                              f"{', '.join(BACKENDS)}, vllm.")
+        if vllm and decode_backend != "vllm":
+            raise ConfigError("The 'vllm' options apply to decode_backend 'vllm' only; set it "
+                              f"or drop them (decode_backend is {decode_backend!r}).")
+        lm_gen: dict[str, Any] = {}
         if files:
             self._examples = {t: read_examples(p)[:limit] for t, p in files.items()}
         else:
             from evomerge.evaluators.task_docs import task_examples
 
-            self._examples = task_examples(list(lm_eval_tasks or []), include_path, split, limit)
+            self._examples = task_examples(list(lm_eval_tasks or []), include_path, split, limit,
+                                           num_fewshot, lm_gen)
         self._batch, self._chat, self._system = batch_size, chat_template, system
-        self._generate, self._stop, self._max_new = generate, stop or ["\n"], max_new_tokens
+        self._generate, self._teacher = generate, teacher_forced
         self._end, self._eos_ends = terminator, eos_ends_answer
+        options = DecodeOptions(max_new_tokens, tuple(stop or ["\n"]), do_sample, temperature,
+                                top_k, top_p, seed, gen_batch_size or batch_size, token_budget,
+                                decode_backend)
+        ex, mt = extraction(extract, match)
+        self._decoder = Decoder(vllm)  # one vLLM engine (if any) for every task
+        self._scorers = {t: LmEvalGeneration(*lm_gen[t], options, self._decoder) if t in lm_gen
+                         else GenerativeScorer(options, ex, mt, self._decoder)
+                         for t in self._examples} if generate else {}
         self._encoded: dict[str, Any] | None = None
         self._tok_id: int | None = None
 
@@ -99,11 +148,11 @@ class AnswerEvaluator(SubsetEvaluator):
     def _metric_names(self, task: str) -> list[tuple[str, str]]:
         exs = self._examples[task]
         names = [("answer_nll", "minimize"), ("token_acc", "maximize"),
-                 ("greedy_match", "maximize")]
-        if exs and all("choices" in ex for ex in exs):
+                 ("greedy_match", "maximize")] if self._teacher else []
+        if self._teacher and exs and all("choices" in ex for ex in exs):
             names.append(("choice_acc", "maximize"))
         if self._generate:
-            names.append(("exact_match", "maximize"))
+            names += self._scorers[task].metric_names()
         return [(self.renamed.get(m, m), d) for m, d in names]
 
     @property
@@ -133,9 +182,25 @@ class AnswerEvaluator(SubsetEvaluator):
             self._tok_id = id(tokenizer)
         return self._encoded
 
+    def score(self, model: Any, tokenizer: Any, subset: dict | None = None,
+              per_example: bool = False):
+        self._decoder.new_candidate()  # a vLLM engine reloads the weights once per call
+        return super().score(model, tokenizer, subset, per_example)
+
     def example_stats(self, model: Any, tokenizer: Any, task: str,
                       indices: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         prompts, answers, choices = self._encode(tokenizer)[task]
+        exs = [self._examples[task][i] for i in indices]
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self._teacher:
+            out.update(self._teacher_stats(model, tokenizer, task, indices, answers, choices))
+        if self._generate:
+            out.update(self._scorers[task].stats(model, tokenizer, [prompts[i] for i in indices],
+                                                 [ex["answer"] for ex in exs], indices.tolist()))
+        return {self.renamed.get(k, k): v for k, v in out.items()}
+
+    def _teacher_stats(self, model: Any, tokenizer: Any, task: str, indices: np.ndarray,
+                       answers: list, choices: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         exs = [self._examples[task][i] for i in indices]
         alt = tokenizer.eos_token_id if self._eos_ends else None
         lls = loglikelihoods(model, [answers[i] for i in indices], self._batch, alt_last=alt)
@@ -147,10 +212,7 @@ class AnswerEvaluator(SubsetEvaluator):
         if choices and len(choices) == len(self._examples[task]):
             out["choice_acc"] = (self._choice_right(model, exs, [choices[i] for i in indices]),
                                  ones)
-        if self._generate:
-            out["exact_match"] = (self._exact(model, tokenizer, [prompts[i] for i in indices],
-                                              exs), ones)
-        return {self.renamed.get(k, k): v for k, v in out.items()}
+        return out
 
     def _choice_right(self, model: Any, exs: list[dict], choices: list[list]) -> np.ndarray:
         flat = [pair for cs in choices for pair in cs]
@@ -160,29 +222,4 @@ class AnswerEvaluator(SubsetEvaluator):
             scores = [next(lls)[0] for _ in cs]
             right.append(ex["choices"][max(range(len(cs)), key=scores.__getitem__)]
                          == ex["answer"])
-        return np.array(right, dtype=np.float64)
-
-    @torch.no_grad()
-    def _exact(self, model: Any, tokenizer: Any, prompts: list[str],
-               exs: list[dict]) -> np.ndarray:
-        device = next(model.parameters()).device
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-            tokenizer.eos_token_id
-        right = []
-        for start in range(0, len(prompts), self._batch):
-            ids = [tokenizer.encode(p) for p in prompts[start:start + self._batch]]
-            width = max(len(s) for s in ids)
-            batch = torch.full((len(ids), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for r, s in enumerate(ids):  # left padding: every prompt ends at the same column
-                batch[r, width - len(s):] = torch.tensor(s)
-                mask[r, width - len(s):] = 1
-            gen = model.generate(input_ids=batch.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=self._max_new, do_sample=False,
-                                 pad_token_id=pad)
-            for r, ex in enumerate(exs[start:start + self._batch]):
-                text = tokenizer.decode(gen[r, width:], skip_special_tokens=True)
-                for s in self._stop:
-                    text = text.split(s, 1)[0]
-                right.append(text.strip() == ex["answer"].strip())
         return np.array(right, dtype=np.float64)

@@ -4,7 +4,9 @@ An lm-eval task knows how to turn a document into a prompt (``doc_to_text``), it
 (``doc_to_target``) and, for multiple choice, its choices (``doc_to_choice``); the target is
 joined to the prompt by the task's ``target_delimiter`` (a space by default), as lm-eval
 builds its requests. Zero-shot: few-shot contexts are lm-eval's own business (use the
-``lm_eval`` evaluator for them).
+``lm_eval`` evaluator for them), except for ``generate_until`` tasks, whose prompts are the
+contexts lm-eval builds (description, ``num_fewshot`` examples) and whose generations the task
+scores itself (:class:`~evomerge.evaluators.generative.LmEvalGeneration`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 
-__all__ = ["task_examples"]
+__all__ = ["task_examples", "GENERATIVE"]
+
+GENERATIVE = "generate_until"
 
 _SPLITS = {"validation": ("has_validation_docs", "validation_docs"),
            "test": ("has_test_docs", "test_docs"),
@@ -22,10 +26,13 @@ _SPLITS = {"validation": ("has_validation_docs", "validation_docs"),
 
 
 def task_examples(tasks: list[str], include_path: str | list[str] | None = None,
-                  split: str | None = None, limit: int | None = None
+                  split: str | None = None, limit: int | None = None,
+                  num_fewshot: int = 0, generations: dict[str, Any] | None = None,
                   ) -> dict[str, list[dict[str, Any]]]:
     """Examples ``{"prompt", "answer"[, "choices"]}`` per task from ``split`` of each task
-    (default: the split lm-eval evaluates, its test split if it has one).
+    (default: the split lm-eval evaluates, its test split if it has one). For each
+    ``generate_until`` task, ``generations`` (when given) receives
+    ``(task object, documents, prompts)``.
 
     Raises:
         ConfigError: an unknown task, a split the task lacks, or a target that is not one
@@ -52,7 +59,15 @@ def task_examples(tasks: list[str], include_path: str | list[str] | None = None,
             if not getattr(task, has)():
                 raise ConfigError(f"lm-eval task {name!r} has no {split} split.")
             docs = getattr(task, read)()
-        out[name] = [_example(task, name, doc) for doc in list(docs)[:limit]]
+        docs = list(docs)[:limit]
+        out[name] = [_example(task, name, doc) for doc in docs]
+        if task.OUTPUT_TYPE == GENERATIVE and generations is not None:
+            from evomerge.compat import task_context
+
+            contexts = [task_context(task, doc, num_fewshot) for doc in docs]
+            for ex, ctx in zip(out[name], contexts):
+                ex["prompt"] = ctx
+            generations[name] = (task, docs, contexts)
     return out
 
 

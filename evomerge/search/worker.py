@@ -20,7 +20,7 @@ from evomerge.engine.recipe import load_recipe
 from evomerge.search.objectives import objective_values
 from evomerge.search.space import SearchSpace
 
-__all__ = ["CandidateResult", "Worker", "evaluator_options"]
+__all__ = ["CandidateResult", "Merged", "Worker", "evaluator_options"]
 
 
 def evaluator_options(space: SearchSpace, name: str) -> dict[str, Any]:
@@ -199,26 +199,57 @@ class Worker:
         ``job``: ``{"subsets": {evaluator: {task: (indices, weights)}} or None,
         "per_example": bool}`` (cheaper fitness, :mod:`evomerge.search.fidelity`)."""
         _reset_peak(self.device)
+        return self.score(trial, self.merge(recipe_yaml), evaluators, job)
+
+    def merge(self, recipe_yaml: str, slot: int = 0) -> Merged:
+        """Materialize one recipe into output model ``slot`` (1: the second buffer, merged
+        while the other is scored); a failure is returned, not raised."""
         t0 = time.perf_counter()
-        merge_s = 0.0
         try:
             recipe = load_recipe(recipe_yaml)
-            model = self.materializer.materialize(recipe)
+            model = self.materializer.materialize(recipe, slot)
+            tokenizer = self.tokenizer_for(recipe)
             if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            merge_s = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            scores, totals, examples, stats = _score(model, self.tokenizer_for(recipe),
+                torch.cuda.current_stream(self.device).synchronize()
+            return Merged(model, time.perf_counter() - t0, tokenizer=tokenizer)
+        except Exception as exc:  # noqa: BLE001 -- a failing candidate must not stop the search
+            return Merged(None, time.perf_counter() - t0, _reason(exc))
+
+    def score(self, trial: int, merged: Merged, evaluators: dict[str, Any] | None = None,
+              job: dict[str, Any] | None = None) -> CandidateResult:
+        """Score a merged candidate (:meth:`merge`); never raises for a bad candidate."""
+        if merged.error is not None:
+            return CandidateResult(trial, None, {}, merged.error, merged.seconds, 0.0,
+                                   _peak_mb(self.device))
+        t1 = time.perf_counter()
+        try:
+            scores, totals, examples, stats = _score(merged.model, merged.tokenizer or self.tokenizer,
                                                      evaluators or self.evaluators, job)
             values = objective_values(scores, self.space.objectives)
-            return CandidateResult(trial, values, scores, None, merge_s,
+            return CandidateResult(trial, values, scores, None, merged.seconds,
                                    time.perf_counter() - t1, _peak_mb(self.device),
                                    examples=examples, example_stats=stats, totals=totals)
         except Exception as exc:  # noqa: BLE001 -- a failing candidate must not stop the search
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                torch.cuda.empty_cache()
-            reason = f"{type(exc).__name__}: {exc}"
-            last = traceback.extract_tb(exc.__traceback__)[-1:]
-            where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
-            return CandidateResult(trial, None, {}, reason + where, merge_s,
-                                   time.perf_counter() - t0 - merge_s, _peak_mb(self.device))
+            return CandidateResult(trial, None, {}, _reason(exc), merged.seconds,
+                                   time.perf_counter() - t1, _peak_mb(self.device))
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A materialized candidate: the model to score (None if the merge failed), the seconds
+    the merge took, why it failed, and the tokenizer to score it with (None: the base's)."""
+
+    model: Any
+    seconds: float
+    error: str | None = None
+    tokenizer: Any = None
+
+
+def _reason(exc: BaseException) -> str:
+    """A failed candidate's reason: the exception and where it was raised."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    reason = f"{type(exc).__name__}: {exc}"
+    last = traceback.extract_tb(exc.__traceback__)[-1:]
+    where = f" (at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+    return reason + where

@@ -63,7 +63,8 @@ def test_metrics_and_generation(smol, tmp_path):
     ev = make_evaluator("answers", files={"qa": str(path)}, chat_template=True, generate=True,
                         max_new_tokens=8, stop=["\n", "."], batch_size=2)
     assert [m.name for m in ev.metrics] == ["qa/answer_nll", "qa/token_acc", "qa/greedy_match",
-                                            "qa/choice_acc", "qa/exact_match"]
+                                            "qa/choice_acc", "qa/exact_match", "qa/truncated",
+                                            "qa/gen_tokens"]
     scores = ev(model, tok)
     assert scores["qa/exact_match"] == 0.5
     right = 0

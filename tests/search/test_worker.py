@@ -46,3 +46,48 @@ def test_ray_options_without_workers_are_refused(mini_zoo, tmp_path, capsys, fla
     assert code == 2 and named in err and "--workers N" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # refused before any study or model
+
+
+def test_overlap_executor_scores_what_the_inline_one_scores(mini_zoo):
+    """Two output models: the next candidate is merged by a second thread while one is
+    scored; every result equals the one-at-a-time executor's, in submission order."""
+    from evomerge.search.executors import InlineExecutor, OverlapExecutor
+
+    space = load_space(space_dict(mini_zoo))
+    genome = genome_of_models(space)
+    recipes = [genome.recipe(genome.from_unit(np.full(genome.dim, x))).to_yaml()
+               for x in (0.2, 0.5, 0.8, 0.35)]
+    inline = InlineExecutor(space)
+    want = []
+    for i, r in enumerate(recipes):
+        inline.submit(i, r)
+        want.append(inline.next_result())
+    ex = OverlapExecutor(space)
+    ex.submit(0, recipes[0])
+    ex.submit(1, recipes[1])
+    got = [ex.next_result()]
+    for i in (2, 3):
+        ex.submit(i, recipes[i])  # merged into the slot the scored candidate freed
+        got.append(ex.next_result())
+    got.append(ex.next_result())
+    ex.close()
+    assert [g.trial for g in got] == [0, 1, 2, 3]
+    assert [g.values for g in got] == [w.values for w in want]
+    assert len({tuple(w.values) for w in want}) == 4  # distinct candidates, not one model
+    assert ex.worker.materializer.resident_bytes()["model"] == \
+        2 * inline.worker.materializer.resident_bytes()["model"]
+
+
+def test_overlap_is_refused_with_ray_workers_and_data_flow_spaces(mini_zoo, tmp_path, capsys):
+    from evomerge.errors import ConfigError
+    from evomerge.search.executors import OverlapExecutor
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
+    code = main(["search", str(path), "--results", str(tmp_path / "r"), "-q", "--overlap",
+                 "--workers", "2"])
+    assert code == 2 and "use it with --workers 0" in capsys.readouterr().err
+    dfs = load_space(space_dict(mini_zoo, name="d", method=None, parameters={},
+                                dfs={"repeats": 2, "scaling": "pair", "max_length": 6}))
+    with pytest.raises(ConfigError, match="data-flow space"):
+        OverlapExecutor(dfs)
