@@ -1,7 +1,8 @@
 """The real mergekit-evolve (mergekit 0.1.5), run for bench/peers.py on a CPU-only machine.
 
-It runs from its own virtualenv (``$MERGEKIT_EVOLVE_VENV``, default
-/work/venvs/mergekit-evolve: ``pip install 'mergekit[evolve]==0.1.5'``) against a private Ray
+It runs from its own virtualenv (``bash bench/peers_venv.sh`` makes it:
+``$MERGEKIT_EVOLVE_VENV``, default /work/venvs/mergekit-evolve, with
+``pip install 'mergekit[evolve]==0.1.5'``) against a private Ray
 head started with logical GPUs (its actors ask for ``num_gpus=1``), with ``--in-memory``, the
 HF backend (no ``--vllm``) and ``--no-merge-cuda``, as its users run it. Three things of it
 cannot run here unchanged; ``peers_shim/mkevo_shim.py`` (loaded through ``sitecustomize`` in
