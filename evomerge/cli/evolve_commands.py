@@ -20,7 +20,7 @@ def _cmd_import_evolve(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
 
-    from evomerge.engine.recipe import format_validation_error
+    from evomerge.engine.config_io import format_validation_error
     from evomerge.errors import ConfigError
     from evomerge.search.evolve_import import EvolveFlags, import_evolve
 

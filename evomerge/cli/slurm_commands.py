@@ -14,7 +14,7 @@ def _slurm_options(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from evomerge.cluster.slurm import SlurmOptions
-    from evomerge.engine.recipe import format_validation_error
+    from evomerge.engine.config_io import format_validation_error
     from evomerge.errors import ConfigError
 
     fields = {k: getattr(args, k) for k in SlurmOptions.model_fields if getattr(args, k, None)

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from evomerge.engine.config_io import yaml_mapping
 from evomerge.engine.derived import STUDY_REF, rename_models
-from evomerge.engine.recipe import load_recipe, yaml_mapping
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
 from evomerge.search.records import StudyRecord, TrialRecord
 from evomerge.search.space import SearchSpace

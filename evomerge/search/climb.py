@@ -13,7 +13,7 @@ from evomerge.search.fidelity import FULL, Ladder
 from evomerge.search.objectives import objective_values
 from evomerge.search.proposals import Flight
 from evomerge.search.records import StudyRecord, T, TrialRecord
-from evomerge.search.space import Objective
+from evomerge.search.space_blocks import Objective
 from evomerge.search.worker import CandidateResult
 
 __all__ = ["Climber"]

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evomerge.engine.config_io import format_validation_error, read_mapping
 from evomerge.engine.derived import open_model
-from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.search.space import SearchSpace, load_space
 

@@ -12,9 +12,10 @@ from typing import Any
 import yaml
 
 from evomerge.engine.card import ObjectiveValue, Provenance
+from evomerge.engine.config_io import yaml_mapping
 from evomerge.engine.derived import load_chain
 from evomerge.engine.outputs import write_text_atomic
-from evomerge.engine.recipe import load_recipe, yaml_mapping
+from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
 from evomerge.search.chain import chained_docs
 from evomerge.search.front import completed, front_trials, marked_front_png, select_trial

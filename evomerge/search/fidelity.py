@@ -33,7 +33,7 @@ import numpy as np
 from evomerge.errors import ConfigError
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.records import TrialRecord
-from evomerge.search.space import Fidelity, Objective
+from evomerge.search.space_blocks import Fidelity, Objective
 
 __all__ = ["Ladder", "FULL", "fit_anchors", "kmeans", "ladder_for"]
 

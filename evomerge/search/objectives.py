@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from evomerge.search.space import Objective
+from evomerge.search.space_blocks import Objective
 
 __all__ = ["objective_values", "weighted_loss"]
 

@@ -41,7 +41,7 @@ from evomerge.search.optimizer_config import (
 from evomerge.search.path_ga import PathGaOptimizer
 from evomerge.search.qd import MapElitesOptimizer
 from evomerge.search.records import T, told_values
-from evomerge.search.space import Objective
+from evomerge.search.space_blocks import Objective
 
 log = logging.getLogger(__name__)
 

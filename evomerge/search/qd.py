@@ -36,7 +36,7 @@ from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import MapElitesConfig
 from evomerge.search.path_ops import OPERATORS, PathCodec, crossover, describe, mutate
 from evomerge.search.records import T, told_values
-from evomerge.search.space import Objective
+from evomerge.search.space_blocks import Objective
 
 __all__ = ["MapElitesOptimizer"]
 

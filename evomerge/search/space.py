@@ -32,10 +32,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evomerge.engine.config_io import format_validation_error, read_mapping
 from evomerge.engine.derived import STUDY_REF, open_model
 from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
-from evomerge.engine.recipe import format_validation_error, read_mapping
 from evomerge.engine.vocab_config import TokenizerConfig, check_chat_template
 from evomerge.errors import ConfigError
 from evomerge.methods import MergeMethod, get_method
@@ -48,103 +48,16 @@ from evomerge.search.optimizer_config import (
     OptimizerConfig,
     optimizer_config_input,
 )
+from evomerge.search.space_blocks import Budget, DataFlow, EvaluatorConfig, Fidelity, LayerSwap, Objective
 from evomerge.tracking.config import TrackingConfig
 
-__all__ = ["SearchSpace", "Objective", "Fidelity", "DataFlow", "load_space",
-           "SWAP_MERGE", "SWAP_BASE", "FILTER_REST"]
+__all__ = ["SearchSpace", "load_space", "SWAP_MERGE", "SWAP_BASE", "FILTER_REST"]
 
 SWAP_MERGE, SWAP_BASE = "merge", "base"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class LayerSwap(_Strict):
-    """Per layer group, a categorical gene choosing who supplies it."""
-
-    choices: list[str] | None = None  # aliases, "base", "merge"; default: all that apply
-
-
-class DataFlow(_Strict):
-    """Data-flow-space search (Sakana's DFS, :mod:`evomerge.search.dfs`): the layers of all
-    models, in order, ``repeats`` times, make T = M*L*r slots; a flag per slot puts that layer
-    on the path (the first ``max_length`` flagged slots, in slot order), and the hidden state
-    entering a layer is scaled by ``none`` (1), ``pair`` (one scalar per pair of models whose
-    layers meet: Sakana's W) or ``slot`` (one scalar per slot) in ``scale`` bounds.
-    ``start``: the model whose own layer sequence CMA-ES starts from (default: the first)."""
-
-    repeats: int = Field(2, ge=1)
-    max_length: int | None = Field(None, ge=1)
-    scaling: Literal["none", "pair", "slot"] = "pair"
-    scale: tuple[float, float] = (0.5, 2.0)
-    start: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> DataFlow:
-        lo, hi = self.scale
-        if not 0 < lo < hi:
-            raise ValueError(f"dfs.scale bounds [{lo}, {hi}] must satisfy 0 < low < high")
-        if not lo <= 1 <= hi:
-            raise ValueError(f"dfs.scale bounds [{lo}, {hi}] must contain 1 (no scaling)")
-        return self
-
-
-class EvaluatorConfig(BaseModel):
-    """An evaluator by registry name plus its options."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: str
-
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class Objective(_Strict):
-    """One score to optimize: ``evaluator``'s metric ``task/metric`` and its direction."""
-
-    evaluator: str
-    task: str
-    metric: str
-    direction: Literal["maximize", "minimize"]
-    weight: float = Field(1.0, gt=0)  # used only by single-objective optimizers (weighted sum)
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.metric}"
-
-
-class Budget(_Strict):
-    trials: int = Field(gt=0)                    # finished evaluations (duplicates excluded)
-    wall_time: float | None = Field(None, gt=0)  # seconds; the search stops when either ends
-
-
-class Fidelity(_Strict):
-    """Cheaper fitness (:mod:`evomerge.search.fidelity`). A candidate is scored on rung 0
-    first (a fraction of every evaluator's examples), and goes on to the next rung only while
-    it is in the best 1/eta of the candidates scored at its rung (successive halving);
-    otherwise it is stored as pruned with its rung scores. ``estimator``: how a rung's score
-    stands for the full one: ``subset`` (a seeded random subset, nested across rungs),
-    ``anchors`` (examples chosen from the response patterns of the first ``warmup``
-    candidates, scored in full, each weighted by the examples it stands for), or ``pirt`` /
-    ``gpirt`` (the same anchors, valued by tinyBenchmarks' IRT estimates). A last rung
-    below 1 means later candidates are never scored in full: their values are estimates."""
-
-    rungs: list[float] = Field([1.0], min_length=1)
-    eta: float = Field(3.0, gt=1)
-    estimator: Literal["subset", "anchors", "pirt", "gpirt"] = "subset"
-    warmup: int = Field(0, ge=0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> Fidelity:
-        r = self.rungs
-        if any(not 0 < f <= 1 for f in r) or any(a >= b for a, b in zip(r, r[1:])):
-            raise ValueError(f"fidelity.rungs {r} must be increasing fractions in (0, 1]")
-        if self.estimator != "subset" and self.warmup < 2:
-            raise ValueError(f"fidelity.warmup {self.warmup} is too small: anchors are chosen "
-                             "from the candidates scored in full first (give at least 2)")
-        return self
 
 
 class SearchSpace(_Strict):

@@ -11,7 +11,8 @@ from evomerge.search.driver import run_search
 from evomerge.search.executors import InlineExecutor
 from evomerge.search.fidelity import FULL, Ladder, fit_anchors, kmeans
 from evomerge.search.ledger import counted, default_storage, load_study, open_storage, told_values
-from evomerge.search.space import Fidelity, Objective, load_space
+from evomerge.search.space import load_space
+from evomerge.search.space_blocks import Fidelity, Objective
 
 from .spaces import space_dict
 
