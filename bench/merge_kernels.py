@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     row = measure(family(args.family, Path(args.build)), args.device, args.steady,
-                  False if args.per_tensor else None)
+                  not args.per_tensor)
     row.update(family=args.family, per_tensor=args.per_tensor, label=args.label,
                torch=torch.__version__,
                machine=(torch.cuda.get_device_name() if args.device.startswith("cuda") else

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from evomerge.errors import ModelError
@@ -61,6 +62,7 @@ def _kind(rest: str) -> str:
     return "other"
 
 
+@lru_cache(maxsize=1 << 16)  # a plan places every tensor once per model and parameter, per candidate
 def place(name: str) -> TensorPlace:
     """Place tensor ``name``; raises ModelError naming it if the architecture is unknown.
 

@@ -20,6 +20,7 @@ for the tensor at hand and dropped after it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +128,12 @@ def untouched(method: MergeMethod, inputs: Sequence[Any], base: Any, shared: dic
 
 def _ratio(num: float, div: float) -> float:
     """num / div with IEEE semantics (a zero sum of weights gives inf/NaN, as the dense
-    kernel's division does)."""
-    return float(torch.tensor(num, dtype=torch.float64) / div)
+    kernel's division does), in Python floats: a tensor per call cost more than the merge."""
+    if div != 0.0:
+        return num / div
+    if num == 0.0 or math.isnan(num):
+        return math.nan
+    return math.copysign(math.inf, num) * math.copysign(1.0, div)
 
 
 def _concat(inputs: Sequence[LowRank], coef: Sequence[float], c: float, dtype: torch.dtype,
