@@ -73,6 +73,7 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
     space = _with_run_options(load_space(space_path), offload, track)
     check_name(space.name if study is None else study, "study name")
     check_trials(trials)
+    _check_overlap(space, overlap)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
@@ -86,11 +87,21 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
     check_trials(trials)
     study, space = open_study(name, storage, results)
     space = _with_run_options(space, offload, track)
+    _check_overlap(space, overlap)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options))
+
+
+def _check_overlap(space: SearchSpace, overlap: bool) -> None:
+    """``--overlap`` on a space it cannot serve is refused before the study is touched (a
+    refused command changes nothing)."""
+    if overlap:
+        from evomerge.search.executors import check_overlap
+
+        check_overlap(space)
 
 
 def check_trials(trials: int | None) -> None:

@@ -118,9 +118,12 @@ def _check_same_model(ours: Path, theirs: Path, expected: dict[str, torch.Tensor
     assert sizes[0] == sizes[1] == expected["model.embed_tokens.weight"].shape[0]
 
 
-def _in_memory(recipe, expected: dict[str, torch.Tensor], dtype=None) -> float:
-    mat = Materializer(recipe.referenced_models(), base_model=recipe.base_model, dtype=dtype)
-    state = {k: v for k, v in mat.materialize(recipe).state_dict().items() if k in expected}
+def _in_memory(recipe, expected: dict[str, torch.Tensor], dtype=None, grouped=None,
+               slot: int = 0) -> float:
+    mat = Materializer(recipe.referenced_models(), base_model=recipe.base_model, dtype=dtype,
+                       grouped=grouped)
+    state = {k: v for k, v in mat.materialize(recipe, slot).state_dict().items()
+             if k in expected}
     return max_abs_diff(state, expected)
 
 
@@ -132,6 +135,10 @@ def test_tokenizer_rules_match_mergekit(name, vocab_tiny, tmp_path):
     merge_to_disk(recipe, tmp_path / "ours")
     _check_same_model(tmp_path / "ours", tmp_path / "mk", expected)
     assert _in_memory(recipe, expected) <= 1e-6
+    # grouped merges (the default on CUDA) beside the re-indexed token rows, and the second
+    # output model (--overlap) built first: the same rows and tensors
+    assert _in_memory(recipe, expected, grouped=True) <= 1e-6
+    assert _in_memory(recipe, expected, grouped=True, slot=1) <= 1e-6
 
 
 def test_rows_follow_the_rules(vocab_tiny, tmp_path):

@@ -37,7 +37,7 @@ def is_recipe_ref(ref: str) -> bool:
 def open_model(ref: str, field: str = "model", recipes: Mapping[str, str] | None = None
                ) -> ModelSource | LoraSource | DerivedSource:
     """A model directory as a :class:`ModelSource`, ``BASE+ADAPTER`` as a
-    :class:`~evomerge.engine.lora.LoraSource`; a recipe (file, or a pinned ``study:``
+    :class:`~evomerge.engine.lora_source.LoraSource`; a recipe (file, or a pinned ``study:``
     reference in ``recipes``) as a :class:`DerivedSource`."""
     if recipes and ref in recipes:
         return DerivedSource(ref, load_recipe(recipes[ref]), field)

@@ -9,7 +9,7 @@ that each recipe's merged weights are written into in place::
     model = mat.materialize(recipe)      # same object every call, new weights
     logits = model(input_ids).logits
 
-LoRA adapters (``BASE+ADAPTER`` references, :mod:`evomerge.engine.lora`) cost what they weigh:
+LoRA adapters (``BASE+ADAPTER`` references, :mod:`evomerge.engine.lora_source`) cost what they weigh:
 the base is resident once, each adapter keeps only its factors A and B, and each candidate is
 written from the factors (:mod:`evomerge.engine.lowrank`). A tensor no adapter touches is not
 copied at all: the output model's parameter is the base's own tensor (read only by the model),

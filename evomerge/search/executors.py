@@ -17,7 +17,7 @@ from evomerge.errors import ConfigError
 from evomerge.search.space import SearchSpace
 from evomerge.search.worker import CandidateResult, Merged, Worker
 
-__all__ = ["Executor", "InlineExecutor", "OverlapExecutor"]
+__all__ = ["Executor", "InlineExecutor", "OverlapExecutor", "check_overlap"]
 
 
 @runtime_checkable
@@ -66,6 +66,17 @@ class InlineExecutor:
         self._done.clear()
 
 
+def check_overlap(space: SearchSpace) -> None:
+    """Overlapped merging needs merged candidates (checked before the study is touched).
+
+    Raises:
+        ConfigError: a data-flow space (its candidates are path models, never merged).
+    """
+    if space.dfs is not None:
+        raise ConfigError("Overlapped merging applies to merged candidates; a data-flow "
+                          "space scores path models, which are not merged: drop --overlap.")
+
+
 class OverlapExecutor:
     """In-process execution with two output models: while the driver's oldest candidate is
     scored here, the next one is merged into the other model by a background thread (on a
@@ -81,9 +92,7 @@ class OverlapExecutor:
     capacity = 2
 
     def __init__(self, space: SearchSpace, device: str | None = None) -> None:
-        if space.dfs is not None:
-            raise ConfigError("Overlapped merging applies to merged candidates; a data-flow "
-                              "space scores path models, which are not merged: drop --overlap.")
+        check_overlap(space)
         self.worker = Worker(space, device)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="evomerge-merge")
         dev = self.worker.device

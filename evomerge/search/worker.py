@@ -223,7 +223,8 @@ class Worker:
                                    _peak_mb(self.device))
         t1 = time.perf_counter()
         try:
-            scores, totals, examples, stats = _score(merged.model, merged.tokenizer or self.tokenizer,
+            tokenizer = self.tokenizer if merged.tokenizer is None else merged.tokenizer
+            scores, totals, examples, stats = _score(merged.model, tokenizer,
                                                      evaluators or self.evaluators, job)
             values = objective_values(scores, self.space.objectives)
             return CandidateResult(trial, values, scores, None, merged.seconds,

@@ -91,3 +91,11 @@ def test_overlap_is_refused_with_ray_workers_and_data_flow_spaces(mini_zoo, tmp_
                                 dfs={"repeats": 2, "scaling": "pair", "max_length": 6}))
     with pytest.raises(ConfigError, match="data-flow space"):
         OverlapExecutor(dfs)
+    # from the command line: refused before the study exists (a refused command writes nothing)
+    dfs_path = tmp_path / "d.yaml"
+    dfs_path.write_text(yaml.safe_dump(space_dict(mini_zoo, name="d", method=None, parameters={},
+                                                  dfs={"repeats": 2, "scaling": "pair",
+                                                       "max_length": 6})))
+    code = main(["search", str(dfs_path), "--results", str(tmp_path / "r"), "-q", "--overlap"])
+    assert code == 2 and "data-flow space" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
