@@ -22,6 +22,7 @@ layers compatible.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -203,6 +204,8 @@ def output_tokenizer(recipe: Recipe, vocab: VocabPlan | None) -> Any:
     tok = vocab.tokenizer if vocab is not None else _load(
         Path(recipe.tokenizer_source or recipe.tokenizer_base).expanduser())
     if recipe.chat_template is not None:
+        if vocab is not None:  # the plan's tokenizer is shared by every recipe of that rule
+            tok = copy.deepcopy(tok)
         others = ([] if recipe.chat_template != "auto"
                   else [_load(Path(r).expanduser()) for r in refs])
         tok.chat_template = chat_template_for(recipe.chat_template, others)
