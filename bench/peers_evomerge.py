@@ -10,6 +10,7 @@ study. ``heldout_scorer``: the held-out score of each program's best-so-far cand
 from __future__ import annotations
 
 import math
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def run_evomerge(config: Path, out: Path, tasks: Path, fevals: int, seed: int, b
     """Import and search; timings and generations from the study."""
     imported, space = _import(config, out, tasks, fevals, seed, batch, popsize)
     results = out / "results"
+    shutil.rmtree(results, ignore_errors=True)  # a study of an earlier run would be resumed
     m = run_measured(_cmd("search", str(space), "--results", str(results)), out / "search.log",
                      _env(), timeout=timeout)
     return {"rc": m.rc, "killed": m.killed, "wall_s": m.wall_s, "total_s": m.wall_s,
@@ -105,6 +107,7 @@ def kill_and_resume(config: Path, out: Path, tasks: Path, fevals: int, batch: in
     resume``: does the study end with exactly ``fevals`` evaluations, none lost?"""
     imported, space = _import(config, out, tasks, fevals, 0, batch, popsize)
     results, name = out / "results", imported.space.name
+    shutil.rmtree(results, ignore_errors=True)
     db = results / name / "study.db"
     pop = popsize or 4 + int(3 * math.log(imported.genes))
     first = run_measured(_cmd("search", str(space), "--results", str(results)),
