@@ -139,9 +139,10 @@ class Busy:
         return round(sum(self.samples) / len(self.samples) / 100, 3) if self.samples else None
 
 
-def tiny_base(dest: Path) -> Path:
-    """A random 2-layer Llama with SmolLM2-135M-Instruct's tokenizer and chat template (the
-    CI miniature: every code path of the real run, seconds on a CPU)."""
+def tiny_base(dest: Path, layers: int = 2) -> Path:
+    """A random ``layers``-layer Llama (bf16, tied embeddings, as SmolLM2) with
+    SmolLM2-135M-Instruct's tokenizer and chat template (the CI miniatures: every code path of
+    the real run, seconds on a CPU)."""
     import torch
     from pretrained import build_smollm2, cache_dir
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -151,7 +152,7 @@ def tiny_base(dest: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(build_smollm2(cache_dir() / "fixtures" / "smollm2"))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=512, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(dest)

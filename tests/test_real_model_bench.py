@@ -48,22 +48,6 @@ def test_final_answer_pair_writes_its_own_tasks(tmp_path):
     assert len(rows) == 3 and all(r["answer"].startswith("#### ") for r in rows)
 
 
-def tiny_smollm2(smollm2, dest: Path) -> Path:
-    """A random 4-layer Llama (bf16, tied embeddings, as SmolLM2) with SmolLM2's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2["base"])
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(dest)
-    tok.save_pretrained(dest)
-    return dest
-
-
 @pytest.mark.slow
 def test_miniature_runs_every_stage(smollm2, tmp_path):
     """Every searched space (PS, layer swap, DFS with CMA-ES, path_ga, PS+DFS, map_elites),
@@ -71,7 +55,9 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     from real_model import main, seeds_table
 
     out = tmp_path / "mini.json"
-    base = tiny_smollm2(smollm2, tmp_path / "tiny")
+    from gpu_search import tiny_base
+
+    base = tiny_base(tmp_path / "tiny", layers=4)  # SmolLM2's tokenizer, cached by `smollm2`
     doc = main(["--mini", "--base", str(base), "--build", str(tmp_path / "build"),
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
