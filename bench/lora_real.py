@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from real_model import wilson  # noqa: E402
-from real_skills import chat_batch, write_tasks  # noqa: E402
+from real_skills import train_steps, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
 SKILLS = ("add", "words", "final", "sub", "reverse", "compare")
@@ -66,22 +65,9 @@ def lora_tune(base: str, out: Path, train: Path, *, steps: int, batch: int = 16,
                            LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
                                       lora_dropout=0.0, task_type="CAUSAL_LM"))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10)
-                                              * max(0.0, 1 - s / steps))
     rows = [json.loads(line) for line in train.read_text().splitlines()]
-    rnd = random.Random(seed)
-    losses, t0 = [], time.time()
-    model.train()
-    for step in range(steps):
-        loss = model(**chat_batch(tok, rnd.sample(rows, min(batch, len(rows))))).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        losses.append(round(loss.item(), 4))
-        if step % 10 == 0 or step == steps - 1:
-            log(f"  {out.name}: step {step + 1}/{steps} loss {loss:.3f} "
-                f"({time.time() - t0:.0f} s)")
+    losses, t0 = train_steps(model, params, tok, rows, steps=steps, batch=min(batch, len(rows)),
+                             lr=lr, seed=seed, name=out.name, log=log)
     model.save_pretrained(out)
     doc = {"steps": steps, "batch": batch, "lr": lr, "rank": rank,
            "seconds": round(time.time() - t0, 1), "losses": losses, "train": str(train)}

@@ -127,6 +127,29 @@ def chat_batch(tok: Any, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
             "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels])}
 
 
+def train_steps(model: Any, params: list, tok: Any, rows: list[dict[str, str]], *, steps: int,
+                batch: int, lr: float, seed: int, name: str, log=print,
+                device: str = "cpu") -> tuple[list[float], float]:
+    """``steps`` AdamW steps on ``params`` over seeded chat batches of ``rows`` (a 10-step
+    warm-up, then linear decay; gradients clipped at 1). Returns the per-step losses and the
+    time the loop started."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10)
+                                              * max(0.0, 1 - s / steps))
+    rnd = random.Random(seed)
+    losses, t0 = [], time.time()
+    model.train()
+    for step in range(steps):
+        loss = model(**{k: v.to(device) for k, v in chat_batch(tok, rnd.sample(rows, batch)).items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step(), opt.zero_grad()
+        losses.append(round(loss.item(), 4))
+        if step % 10 == 0 or step == steps - 1:
+            log(f"  {name}: step {step + 1}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)")
+    return losses, t0
+
+
 def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16,
               lr: float = 1e-4, seed: int = 0, log=print, device: str = "cpu") -> dict[str, Any]:
     """Full fine-tune of ``base``'s decoder layers on ``train`` (JSONL) for ``steps`` AdamW
@@ -146,21 +169,9 @@ def fine_tune(base: Path, out: Path, train: Path, *, steps: int, batch: int = 16
     params = [p for n, p in model.named_parameters() if ".layers." in n]
     for n, p in model.named_parameters():
         p.requires_grad_(".layers." in n)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10)
-                                              * max(0.0, 1 - s / steps))
     rows = [json.loads(line) for line in train.read_text().splitlines()]
-    rnd = random.Random(seed)
-    losses, t0 = [], time.time()
-    model.train()
-    for step in range(steps):
-        loss = model(**{k: v.to(device) for k, v in chat_batch(tok, rnd.sample(rows, batch)).items()}).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step(), opt.zero_grad()
-        losses.append(round(loss.item(), 4))
-        if step % 10 == 0 or step == steps - 1:
-            log(f"  {out.name}: step {step + 1}/{steps} loss {loss:.3f} ({time.time() - t0:.0f} s)")
+    losses, t0 = train_steps(model, params, tok, rows, steps=steps, batch=batch, lr=lr,
+                             seed=seed, name=out.name, log=log, device=device)
     model.eval().to("cpu", stored).save_pretrained(out)
     tok.save_pretrained(out)
     doc = {"steps": steps, "batch": batch, "lr": lr, "seconds": round(time.time() - t0, 1),
