@@ -253,7 +253,9 @@ def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int
     return rows
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
+    """Every stage of one pair and seed; ``save(doc)`` (if given) after each stage, so a run cut
+    short keeps the rows it finished (its studies resume on the next run)."""
     from evomerge.search.driver import run_search
     from evomerge.search.heldout import heldout_evaluators
     from evomerge.search.ledger import default_storage, load_study, open_storage
@@ -262,6 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from evomerge.search.worker import Worker
 
     cfg = MINI if args.mini else FULL
+    front = cfg["front"] if args.front is None else args.front
     root = Path(args.build)
     t0 = time.time()
     base, experts, info = build(root, args.seed, args.steps, cfg["sizes"], args.base,
@@ -276,6 +279,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {alias: {**test_row(worker, tests, None, path, files, k),
                                     "role": alias if alias == "base" else f"expert {alias}"}
                             for alias, path in [("base", base), *experts.items()]}
+    searches: dict[str, Any] = {}
+
+    def snapshot() -> dict[str, Any]:
+        return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
+                "dfs_sigma0": args.dfs_sigma0, "evals": args.evals,
+                "steps": args.steps, "minutes": args.minutes,
+                "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
+                "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
+                              for k, v in info["fine_tune"].items()},
+                "searches": searches, "rows": rows, "total_seconds": round(time.time() - t0, 1)}
+
+    save = save or (lambda d: None)
+    save(snapshot())
     print(f"[{time.time() - t0:.0f} s] built; sources scored", file=sys.stderr)
     if args.uniform:
         for method in ("ties", "task_arithmetic"):
@@ -283,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None, files, k),
                                          "validation": val, "role": f"uniform {method}"}
         print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
-    searches = {}
+        save(snapshot())
     keys = [s for s in SPACES if s in args.spaces]
     if "psdfs" in keys and "ps" not in keys:
         keys.insert(0, "ps")  # PS+DFS starts from the PS study's point
@@ -299,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            space.name)
         pinned = load_space(study.user_attrs["evomerge_space"])  # study: sources pinned
         w, tst = Worker(pinned), heldout_evaluators(pinned)
-        for label, role, t in chosen_rows(key, study, space, args.evals, cfg["front"]):
+        for label, role, t in chosen_rows(key, study, space, args.evals, front):
             rows[label] = {**test_row(w, tst, t.user_attrs["recipe"], None, files, k),
                            "validation": weighted_loss(t.values, space.objectives),
                            "role": role, "path": t.user_attrs.get("path")}
@@ -307,13 +323,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1),
                          "study": space.name}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
-    return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
-            "dfs_sigma0": args.dfs_sigma0, "evals": args.evals,
-            "steps": args.steps, "minutes": args.minutes,
-            "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
-            "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
-                          for k, v in info["fine_tune"].items()},
-            "searches": searches, "rows": rows, "total_seconds": round(time.time() - t0, 1)}
+        save(snapshot())
+    return snapshot()
 
 
 def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -381,6 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="skip the uniform TIES / task-arithmetic grids")
     ap.add_argument("--spaces", nargs="+", choices=list(SPACES), default=list(SPACES),
                     help="searched spaces")
+    ap.add_argument("--front", type=int, default=None,
+                    help="Pareto-front points tested per search beside its best (default 2; "
+                         "the miniature 1)")
     ap.add_argument("--table", action="store_true",
                     help="combine this pair's per-seed JSON files into the seeds table")
     args = ap.parse_args(argv)
@@ -393,12 +407,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return doc
     if args.mini:
         args.steps, args.evals = min(args.steps, 2), 4
-    doc = run(args)
     out = Path(args.out) if args.out else OUT / f"real_model{tag}_s{args.seed}" \
         f"{'_mini' if args.mini else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    out.with_suffix(".md").write_text(markdown(doc) + "\n")
+
+    def save(d: dict[str, Any]) -> None:
+        out.write_text(json.dumps(d, indent=2))
+        out.with_suffix(".md").write_text(markdown(d) + "\n")
+    doc = run(args, save)
     print(markdown(doc))
     print(f"total {doc['total_seconds']} s -> {out}")
     return doc
