@@ -1,4 +1,5 @@
-"""Data-flow space on the zoo: DFS, PS+DFS and PS alone against the sources and the best
+"""Data-flow space on the zoo: DFS (CMA-ES over flags, and path_ga),
+PS+DFS (both optimizers) and PS alone against the sources and the best
 uniform recipe, same budget per search, held-out (test split) results.
 
     python bench/dfs.py --seed 0 [--evals 120]    # needs ./zoo; ~8 min per seed
@@ -10,7 +11,9 @@ Per seed, through the product's own path (``run_search``, pinning, export recipe
   DFS     search_spaces/zoo_dfs.yaml over math and lang, ``evals`` evaluations;
   PS+DFS  search_spaces/zoo_ps_dfs.yaml over the PS study's best point after ``evals``
           (pinned as study:ps_s{seed}#trial=K), math and lang, ``evals`` more evaluations
-          (so 2 x evals in all, like "PS (2x)").
+          (so 2 x evals in all, like "PS (2x)");
+  DFS (path_ga), PS+DFS (path_ga): the same two spaces and budgets searched by path_ga
+          (paths as segments, from math's / the PS merge's own path) instead of CMA-ES.
 "Best" = lowest weighted validation loss (sum of the three answer NLLs on 250 validation
 examples per task); each best is re-scored on the whole test split (500 per task).
 Writes results/bench/dfs_seed{S}.json, and results/bench/dfs.json with --table.
@@ -38,13 +41,19 @@ from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
-ROWS = ["base", "math", "lang", "uniform (best of grid)", "PS", "PS (2x)", "DFS", "PS+DFS"]
+ROWS = ["base", "math", "lang", "uniform (best of grid)", "PS", "PS (2x)", "DFS", "PS+DFS",
+        "DFS (path_ga)", "PS+DFS (path_ga)"]
+# the structured data-flow search (docs/search_algorithms.md) on the same spaces and budgets
+PATH_GA = {"name": "path_ga", "popsize": 12, "parents": 4}
 
 
-def space(name: str, zoo: str, study: str, seed: int, evals: int, **models: str):
+def space(name: str, zoo: str, study: str, seed: int, evals: int, optimizer: dict | None = None,
+          **models: str):
     s = rebase_zoo(load_space(ROOT / "search_spaces" / f"{name}.yaml"), zoo, device="cpu")
     data = s.model_dump(mode="json")
     data.update(name=study, budget={"trials": evals})
+    if optimizer:
+        data["optimizer"] = dict(optimizer)
     data["optimizer"]["seed"] = seed
     data["models"].update(models)
     return load_space(data)
@@ -120,8 +129,12 @@ def run_seed(zoo: str, seed: int, evals: int, work: Path) -> dict[str, Any]:
     dfs = space("zoo_dfs", zoo, f"dfs_s{seed}", seed, evals)
     psdfs = space("zoo_ps_dfs", zoo, f"psdfs_s{seed}", seed, evals,
                   ps=f"study:{ps.name}#trial={ps_best.number}")
+    ga = space("zoo_dfs", zoo, f"dfs_ga_s{seed}", seed, evals, PATH_GA)
+    psga = space("zoo_ps_dfs", zoo, f"psdfs_ga_s{seed}", seed, evals, PATH_GA,
+                 ps=f"study:{ps.name}#trial={ps_best.number}")
     lengths = {}
-    for label, sp in (("DFS", dfs), ("PS+DFS", psdfs)):
+    for label, sp in (("DFS", dfs), ("PS+DFS", psdfs), ("DFS (path_ga)", ga),
+                      ("PS+DFS (path_ga)", psga)):
         t0 = time.time()
         run_search(sp, results_root=work)
         seconds[label] = time.time() - t0
@@ -148,7 +161,7 @@ def table(paths: list[Path]) -> dict[str, Any]:
     out = {"seeds": [d["seed"] for d in docs], "evals": docs[0]["evals"], "rows": {}}
     lines = ["| recipe | " + " | ".join(keys) + " | sum (test) | add_l2 exact match |",
              "|---" * (len(keys) + 3) + "|"]
-    for label in ROWS:
+    for label in (r for r in ROWS if all(r in d["scores"] for d in docs)):
         per = {k: stat(label, k) for k in [*keys, add_em]}
         total = [sum(d["scores"][label][k] for k in keys) for d in docs]
         out["rows"][label] = {"per_seed_sum": total, **per}
@@ -159,7 +172,7 @@ def table(paths: list[Path]) -> dict[str, Any]:
                      f"{statistics.mean(per[add_em]):.3f} |")
     out["markdown"] = "\n".join(lines)
     out["best_path_lengths"] = {k: [len(d["best_paths"][k]) for d in docs]
-                                for k in ("DFS", "PS+DFS")}
+                                for k in ROWS[6:] if all(k in d["best_paths"] for d in docs)}
     return out
 
 
