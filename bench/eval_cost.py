@@ -248,6 +248,29 @@ def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
     return summarize(per_seed, candidates)
 
 
+def add_settings(zoo: str, per_seed: list[dict], names: list[str],
+                 candidates: int) -> dict[str, Any]:
+    """Run only the settings ``names`` on the seeds of stored part-2 rows, against each row's
+    stored targets (its evolve loop's and full fidelity's final held-out loss), and summarize
+    old and new settings together. The stored rows must come from the same zoo (it is built
+    from seeds: the sources' test scores repeat to the last digit)."""
+    space = make_space(zoo, 150)
+    worker = Worker(space)
+    tests = heldout_evaluators(space)
+    for row in per_seed:
+        t0 = time.time()
+        for name in names:
+            row[name] = run_setting(zoo, worker, tests, SETTINGS[name], row["seed"], candidates,
+                                    row["target"])
+            row[name]["examples_to_full_final"] = next(
+                (n for n, held in row[name]["incumbents"] if held <= row["full_final"]), None)
+        print("part 2 seed", row["seed"], {k: (row[k]["examples_to_target"],
+                                               round(row[k]["final_test_loss"], 3))
+                                           for k in names}, f"{time.time() - t0:.0f} s",
+              flush=True)
+    return summarize(per_seed, candidates)
+
+
 def summarize(per_seed: list[dict], candidates: int) -> dict[str, Any]:
     """Medians over the seeds' rows (also used to merge runs of different seeds)."""
     summary = {}
@@ -350,6 +373,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "eval_cost.json"))
     ap.add_argument("--table", action="store_true", help="print the tables of --out and stop")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+n-1")
+    ap.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
+                    help="part 2: run only these settings, on the seeds stored in --out, and "
+                         "add them to its rows")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="JSON files of runs over different seeds: combine them into --out")
     args = ap.parse_args()
@@ -366,7 +392,11 @@ def main() -> None:
                                                           args.first_seed + args.seeds)),
                                      tuple(args.fractions)),
                              "seeds": args.seeds}
-    if args.part in ("2", "both"):
+    if args.settings:
+        cq = res["cost_to_quality"]
+        res["cost_to_quality"] = add_settings(args.zoo, cq["per_seed"], args.settings,
+                                              cq["candidates"])
+    elif args.part in ("2", "both"):
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         res["cost_to_quality"] = part2(args.zoo, seeds, args.candidates)
     res["seconds_last_run"] = round(time.time() - t0)
