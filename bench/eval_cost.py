@@ -61,6 +61,7 @@ SETTINGS = {
     "subset": {"rungs": [0.2], "estimator": "anchors", "warmup": 8},
     "both": {"rungs": [0.2, 1.0], "eta": 3, "estimator": "anchors", "warmup": 8},
     "gp-IRT": {"rungs": [0.05], "estimator": "gpirt", "warmup": 8},  # 1/20 of the examples
+    "gp-IRT 1/5": {"rungs": [0.2], "estimator": "gpirt", "warmup": 8},  # subset's fraction
 }
 
 
@@ -387,7 +388,7 @@ def main() -> None:
         return merge(args.merge, out)
     res = json.loads(out.read_text()) if out.exists() else {}
     t0 = time.time()
-    if args.part in ("1", "both"):
+    if args.part in ("1", "both") and not args.settings:
         res["estimation"] = {**part1(args.zoo, list(range(args.first_seed,
                                                           args.first_seed + args.seeds)),
                                      tuple(args.fractions)),
