@@ -368,10 +368,14 @@ def run_case(category: str, doc, tmp: Path, i: int) -> dict:
     start = time.perf_counter()
     code, err = run_cli(argv)
     seconds = time.perf_counter() - start
+    after, inside = _listing(tmp, d, doc), sorted(p.name for p in d.iterdir())
     handled = (code == 2 and err.startswith("evomerge: error: ") and "\n" not in err
-               and not out.exists() and sorted(p.name for p in d.iterdir()) == ["in.yaml"]
-               and _listing(tmp, d, doc) == before)
-    return {"code": code, "error": err, "handled": handled, "seconds": round(seconds, 3)}
+               and not out.exists() and inside == ["in.yaml"] and after == before)
+    row = {"code": code, "error": err, "handled": handled, "seconds": round(seconds, 3)}
+    if not handled:  # what the command left behind, so a failure explains itself
+        row["changed"] = {"outside": sorted(set(after) ^ set(before)), "inside": inside,
+                          "out_exists": out.exists()}
+    return row
 
 
 def _listing(tmp: Path, case: Path, doc) -> list[str]:
