@@ -205,10 +205,14 @@ def run_setting(zoo: str, worker: Worker, tests: dict, fidelity: dict | None, se
     space = make_space(zoo, 150, fidelity=fidelity, budget={"trials": candidates},
                        optimizer={"name": "cma", "popsize": 8, "seed": seed})
     objs, n_full = space.objectives, 150 * len({o.task for o in space.objectives})
+    from unittest import mock
+
     import evomerge.search.front as front
 
-    front.write_front = lambda *a, **k: None  # the front's plots are not what is measured
-    with tempfile.TemporaryDirectory() as tmp:
+    # the front's plots are not what is measured; patched for this search only (a lasting
+    # patch left every later search in the process, tests included, without its front)
+    with mock.patch.object(front, "write_front", lambda *a, **k: None), \
+            tempfile.TemporaryDirectory() as tmp:
         out = run_search(space, results_root=tmp, executor_factory=lambda _s: _Reuse(worker))
         trials = load_study(open_storage(out.storage), out.study).get_trials()
     best, examples, reach, curve = math.inf, 0, None, []
