@@ -41,8 +41,8 @@ from evomerge.search.space import load_space  # noqa: E402
 from evomerge.search.worker import Worker  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
-ROWS = ["base", "math", "lang", "uniform (best of grid)", "PS", "PS (2x)", "DFS", "PS+DFS",
-        "DFS (path_ga)", "PS+DFS (path_ga)"]
+PATH_ROWS = ["DFS", "PS+DFS", "DFS (path_ga)", "PS+DFS (path_ga)"]  # rows that have a path
+ROWS = ["base", "math", "lang", "uniform (best of grid)", "PS", "PS (2x)", *PATH_ROWS]
 # the structured data-flow search (docs/search_algorithms.md) on the same spaces and budgets
 PATH_GA = {"name": "path_ga", "popsize": 12, "parents": 4}
 
@@ -127,11 +127,10 @@ def run_seed(zoo: str, seed: int, evals: int, work: Path) -> dict[str, Any]:
     rows["PS"] = test_scores(ps, ps_best.user_attrs["recipe"])
     rows["PS (2x)"] = test_scores(ps, ps_best2.user_attrs["recipe"])
     dfs = space("zoo_dfs", zoo, f"dfs_s{seed}", seed, evals)
-    psdfs = space("zoo_ps_dfs", zoo, f"psdfs_s{seed}", seed, evals,
-                  ps=f"study:{ps.name}#trial={ps_best.number}")
+    pin = f"study:{ps.name}#trial={ps_best.number}"  # PS's best after evals, for both PS+DFS
+    psdfs = space("zoo_ps_dfs", zoo, f"psdfs_s{seed}", seed, evals, ps=pin)
     ga = space("zoo_dfs", zoo, f"dfs_ga_s{seed}", seed, evals, PATH_GA)
-    psga = space("zoo_ps_dfs", zoo, f"psdfs_ga_s{seed}", seed, evals, PATH_GA,
-                 ps=f"study:{ps.name}#trial={ps_best.number}")
+    psga = space("zoo_ps_dfs", zoo, f"psdfs_ga_s{seed}", seed, evals, PATH_GA, ps=pin)
     lengths = {}
     for label, sp in (("DFS", dfs), ("PS+DFS", psdfs), ("DFS (path_ga)", ga),
                       ("PS+DFS (path_ga)", psga)):
@@ -172,7 +171,7 @@ def table(paths: list[Path]) -> dict[str, Any]:
                      f"{statistics.mean(per[add_em]):.3f} |")
     out["markdown"] = "\n".join(lines)
     out["best_path_lengths"] = {k: [len(d["best_paths"][k]) for d in docs]
-                                for k in ROWS[6:] if all(k in d["best_paths"] for d in docs)}
+                                for k in PATH_ROWS if all(k in d["best_paths"] for d in docs)}
     return out
 
 

@@ -215,7 +215,7 @@ def run_setting(zoo: str, worker: Worker, tests: dict, fidelity: dict | None, se
             tempfile.TemporaryDirectory() as tmp:
         out = run_search(space, results_root=tmp, executor_factory=lambda _s: _Reuse(worker))
         trials = load_study(open_storage(out.storage), out.study).get_trials()
-    best, examples, reach, curve = math.inf, 0, None, []
+    best, examples, curve = math.inf, 0, []
     for t in sorted((t for t in trials if counted(t)), key=lambda t: t.number):
         examples += (t.user_attrs.get("fidelity") or {}).get("examples", n_full)
         if t.state != TrialState.COMPLETE or weighted_loss(t.values, objs) >= best:
@@ -224,16 +224,25 @@ def run_setting(zoo: str, worker: Worker, tests: dict, fidelity: dict | None, se
         r = worker.run(0, t.user_attrs["recipe"], tests)
         held = weighted_loss(objective_values(r.scores, objs), objs)
         curve.append([examples, held])
-        if reach is None and held <= target:
-            reach = examples
-    return {"examples_to_target": reach, "final_test_loss": curve[-1][1],
+    return {"examples_to_target": first_reaching(curve, target), "final_test_loss": curve[-1][1],
             "examples_total": examples, "incumbents": curve}
 
 
-def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
+def first_reaching(curve: list[list[float]], target: float) -> int | None:
+    """Examples scored when an incumbent's held-out loss (``curve``: [examples, held-out loss]
+    per new incumbent, in order) first reaches ``target``; None if none does."""
+    return next((n for n, held in curve if held <= target), None)
+
+
+def resident(zoo: str) -> tuple[Any, Worker, dict]:
+    """Part 2's space (150 validation examples per task), its resident worker and held-out
+    evaluators, shared by every setting and seed."""
     space = make_space(zoo, 150)
-    worker = Worker(space)
-    tests = heldout_evaluators(space)
+    return space, Worker(space), heldout_evaluators(space)
+
+
+def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
+    space, worker, tests = resident(zoo)
     per_seed: list[dict] = []
     for seed in seeds:
         t0 = time.time()
@@ -243,8 +252,8 @@ def part2(zoo: str, seeds: list[int], candidates: int) -> dict[str, Any]:
             row[name] = run_setting(zoo, worker, tests, fid, seed, candidates, target)
         row["full_final"] = row["full"]["final_test_loss"]
         for name in SETTINGS:  # the harder target: what full fidelity ends with
-            row[name]["examples_to_full_final"] = next(
-                (n for n, held in row[name]["incumbents"] if held <= row["full_final"]), None)
+            row[name]["examples_to_full_final"] = first_reaching(row[name]["incumbents"],
+                                                                 row["full_final"])
         row["seed"] = seed
         per_seed.append(row)
         print("part 2 seed", seed, round(target, 3),
@@ -259,16 +268,14 @@ def add_settings(zoo: str, per_seed: list[dict], names: list[str],
     stored targets (its evolve loop's and full fidelity's final held-out loss), and summarize
     old and new settings together. The stored rows must come from the same zoo (it is built
     from seeds: the sources' test scores repeat to the last digit)."""
-    space = make_space(zoo, 150)
-    worker = Worker(space)
-    tests = heldout_evaluators(space)
+    _, worker, tests = resident(zoo)
     for row in per_seed:
         t0 = time.time()
         for name in names:
             row[name] = run_setting(zoo, worker, tests, SETTINGS[name], row["seed"], candidates,
                                     row["target"])
-            row[name]["examples_to_full_final"] = next(
-                (n for n, held in row[name]["incumbents"] if held <= row["full_final"]), None)
+            row[name]["examples_to_full_final"] = first_reaching(row[name]["incumbents"],
+                                                                 row["full_final"])
         print("part 2 seed", row["seed"], {k: (row[k]["examples_to_target"],
                                                round(row[k]["final_test_loss"], 3))
                                            for k in names}, f"{time.time() - t0:.0f} s",

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_dfs_bench_every_row_on_the_mini_zoo(mini_zoo, tmp_path):
-    from dfs import ROWS, run_seed, table
+    from dfs import PATH_ROWS, ROWS, run_seed, table
 
     doc = run_seed(str(mini_zoo), seed=0, evals=4, work=tmp_path / "w")
     assert list(doc["scores"]) == ROWS
@@ -22,7 +22,7 @@ def test_dfs_bench_every_row_on_the_mini_zoo(mini_zoo, tmp_path):
         path = doc["best_paths"][row]
         assert path and {m for m, _, _ in path} <= models, (row, path)
         assert all(0 <= layer < 6 and 0.5 <= scale <= 2.0 for _, layer, scale in path)
-    assert set(doc["search_seconds"]) == {"PS (2x)", *ROWS[6:]}
+    assert set(doc["search_seconds"]) == {"PS (2x)", *PATH_ROWS}
 
     import json
     paths = []
@@ -33,4 +33,4 @@ def test_dfs_bench_every_row_on_the_mini_zoo(mini_zoo, tmp_path):
     merged = table(paths)
     assert merged["seeds"] == [0, 1] and set(merged["rows"]) == set(ROWS)
     assert merged["rows"]["DFS (path_ga)"]["per_seed_sum"] == [loss["DFS (path_ga)"]] * 2
-    assert set(merged["best_path_lengths"]) == set(ROWS[6:])
+    assert set(merged["best_path_lengths"]) == set(PATH_ROWS)
