@@ -373,7 +373,8 @@ def run_case(category: str, doc, tmp: Path, i: int) -> dict:
                and not out.exists() and inside == ["in.yaml"] and after == before)
     row = {"code": code, "error": err, "handled": handled, "seconds": round(seconds, 3)}
     if not handled:  # what the command left behind, so a failure explains itself
-        row["changed"] = {"outside": sorted(set(after) ^ set(before)), "inside": inside,
+        row["changed"] = {"appeared": sorted(set(after) - set(before)),
+                          "vanished": sorted(set(before) - set(after)), "inside": inside,
                           "out_exists": out.exists()}
     return row
 

@@ -390,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("evomerge: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    finally:
+        ledger = sys.modules.get("evomerge.search.ledger")  # not loaded: nothing was opened
+        if ledger is not None:
+            ledger.close_storages()
 
 
 if __name__ == "__main__":

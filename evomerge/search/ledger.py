@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from evomerge.search.space import SearchSpace
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
-           "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat"]
+           "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -74,6 +75,20 @@ def open_storage(url: str):
         raise ConfigError(_unreachable(url, exc)) from None
 
 
+# The engines of the SQL storages this process opened, so a command can close them when it
+# ends: an engine outlives its storage in a reference cycle, and its pool keeps connections
+# (and SQLite's -wal/-shm files) until the garbage collector finds it, which for a command run
+# in-process (tests, notebooks, the benchmarks) is at some unrelated later moment.
+_ENGINES: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def close_storages() -> None:
+    """Close the pooled connections of every SQL storage this process opened; a storage used
+    again afterwards reconnects. ``evomerge``'s commands call it when they end."""
+    for engine in list(_ENGINES):
+        engine.dispose()
+
+
 def sql_url(url: str) -> str:
     """The SQLAlchemy URL of an SQL storage URL (a PostgreSQL one with an installed
     driver), for evomerge's own table beside Optuna's (:mod:`evomerge.search.lease`)."""
@@ -91,7 +106,9 @@ def _rdb_storage(url: str, attempts: int = 5):
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=None)
+            _ENGINES.add(storage.engine)
+            return storage
         except (OperationalError, IntegrityError) as exc:
             text = str(exc)
             racing = any(s in text for s in ("already exists", "alembic_version", "is locked"))

@@ -83,3 +83,22 @@ def test_migrate_space_keeps_what_each_optimizer_takes():
     assert migrate_space({"optimizer": {**old, "name": "gp"}})["optimizer"] == {
         "name": "gp", "seed": 3}
     assert migrate_space({"name": "x"}) == {"name": "x"}
+
+
+def test_a_command_closes_the_study_it_opened(legacy):
+    """``evomerge export`` run in-process (tests, notebooks, the benchmarks) leaves no open
+    connection behind: without close_storages the engine's pool kept SQLite's -wal/-shm files
+    until the garbage collector found it, in the middle of whatever ran next."""
+    import gc
+
+    from evomerge.cli import main
+
+    gc.disable()  # the collector must not be what closes it
+    try:
+        assert main(["export", "legacy_cma", "--results", "results", "--best",
+                     "-o", str(legacy / "best.yaml")]) == 0
+        left = sorted(p.name for p in (legacy / "results" / "legacy_cma").iterdir())
+    finally:
+        gc.enable()
+    assert left == ["study.db"]
+    assert "merge_method: ties" in (legacy / "best.yaml").read_text()
