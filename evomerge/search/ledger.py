@@ -79,7 +79,7 @@ def open_storage(url: str):
 # ends: an engine outlives its storage in a reference cycle, and its pool keeps connections
 # (and SQLite's -wal/-shm files) until the garbage collector finds it, which for a command run
 # in-process (tests, notebooks, the benchmarks) is at some unrelated later moment.
-_ENGINES: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def close_storages() -> None:
