@@ -21,6 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 from evomerge.cli import main
+from evomerge.errors import ConfigError
 from evomerge.search.ledger import counted, load_study, open_storage
 
 from .spaces import space_dict
@@ -41,20 +42,33 @@ def pg_url():
     conninfo = SERVER.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
-    yield re.sub(r"/[^/]*$", f"/{name}", SERVER)
+    url = re.sub(r"/[^/]*$", f"/{name}", SERVER)
+    yield url
+    if url in _STORES:
+        _STORES.pop(url).engine.dispose()
     with psycopg.connect(conninfo, autocommit=True) as c:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# One storage per test database, reused by every poll: a storage opened per poll leaves its
+# pooled connection open until the garbage collector finds the engine's reference cycle, and
+# polling every 0.1 s in a long pytest process ran the server out of connections (CI: the
+# polls then failed, the kill came after the search had finished, "assert 40 < 40").
+_STORES: dict = {}
+
+
 def _study(url, name="t"):
-    return load_study(open_storage(url), name)
+    if url not in _STORES:
+        _STORES[url] = open_storage(url)
+    return load_study(_STORES[url], name)
 
 
 def _complete(url) -> int:
     try:
-        return sum(t.state == TrialState.COMPLETE for t in _study(url).get_trials(deepcopy=False))
-    except Exception:  # noqa: BLE001 -- not created yet
+        study = _study(url)
+    except ConfigError:  # the search has not created it yet
         return 0
+    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
 def _cli_search(space_file, url, root, trials):
@@ -64,10 +78,12 @@ def _cli_search(space_file, url, root, trials):
 
 
 def _wait(url, n, proc, limit=180.0) -> None:
-    deadline = time.time() + limit
-    while _complete(url) < n and time.time() < deadline and proc.poll() is None:
+    """Until ``n`` trials are complete, with the search still running."""
+    start = time.time()
+    while (done := _complete(url)) < n and time.time() < start + limit and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, proc.stderr.read().decode()
+    assert done >= n, f"{done} of {n} trials complete after {time.time() - start:.0f} s"
 
 
 def _check_exact(url, budget) -> None:
