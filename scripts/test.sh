@@ -16,7 +16,7 @@ fi
 export EVOMERGE_REQUIRE_MERGEKIT=1  # setup installs mergekit (dev extra): its oracle tests must run
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 status=0
-.venv/bin/python -m pytest -q "$@" || status=$?
+.venv/bin/python -m pytest -q --durations=20 "$@" || status=$?
 # The whole suite (no arguments) also runs the vLLM backend's tests in their own virtualenv
 # (scripts/vllm_test.sh; vLLM pins torch and transformers). EVOMERGE_NO_VLLM=1 skips them.
 if [ $# -eq 0 ] && [ "${EVOMERGE_NO_VLLM:-0}" != 1 ]; then
