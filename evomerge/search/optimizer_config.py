@@ -98,6 +98,12 @@ class PathGaConfig(_Optimizer):
     starts: list[str] | None = None
     scale_sigma: float = Field(0.15, gt=0)  # log-normal step of a transition's scale
     max_shift: int = Field(3, ge=1)         # layers a boundary moves / a new segment spans
+    # Most layers one re-source, delete, duplicate or insert touches (default: up to a whole
+    # segment); 1 or 2 keep the search near its start (a PS merge's path, say).
+    reach: int | None = Field(None, ge=1)
+    # The mutation operators drawn from (default: all; 'scale' only where scaling is not none)
+    operators: list[Literal["resource", "shift", "insert", "delete", "duplicate", "scale"]] | None \
+        = Field(None, min_length=1)
 
 
 class MapElitesConfig(_Optimizer):

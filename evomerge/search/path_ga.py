@@ -15,7 +15,8 @@ of (model, layer range, scale) segments (:mod:`evomerge.search.path_ops`):
   weighted loss CMA-ES also minimizes; with fidelity rungs, a pruned candidate ranks below
   every complete one): a depth-aligned crossover of two parents (``crossover`` of the
   children) or a parent, then one mutation (a second with probability 0.3): re-source, shift,
-  insert, delete, duplicate, or a transition's scale;
+  insert, delete, duplicate, or a transition's scale (``operators`` narrows the choice;
+  ``reach`` bounds the layers one mutation touches, for a local search near a good start);
 * paths already proposed are drawn again (the study never scores one recipe twice).
 
 Every generation is drawn from a generator seeded by (seed, generation) from the paths
@@ -63,6 +64,11 @@ class PathGaOptimizer(Optimizer):
             raise ConfigError(f"optimizer.starts {bad[0]!r} is not a model alias "
                               f"({', '.join(aliases)}).")
         self.starts = [self.codec.canonical(self.codec.own(a)) for a in starts]
+        self.ops = [op for op in (config.operators or OPERATORS)
+                    if op != "scale" or self.codec.dfs.scaling != "none"]
+        if not self.ops:
+            raise ConfigError("optimizer.operators ['scale'] has nothing to change where "
+                              "dfs.scaling is 'none'.")
         self.sampler = FixedSampler()  # the study samples what ask() proposed
         self.pool: list[tuple[tuple[float, float], int, Any]] = []  # (rank key, order, path)
         self.seen: set[str] = set()
@@ -96,10 +102,10 @@ class PathGaOptimizer(Optimizer):
         paths.append(last or self.starts[0])
 
     def _mutant(self, path: Any, rng: np.random.Generator) -> Any:
-        ops = [op for op in OPERATORS if op != "scale" or self.codec.dfs.scaling != "none"]
         for _ in range(1 + (rng.random() < 0.3)):
             path = mutate(path, rng, self.codec.aliases, self.codec.num_layers,
-                          str(rng.choice(ops)), self.config.scale_sigma, self.config.max_shift)
+                          str(rng.choice(self.ops)), self.config.scale_sigma,
+                          self.config.max_shift, self.config.reach)
         return path
 
     def _first(self, rng: np.random.Generator) -> list:

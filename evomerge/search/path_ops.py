@@ -145,12 +145,14 @@ class PathCodec:
                           for s in self.genome.path(params)])
 
 
-def _part(rng: np.random.Generator, seg: Segment, whole: float = 0.5) -> tuple[int, int]:
-    """A sub-range of ``seg``: the whole of it with probability ``whole``."""
-    if len(seg) == 1 or rng.random() < whole:
+def _part(rng: np.random.Generator, seg: Segment, whole: float = 0.5,
+          reach: int | None = None) -> tuple[int, int]:
+    """A sub-range of ``seg``: the whole of it with probability ``whole`` (when it has at
+    most ``reach`` layers), else at most ``reach`` layers of it."""
+    if len(seg) == 1 or (rng.random() < whole and (reach is None or len(seg) <= reach)):
         return seg.start, seg.stop
     a = int(rng.integers(seg.start, seg.stop))
-    b = int(rng.integers(a + 1, seg.stop + 1))
+    b = int(rng.integers(a + 1, min(seg.stop, a + (reach or len(seg))) + 1))
     return a, b
 
 
@@ -165,14 +167,17 @@ def _cut(seg: Segment, a: int, b: int) -> list[Segment]:
 
 
 def mutate(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_layers: int,
-           op: str, scale_sigma: float = 0.15, max_shift: int = 3) -> Path:
+           op: str, scale_sigma: float = 0.15, max_shift: int = 3,
+           reach: int | None = None) -> Path:
     """``path`` changed by operator ``op`` (one of :data:`OPERATORS`); may return a path the
-    codec cannot hold (the caller draws again)."""
+    codec cannot hold (the caller draws again). ``reach`` bounds the layers one re-source,
+    delete, duplicate or insert touches (None: up to a whole segment; a local search near a
+    good start, e.g. PS+DFS, uses 1 or 2)."""
     segs = list(path)
     i = int(rng.integers(len(segs)))
     seg = segs[i]
     if op == "resource":
-        a, b = _part(rng, seg)
+        a, b = _part(rng, seg, reach=reach)
         other = [x for x in aliases if x != seg.alias]
         if not other:
             return path
@@ -191,16 +196,17 @@ def mutate(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_lay
             segs[i] = replace(seg, stop=int(np.clip(seg.stop + d, seg.start + 1, num_layers)))
     elif op == "insert":
         start = int(rng.integers(num_layers))
-        stop = min(num_layers, start + int(rng.integers(1, max_shift + 2)))
+        span = max_shift + 1 if reach is None else min(max_shift + 1, reach)
+        stop = min(num_layers, start + int(rng.integers(1, span + 1)))
         segs.insert(int(rng.integers(len(segs) + 1)), Segment(str(rng.choice(aliases)), start, stop))
     elif op == "delete":
-        a, b = _part(rng, seg)
+        a, b = _part(rng, seg, reach=reach)
         rest = _cut(seg, a, b)
         if len(segs) == 1 and not rest:
             return path
         segs[i:i + 1] = rest
     elif op == "duplicate":
-        a, b = _part(rng, seg, whole=0.2)
+        a, b = _part(rng, seg, whole=0.2, reach=reach)
         b = min(b, a + max_shift + 1)
         after = [Segment(seg.alias, b, seg.stop)] if b < seg.stop else []
         segs[i:i + 1] = [replace(seg, stop=b), Segment(seg.alias, a, b), *after]

@@ -267,6 +267,9 @@ def _check_optimizer(space: SearchSpace) -> None:
             if s not in space.models:
                 raise ValueError(f"optimizer.starts {s!r} is not a model alias "
                                  f"({', '.join(space.models)})")
+        if opt.operators == ["scale"] and space.dfs.scaling == "none":
+            raise ValueError("optimizer.operators ['scale'] has nothing to change where "
+                             "dfs.scaling is 'none'")
     if opt.name == "map_elites":
         keys = [o.key for o in space.objectives]
         for d in opt.descriptors or []:

@@ -97,6 +97,27 @@ def test_operators_do_what_they_say():
         mutate(two, rng, ["math"], 6, "x")
 
 
+@pytest.mark.parametrize("reach", [1, 2])
+def test_reach_bounds_the_layers_one_mutation_touches(reach):
+    """A local search near a good start: a re-source changes at most ``reach`` layers, a
+    delete / duplicate / insert changes the depth by at most ``reach``; without a reach a
+    re-source takes the whole segment half the time."""
+    aliases, own = ["ps", "math", "lang"], (Segment("ps", 0, 30),)
+    for k in range(200):
+        re = mutate(own, np.random.default_rng(k), aliases, 30, "resource", reach=reach)
+        steps = [(s.alias, i) for s in re for i in range(s.start, s.stop)]
+        assert len(steps) == 30 and 1 <= sum(a != "ps" for a, _ in steps) <= reach
+        assert [i for _, i in steps] == list(range(30))  # same layers, some from an expert
+        for op in ("delete", "duplicate", "insert"):
+            got = sum(map(len, mutate(own, np.random.default_rng(k), aliases, 30, op,
+                                      reach=reach)))
+            assert 1 <= abs(got - 30) <= reach, (op, got)
+    whole = sum(mutate(own, np.random.default_rng(k), aliases, 30, "resource")[0].alias != "ps"
+                and len(mutate(own, np.random.default_rng(k), aliases, 30, "resource")) == 1
+                for k in range(200))
+    assert 60 < whole < 140
+
+
 def test_crossover_joins_two_paths_at_the_same_depth():
     a, b = (Segment("math", 0, 6),), (Segment("lang", 0, 6),)
     for seed in range(5):
@@ -112,6 +133,28 @@ def test_path_ga_needs_a_dfs_space_and_known_starts(mini_zoo):
         _space(mini_zoo, optimizer={"name": "path_ga", "starts": ["x"]})
     with pytest.raises(ConfigError, match="crossover"):
         _space(mini_zoo, optimizer={"name": "path_ga", "crossover": 2})
+    with pytest.raises(ConfigError, match=r"optimizer.path_ga.operators.0' input should be .*got 'swap'"):
+        _space(mini_zoo, optimizer={"name": "path_ga", "operators": ["swap"]})  # one sentence
+    with pytest.raises(ConfigError, match=r"optimizer.operators \['scale'\] has nothing"):
+        _space(mini_zoo, dfs={"repeats": 2, "scaling": "none", "start": "math"},
+               optimizer={"name": "path_ga", "operators": ["scale"]})
+
+
+def test_operators_and_reach_narrow_what_a_generation_draws(mini_zoo):
+    """Generation 0 from math's own path with only re-sources of one layer: every other
+    candidate is math's path with exactly one layer taken from lang, in place."""
+    from evomerge.search.optimizers import make_optimizer
+
+    space = _space(mini_zoo, optimizer={"name": "path_ga", "popsize": 6, "seed": 3,
+                                        "operators": ["resource"], "reach": 1})
+    genome = PathGenome(space, L)
+    opt = make_optimizer(space.optimizer, genome, space.objectives)
+    paths = [PathCodec(genome).decode(opt.ask().params) for _ in range(6)]
+    assert paths[0] == (Segment("math", 0, L),)
+    for p in paths[1:]:  # one or two single-layer re-sources (a second one 30% of the time)
+        steps = [(s.alias, i) for s in p for i in range(s.start, s.stop)]
+        assert [i for _, i in steps] == list(range(L)) and 1 <= sum(a == "lang" for a, _ in
+                                                                     steps) <= 2
 
 
 def _trials(root, name="g"):
