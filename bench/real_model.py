@@ -18,6 +18,7 @@ evaluations; ``--minutes`` optionally caps wall time too):
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
+  pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
           archive's best on ``both`` and its most balanced member (max of the lower skill)
 
@@ -50,7 +51,8 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "swap", "dfs", "path", "psdfs", "qd")
+SPACES = ("ps", "swap", "dfs", "path", "psdfs", "pslocal", "qd")
+PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
 
@@ -87,8 +89,8 @@ def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes
 def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float | None,
            trials: int, seed: int, pair: str = "words",
            dfs_sigma0: float = DFS_SIGMA0) -> dict[str, dict[str, Any]]:
-    """The searched spaces (names as in the README table); ``psdfs`` is completed by
-    :func:`psdfs_space` once the PS study has run."""
+    """The searched spaces (names as in the README table); ``psdfs`` and ``pslocal`` are
+    completed by :func:`psdfs_space` once the PS study has run."""
     dfs_name = "dfs" if dfs_sigma0 == DFS_SIGMA0 else f"dfs_sigma{dfs_sigma0:g}"  # own study
     other = [s for s in experts if s != "add"][0]
     tag = f"{pair_tag(pair)}" + (f"_e{trials}" if minutes is None else "")
@@ -110,6 +112,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
                                "sigma0": dfs_sigma0}),
         "path": make("path", dfs=paths, optimizer=ga),
         "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
+        "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
+                        optimizer={**ga, "reach": 1, "max_shift": 1}),
         "qd": make("qd", **ps, optimizer={"name": "map_elites", "popsize": 8, "bins": 6,
                                           "seed": seed,
                                           "descriptors": ["add/answer_nll",
@@ -301,11 +305,11 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
         print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
         save(snapshot())
     keys = [s for s in SPACES if s in args.spaces]
-    if "psdfs" in keys and "ps" not in keys:
+    if set(PS_STARTED) & set(keys) and "ps" not in keys:
         keys.insert(0, "ps")  # PS+DFS starts from the PS study's point
     for key in keys:
         doc = docs[key]
-        if key == "psdfs":
+        if key in PS_STARTED:
             ps_study = load_study(open_storage(default_storage(ps.name, root / "studies")), ps.name)
             doc = psdfs_space(doc, ps.name, _best(ps_study, ps, args.evals).number)
         space = load_space(doc)

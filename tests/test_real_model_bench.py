@@ -62,13 +62,15 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
-    for key in ("ps", "swap", "dfs", "path", "psdfs", "qd"):
+    for key in ("ps", "swap", "dfs", "path", "psdfs", "pslocal", "qd"):
         assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "swap", "dfs", "path", "psdfs", "qd both", "qd balanced"} <= roles
+    assert {"ps", "ps (2x)", "swap", "dfs", "path", "psdfs", "pslocal", "qd both",
+            "qd balanced"} <= roles
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
-    assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == "psdfs")["path"]
+    for role in ("psdfs", "pslocal"):
+        assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]
     for r in doc["rows"].values():
         lo, hi = r["both/exact_match_ci"]
         assert 0.0 <= lo <= r["scores"]["both/exact_match"] <= hi <= 1.0
