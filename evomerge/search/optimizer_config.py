@@ -17,6 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evomerge.search.path_ops import Operator
+
 __all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Nsga2Config",
            "GpConfig", "RandomConfig", "PathGaConfig", "MapElitesConfig",
            "OPTIMIZER_CONFIGS", "optimizer_config_input"]
@@ -102,8 +104,7 @@ class PathGaConfig(_Optimizer):
     # segment); 1 or 2 keep the search near its start (a PS merge's path, say).
     reach: int | None = Field(None, ge=1)
     # The mutation operators drawn from (default: all; 'scale' only where scaling is not none)
-    operators: list[Literal["resource", "shift", "insert", "delete", "duplicate", "scale"]] | None \
-        = Field(None, min_length=1)
+    operators: list[Operator] | None = Field(None, min_length=1)
 
 
 class MapElitesConfig(_Optimizer):

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-__all__ = ["Segment", "PathCodec", "mutate", "crossover", "describe", "OPERATORS"]
+__all__ = ["Segment", "PathCodec", "mutate", "crossover", "describe", "OPERATORS", "Operator"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class Segment:
 
 
 Path = tuple[Segment, ...]
-OPERATORS = ("resource", "shift", "insert", "delete", "duplicate", "scale")
+Operator = Literal["resource", "shift", "insert", "delete", "duplicate", "scale"]
+OPERATORS: tuple[str, ...] = get_args(Operator)
 
 
 def describe(path: Sequence[Segment]) -> str:

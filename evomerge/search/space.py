@@ -267,7 +267,7 @@ def _check_optimizer(space: SearchSpace) -> None:
             if s not in space.models:
                 raise ValueError(f"optimizer.starts {s!r} is not a model alias "
                                  f"({', '.join(space.models)})")
-        if opt.operators == ["scale"] and space.dfs.scaling == "none":
+        if opt.operators and set(opt.operators) == {"scale"} and space.dfs.scaling == "none":
             raise ValueError("optimizer.operators ['scale'] has nothing to change where "
                              "dfs.scaling is 'none'")
     if opt.name == "map_elites":
