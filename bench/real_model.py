@@ -328,7 +328,9 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                          "study": space.name}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
         save(snapshot())
-    return snapshot()
+    final = snapshot()  # one snapshot, saved and returned: the two must be identical
+    save(final)
+    return final
 
 
 def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
