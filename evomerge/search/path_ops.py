@@ -167,13 +167,32 @@ def _cut(seg: Segment, a: int, b: int) -> list[Segment]:
     return out
 
 
+def _insert_near(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_layers: int,
+                 max_shift: int, reach: int) -> Path:
+    """A local insert: before a random step k of ``path`` (any layer, not only a segment's
+    ends), a segment of at most ``min(reach, max_shift + 1)`` layers of a random model that
+    starts near the depth there. With ``d`` the layer that would come next (the previous
+    step's layer + 1; 0 at the front), the start is drawn from ``d - max_shift .. d +
+    max_shift - 1``, so every inserted layer lies within ``d - max_shift .. d + max_shift +
+    reach - 2``: a far jump (layer 21 put before layer 0, measured to break a 30-layer model)
+    is never drawn."""
+    steps = _steps(path)
+    k = int(rng.integers(len(steps) + 1))
+    d = steps[k - 1][1] + 1 if k else 0
+    start = int(np.clip(rng.integers(d - max_shift, d + max_shift), 0, num_layers - 1))
+    stop = min(num_layers, start + int(rng.integers(1, min(max_shift + 1, reach) + 1)))
+    new = [(str(rng.choice(aliases)), i, 1.0) for i in range(start, stop)]
+    return _segments(steps[:k] + new + steps[k:])
+
+
 def mutate(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_layers: int,
            op: str, scale_sigma: float = 0.15, max_shift: int = 3,
            reach: int | None = None) -> Path:
     """``path`` changed by operator ``op`` (one of :data:`OPERATORS`); may return a path the
     codec cannot hold (the caller draws again). ``reach`` bounds the layers one re-source,
     delete, duplicate or insert touches (None: up to a whole segment; a local search near a
-    good start, e.g. PS+DFS, uses 1 or 2)."""
+    good start, e.g. PS+DFS, uses 1 or 2); with a reach, an insert goes before any step and
+    starts near the depth there (:func:`_insert_near`)."""
     segs = list(path)
     i = int(rng.integers(len(segs)))
     seg = segs[i]
@@ -195,11 +214,12 @@ def mutate(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_lay
             segs[i], segs[i + 1] = replace(seg, stop=b), replace(nxt, start=b)
         else:  # grow or shrink the segment at its end
             segs[i] = replace(seg, stop=int(np.clip(seg.stop + d, seg.start + 1, num_layers)))
-    elif op == "insert":
+    elif op == "insert" and reach is None:
         start = int(rng.integers(num_layers))
-        span = max_shift + 1 if reach is None else min(max_shift + 1, reach)
-        stop = min(num_layers, start + int(rng.integers(1, span + 1)))
+        stop = min(num_layers, start + int(rng.integers(1, max_shift + 2)))
         segs.insert(int(rng.integers(len(segs) + 1)), Segment(str(rng.choice(aliases)), start, stop))
+    elif op == "insert":
+        return _insert_near(path, rng, aliases, num_layers, max_shift, reach)
     elif op == "delete":
         a, b = _part(rng, seg, reach=reach)
         rest = _cut(seg, a, b)

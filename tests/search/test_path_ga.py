@@ -117,6 +117,28 @@ def test_reach_bounds_the_layers_one_mutation_touches(reach):
     assert 60 < whole < 140
 
 
+@pytest.mark.parametrize("reach,max_shift", [(1, 1), (2, 3)])
+def test_a_local_insert_goes_anywhere_and_stays_near_its_depth(reach, max_shift):
+    """With a reach, an insert lands before any layer of a one-segment path (not only at its
+    ends) and its layers lie within d - max_shift .. d + max_shift + reach - 2 of the depth
+    d there: no layer 21 before layer 0."""
+    aliases, own = ["ps", "math", "lang"], (Segment("ps", 0, 30),)
+    where = set()
+    for k in range(300):
+        got = mutate(own, np.random.default_rng(k), aliases, 30, "insert", max_shift=max_shift,
+                     reach=reach)
+        steps = [(s.alias, i) for s in got for i in range(s.start, s.stop)]
+        n = len(steps) - 30
+        assert 1 <= n <= min(reach, max_shift + 1)
+        # the original layers, in order, around the n inserted ones at position p
+        p = next(j for j in range(31) if steps[:j] + steps[j + n:] == [("ps", i) for i in
+                                                                        range(30)])
+        where.add(p)
+        for _, layer in steps[p:p + n]:
+            assert p - max_shift <= layer <= p + max_shift + reach - 2, (p, steps[p:p + n])
+    assert len(where) > 20  # before most layers, not only at the ends
+
+
 def test_crossover_joins_two_paths_at_the_same_depth():
     a, b = (Segment("math", 0, 6),), (Segment("lang", 0, 6),)
     for seed in range(5):
