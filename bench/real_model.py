@@ -17,6 +17,8 @@ evaluations; ``--minutes`` optionally caps wall time too):
   swap    layer swapping, CMA-ES
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
+  pathlocal  path with local mutations (reach 3, max_shift 1): re-source, insert, delete or
+          duplicate at most 3 layers near their depth, from add's own path
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
   pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
@@ -51,7 +53,7 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "swap", "dfs", "path", "psdfs", "pslocal", "qd")
+SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd")
 PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
@@ -111,6 +113,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
                     optimizer={"name": "cma", "popsize": 8, "seed": seed,
                                "sigma0": dfs_sigma0}),
         "path": make("path", dfs=paths, optimizer=ga),
+        "pathlocal": make("pathlocal", dfs=paths,
+                          optimizer={**ga, "reach": 3, "max_shift": 1}),
         "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
         "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
                         optimizer={**ga, "reach": 1, "max_shift": 1}),
@@ -345,17 +349,18 @@ def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
              + " | ".join(f"{s} EM mean" for s in skills[:2]) + " |", "|---|---|---|---|---|"]
     roles = dict.fromkeys(r.get("role") for d in docs for r in d["rows"].values())
     for role in (r for r in roles if r and not r.endswith("front")):
-        per = [next((r for r in d["rows"].values() if r.get("role") == role), None)
-               for d in docs]
-        per = [r for r in per if r is not None]
+        found = [(d["seed"], next((r for r in d["rows"].values() if r.get("role") == role),
+                                  None)) for d in docs]
+        seeds = [seed for seed, r in found if r is not None]  # a row some seeds did not run
+        per = [r for _, r in found if r is not None]
         both = [r["scores"]["both/exact_match"] for r in per]
         sd = statistics.stdev(both) if len(both) > 1 else 0.0
         skill = [statistics.mean(r["scores"][f"{s}/exact_match"] for r in per)
                  for s in skills[:2]]
-        cis = [f"{b:.2f} [{r['both/exact_match_ci'][0]:.2f}, {r['both/exact_match_ci'][1]:.2f}]"
-               for b, r in zip(both, per)]
-        out["rows"][role] = {"both": both, "mean": statistics.mean(both), "sd": sd,
-                             "skills": dict(zip(skills[:2], skill))}
+        cis = [f"s{seed}: {b:.2f} [{r['both/exact_match_ci'][0]:.2f}, "
+               f"{r['both/exact_match_ci'][1]:.2f}]" for seed, b, r in zip(seeds, both, per)]
+        out["rows"][role] = {"seeds": seeds, "both": both, "mean": statistics.mean(both),
+                             "sd": sd, "skills": dict(zip(skills[:2], skill))}
         lines.append(f"| {role} | {statistics.mean(both):.3f} ± {sd:.3f} | {'; '.join(cis)} | "
                      + " | ".join(f"{v:.3f}" for v in skill) + " |")
     out["markdown"] = "\n".join(lines)

@@ -62,11 +62,11 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
-    for key in ("ps", "swap", "dfs", "path", "psdfs", "pslocal", "qd"):
+    for key in ("ps", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd"):
         assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "swap", "dfs", "path", "psdfs", "pslocal", "qd both",
+    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd both",
             "qd balanced"} <= roles
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
@@ -79,3 +79,9 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     assert all(v["seconds"] > 0 for v in doc["fine_tune"].values())
     table = seeds_table([doc, {**doc, "seed": 1}])
     assert table["rows"]["ps"]["sd"] == 0.0 and "| psdfs |" in table["markdown"]
+    assert table["rows"]["ps"]["seeds"] == [0, 1]
+    # a row one seed did not run (--no-uniform) is averaged over the seeds that ran it
+    rows = {k: v for k, v in doc["rows"].items() if k != "uniform ties"}
+    table = seeds_table([doc, {**doc, "seed": 2, "rows": rows}])
+    assert table["rows"]["uniform ties"]["seeds"] == [0]
+    assert table["rows"]["swap"]["seeds"] == [0, 2] and "s2: " in table["markdown"]
