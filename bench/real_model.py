@@ -299,7 +299,14 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                 "searches": searches, "rows": rows, "total_seconds": round(time.time() - t0, 1)}
 
     save = save or (lambda d: None)
-    save(snapshot())
+
+    def checkpoint() -> dict[str, Any]:
+        """Save a snapshot and return it: the file and the returned doc are one object."""
+        d = snapshot()
+        save(d)
+        return d
+
+    last = checkpoint()
     print(f"[{time.time() - t0:.0f} s] built; sources scored", file=sys.stderr)
     if args.uniform:
         for method in ("ties", "task_arithmetic"):
@@ -307,7 +314,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
             rows[f"uniform {method}"] = {**test_row(worker, tests, yaml_, None, files, k),
                                          "validation": val, "role": f"uniform {method}"}
         print(f"[{time.time() - t0:.0f} s] uniform grids scored", file=sys.stderr)
-        save(snapshot())
+        last = checkpoint()
     keys = [s for s in SPACES if s in args.spaces]
     if set(PS_STARTED) & set(keys) and "ps" not in keys:
         keys.insert(0, "ps")  # PS+DFS starts from the PS study's point
@@ -331,10 +338,8 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1),
                          "study": space.name}
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
-        save(snapshot())
-    final = snapshot()  # one snapshot, saved and returned: the two must be identical
-    save(final)
-    return final
+        last = checkpoint()
+    return last
 
 
 def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:

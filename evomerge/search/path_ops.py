@@ -214,12 +214,12 @@ def mutate(path: Path, rng: np.random.Generator, aliases: Sequence[str], num_lay
             segs[i], segs[i + 1] = replace(seg, stop=b), replace(nxt, start=b)
         else:  # grow or shrink the segment at its end
             segs[i] = replace(seg, stop=int(np.clip(seg.stop + d, seg.start + 1, num_layers)))
-    elif op == "insert" and reach is None:
+    elif op == "insert":
+        if reach is not None:  # local: before any layer, near the depth there
+            return _insert_near(path, rng, aliases, num_layers, max_shift, reach)
         start = int(rng.integers(num_layers))
         stop = min(num_layers, start + int(rng.integers(1, max_shift + 2)))
         segs.insert(int(rng.integers(len(segs) + 1)), Segment(str(rng.choice(aliases)), start, stop))
-    elif op == "insert":
-        return _insert_near(path, rng, aliases, num_layers, max_shift, reach)
     elif op == "delete":
         a, b = _part(rng, seg, reach=reach)
         rest = _cut(seg, a, b)
