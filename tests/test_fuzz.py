@@ -130,12 +130,12 @@ def test_hostile_yaml_recipes_merge_or_exit_2_fast_with_nothing_written(tiny, tm
         (d / "work").mkdir(parents=True)
         (d / "work" / "r.yaml").write_text(text)
         out = d / "work" / "out"
-        start = time.perf_counter()
+        start = time.process_time()  # CPU, not wall: CI machines are loaded
         code, err = run_cli(["merge", str(d / "work" / "r.yaml"), str(out), "-q"])
         ended[code] = ended.get(code, 0) + 1
         if code != 0:
             _one_line_error(code, err)
-            assert time.perf_counter() - start < 1.0
+            assert time.process_time() - start < 1.0
             assert sorted(p.name for p in (d / "work").iterdir()) == ["r.yaml"]
         _nothing_outside(d, d / "work")
         shutil.rmtree(d)
