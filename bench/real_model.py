@@ -19,6 +19,9 @@ evaluations; ``--minutes`` optionally caps wall time too):
   path    data-flow paths as segments (optimizer path_ga), from add's own path
   pathlocal  path with local mutations (reach 3, max_shift 1): re-source, insert, delete or
           duplicate at most 3 layers near their depth, from add's own path
+  pathmix path from both experts' own paths, half the children depth-aligned crossovers,
+          and only re-source, shift or scale mutations: splices of the two experts (three
+          variants tried on add + final seed 2: results/bench/pathmix_variants/)
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
   pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
@@ -53,7 +56,7 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd")
+SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal", "qd")
 PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
@@ -115,6 +118,9 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
         "path": make("path", dfs=paths, optimizer=ga),
         "pathlocal": make("pathlocal", dfs=paths,
                           optimizer={**ga, "reach": 3, "max_shift": 1}),
+        "pathmix": make("pathmix", dfs=paths,
+                        optimizer={**ga, "starts": ["add", other], "crossover": 0.5,
+                                   "operators": ["resource", "shift", "scale"]}),
         "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
         "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
                         optimizer={**ga, "reach": 1, "max_shift": 1}),

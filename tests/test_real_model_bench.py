@@ -62,12 +62,12 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
-    for key in ("ps", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd"):
+    for key in ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal", "qd"):
         assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "psdfs", "pslocal", "qd both",
-            "qd balanced"} <= roles
+    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal",
+            "qd both", "qd balanced"} <= roles
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]

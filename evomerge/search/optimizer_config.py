@@ -103,6 +103,9 @@ class PathGaConfig(_Optimizer):
     # Most layers one re-source, delete, duplicate or insert touches (default: up to a whole
     # segment); 1 or 2 keep the search near its start (a PS merge's path, say).
     reach: int | None = Field(None, ge=1)
+    # Mutations of each generation-0 mutant of a start (default: one, a second with
+    # probability 0.3, as later); more spread the first generation around the starts.
+    init_mutations: int | None = Field(None, ge=1, le=64)
     # The mutation operators drawn from (default: all; 'scale' only where scaling is not none)
     operators: list[Operator] | None = Field(None, min_length=1)
 

@@ -10,7 +10,9 @@ of (model, layer range, scale) segments (:mod:`evomerge.search.path_ops`):
 
 * generation 0: the own path of each start model (``starts``, default ``dfs.start`` or every
   model; name a PS merge as a model and start from it for PS+DFS), and mutants of them, so
-  the search begins at working models, not at a random 120-bit path;
+  the search begins at working models, not at a random 120-bit path (``init_mutations``
+  mutations each, to spread it: with ``reach`` and length-keeping ``operators``, many small
+  re-sourcings interleave the models' layers at their own depth, as a layer swap does);
 * each later generation: children of the ``parents`` best paths so far (elitist, by the
   weighted loss CMA-ES also minimizes; with fidelity rungs, a pruned candidate ranks below
   every complete one): a depth-aligned crossover of two parents (``crossover`` of the
@@ -101,8 +103,9 @@ class PathGaOptimizer(Optimizer):
                 return
         paths.append(last or self.starts[0])
 
-    def _mutant(self, path: Any, rng: np.random.Generator) -> Any:
-        for _ in range(1 + (rng.random() < 0.3)):
+    def _mutant(self, path: Any, rng: np.random.Generator, times: int | None = None) -> Any:
+        """``path`` after one mutation (a second with probability 0.3), or after ``times``."""
+        for _ in range(times or 1 + (rng.random() < 0.3)):
             path = mutate(path, rng, self.codec.aliases, self.codec.num_layers,
                           str(rng.choice(self.ops)), self.config.scale_sigma,
                           self.config.max_shift, self.config.reach)
@@ -112,8 +115,10 @@ class PathGaOptimizer(Optimizer):
         paths: list = []
         for p in self.starts[:self.popsize]:
             self._new(paths, lambda p=p: p)
+        times = self.config.init_mutations  # None: as in later generations
         while len(paths) < self.popsize:
-            self._new(paths, lambda: self._mutant(self.starts[rng.integers(len(self.starts))], rng))
+            self._new(paths, lambda: self._mutant(self.starts[rng.integers(len(self.starts))],
+                                                  rng, times))
         return paths
 
     def _breed(self, rng: np.random.Generator) -> list:

@@ -178,6 +178,27 @@ def test_operators_and_reach_narrow_what_a_generation_draws(mini_zoo):
                                                                      steps) <= 2
 
 
+def test_init_mutations_spread_generation_0(mini_zoo):
+    """``init_mutations: 3`` with single-layer re-sources between two models: each mutant of
+    math's path is three flips of one layer, so it takes 1 or 3 layers from lang (never 2, as
+    one or two flips would give), and the first generation holds both."""
+    from evomerge.search.optimizers import make_optimizer
+
+    space = _space(mini_zoo, optimizer={"name": "path_ga", "popsize": 8, "seed": 3,
+                                        "operators": ["resource"], "reach": 1,
+                                        "init_mutations": 3})
+    assert list(space.models) == ["math", "lang"]
+    genome = PathGenome(space, L)
+    opt = make_optimizer(space.optimizer, genome, space.objectives)
+    paths = [PathCodec(genome).decode(opt.ask().params) for _ in range(8)]
+    assert paths[0] == (Segment("math", 0, L),)
+    counts = [sum(s.alias == "lang" for s in p for _ in range(s.start, s.stop)) for p in paths[1:]]
+    assert set(counts) == {1, 3}, counts
+    assert all(sum(map(len, p)) == L for p in paths)  # re-sources keep the depth
+    with pytest.raises(ConfigError, match="init_mutations"):
+        _space(mini_zoo, optimizer={"name": "path_ga", "init_mutations": 0})
+
+
 def _trials(root, name="g"):
     study = load_study(open_storage(default_storage(name, root)), name)
     return sorted((t for t in study.get_trials() if counted(t) or "duplicate_of" in t.user_attrs),
