@@ -52,7 +52,7 @@ def test_final_answer_pair_writes_its_own_tasks(tmp_path):
 def test_miniature_runs_every_stage(smollm2, tmp_path):
     """Every searched space (PS, layer swap, DFS with CMA-ES, path_ga, PS+DFS, map_elites),
     equal evaluations, test rows with intervals and greedy outputs."""
-    from real_model import main, seeds_table
+    from real_model import SPACES, main, seeds_table
 
     out = tmp_path / "mini.json"
     from gpu_search import tiny_base
@@ -62,7 +62,7 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
                 "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
-    for key in ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal", "qd"):
+    for key in SPACES:
         assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
