@@ -22,6 +22,9 @@ evaluations; ``--minutes`` optionally caps wall time too):
   pathmix path from both experts' own paths, half the children depth-aligned crossovers,
           and only re-source, shift or scale mutations: splices of the two experts (three
           variants tried on add + final seed 2: results/bench/pathmix_variants/)
+  pathsplice  pathmix whose generation 0 is the two own paths and six splices of them (one
+          expert's path with a run of the other's layers at their own depth, path_ga
+          init_splices 1), not mutants: the first generation already mixes the experts
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
   pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
@@ -39,6 +42,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -56,7 +60,8 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal", "qd")
+SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs", "pslocal",
+          "qd")
 PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
@@ -121,6 +126,10 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
         "pathmix": make("pathmix", dfs=paths,
                         optimizer={**ga, "starts": ["add", other], "crossover": 0.5,
                                    "operators": ["resource", "shift", "scale"]}),
+        "pathsplice": make("pathsplice", dfs=paths,
+                           optimizer={**ga, "starts": ["add", other], "crossover": 0.5,
+                                      "init_splices": 1.0,
+                                      "operators": ["resource", "shift", "scale"]}),
         "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
         "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
                         optimizer={**ga, "reach": 1, "max_shift": 1}),
@@ -348,6 +357,39 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     return last
 
 
+def seed_docs(folder: Path, pair: str) -> list[dict[str, Any]]:
+    """Each seed's rows for ``--table``, by seed: its main file ``real_model{tag}_s{N}.json``
+    with the rows of the same seed's later runs (``real_model{tag}_{name}_s{N}.json``: a
+    space added since, run with ``--spaces ... --out``) whose roles it lacks. A role that two
+    files score differently is refused (ValueError): the table never picks a run silently."""
+    pat = re.compile(rf"real_model{re.escape(pair_tag(pair))}(?:_([a-z0-9]+))?_s(\d+)\.json")
+    files: dict[int, list[tuple[str, Path]]] = {}
+    for p in folder.glob("real_model*_s*.json"):
+        m = pat.fullmatch(p.name)
+        if m and m.group(1) not in PAIRS:  # real_model_final_s0 is no file of the words pair
+            files.setdefault(int(m.group(2)), []).append((m.group(1) or "", p))
+    docs = []
+    for seed in sorted(files):
+        doc: dict[str, Any] | None = None
+        where: dict[str, tuple[float, str]] = {}  # role -> (both EM, file)
+        for _, p in sorted(files[seed]):  # the main file ("" sorts first), then by name
+            d = json.loads(p.read_text())
+            if doc is None:
+                doc = {**d, "rows": {}, "files": []}
+            doc["files"].append(p.name)
+            for label, r in d["rows"].items():
+                role, both = r.get("role"), r["scores"]["both/exact_match"]
+                if role in where:
+                    if where[role][0] != both:
+                        raise ValueError(f"seed {seed}: row {role!r} scores {where[role][0]} in "
+                                         f"{where[role][1]} and {both} in {p.name}")
+                    continue
+                where[role] = (both, p.name)
+                doc["rows"][label if label not in doc["rows"] else f"{label} ({p.name})"] = r
+        docs.append(doc)
+    return docs
+
+
 def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per row role, ``both`` exact match over seeds (mean, standard deviation, each seed's
     count and Wilson interval) and each skill's mean exact match."""
@@ -355,7 +397,7 @@ def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
     skills = docs[0]["skills"]
     out: dict[str, Any] = {"seeds": [d["seed"] for d in docs], "pair": docs[0]["pair"],
-                           "rows": {}}
+                           "files": [f for d in docs for f in d.get("files", [])], "rows": {}}
     lines = ["| row | both EM mean ± sd | per seed: both EM [95% CI] | "
              + " | ".join(f"{s} EM mean" for s in skills[:2]) + " |", "|---|---|---|---|---|"]
     roles = dict.fromkeys(r.get("role") for d in docs for r in d["rows"].values())
@@ -422,8 +464,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     tag = pair_tag(args.pair)
     if args.table:
-        paths = sorted(OUT.glob(f"real_model{tag}_s[0-9]*.json"))
-        doc = seeds_table([json.loads(p.read_text()) for p in paths])
+        doc = seeds_table(seed_docs(OUT, args.pair))
         (OUT / f"real_model{tag}_seeds.json").write_text(json.dumps(doc, indent=2))
         print(doc["markdown"])
         return doc

@@ -23,6 +23,43 @@ def test_wilson_interval():
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
 
 
+def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
+    """--table's inputs: a seed's main file plus the rows its later runs add; another pair's
+    files and miniatures stay out; one row scored twice differently is an error."""
+    from real_model import seed_docs, seeds_table
+
+    def row(role, both):
+        return {"role": role, "scores": {"both/exact_match": both, "add/exact_match": 0.5,
+                                         "final/exact_match": 1.0},
+                "both/exact_match_ci": [0.0, 1.0]}
+
+    def write(name, seed, rows, pair="final"):
+        doc = {"pair": pair, "seed": seed, "skills": ["add", pair, "both"],
+               "rows": {f"{role} trial 1": row(role, b) for role, b in rows}}
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    write("real_model_final_s0.json", 0, [("ps", 0.1), ("swap", 0.3)])
+    write("real_model_final_splice_s0.json", 0, [("ps", 0.1), ("pathsplice", 0.4)])
+    write("real_model_final_s1.json", 1, [("ps", 0.2)])
+    write("real_model_final_s1_mini.json", 1, [("ps", 0.9)])
+    write("real_model_s0.json", 0, [("ps", 0.7)], pair="words")
+    write("real_model_local_s0.json", 0, [("pathmix", 0.0)], pair="words")
+    docs = seed_docs(tmp_path, "final")
+    assert [d["seed"] for d in docs] == [0, 1]
+    assert docs[0]["files"] == ["real_model_final_s0.json", "real_model_final_splice_s0.json"]
+    assert sorted(r["role"] for r in docs[0]["rows"].values()) == ["pathsplice", "ps", "swap"]
+    table = seeds_table(docs)
+    assert table["rows"]["ps"]["both"] == [0.1, 0.2]
+    assert table["rows"]["pathsplice"] == {**table["rows"]["pathsplice"], "seeds": [0],
+                                           "both": [0.4]}
+    assert [d["files"] for d in seed_docs(tmp_path, "words")] == [
+        ["real_model_s0.json", "real_model_local_s0.json"]]
+    write("real_model_final_zz_s1.json", 1, [("ps", 0.25)])
+    with pytest.raises(ValueError, match=r"seed 1: row 'ps' scores 0.2 in real_model_final_s1"
+                                         r".json and 0.25 in real_model_final_zz_s1.json"):
+        seed_docs(tmp_path, "final")
+
+
 def test_skills_are_disjoint_and_composite():
     from real_skills import SKILLS, example, in_words, operand_splits
 
@@ -66,8 +103,8 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
         assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "pathmix", "psdfs", "pslocal",
-            "qd both", "qd balanced"} <= roles
+    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
+            "psdfs", "pslocal", "qd both", "qd balanced"} <= roles
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]

@@ -106,6 +106,9 @@ class PathGaConfig(_Optimizer):
     # Mutations of each generation-0 mutant of a start (default: one, a second with
     # probability 0.3, as later); more spread the first generation around the starts.
     init_mutations: int | None = Field(None, ge=1, le=64)
+    # Share of generation 0's other candidates that are splices of two different starts (one
+    # start's path with a run of another's layers at their own depth), not mutants; default 0.
+    init_splices: float = Field(0.0, ge=0, le=1)
     # The mutation operators drawn from (default: all; 'scale' only where scaling is not none)
     operators: list[Operator] | None = Field(None, min_length=1)
 

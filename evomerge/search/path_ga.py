@@ -12,7 +12,9 @@ of (model, layer range, scale) segments (:mod:`evomerge.search.path_ops`):
   model; name a PS merge as a model and start from it for PS+DFS), and mutants of them, so
   the search begins at working models, not at a random 120-bit path (``init_mutations``
   mutations each, to spread it: with ``reach`` and length-keeping ``operators``, many small
-  re-sourcings interleave the models' layers at their own depth, as a layer swap does);
+  re-sourcings interleave the models' layers at their own depth, as a layer swap does),
+  or, for a share ``init_splices`` of them, splices of two starts: one start's path with a
+  run of another's layers at their own depth (``final[0:12] > add[12:25] > final[25:30]``);
 * each later generation: children of the ``parents`` best paths so far (elitist, by the
   weighted loss CMA-ES also minimizes; with fidelity rungs, a pruned candidate ranks below
   every complete one): a depth-aligned crossover of two parents (``crossover`` of the
@@ -39,7 +41,7 @@ from evomerge.search.gene import genome_hash
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.optimizer_base import FixedSampler, Optimizer, Proposal
 from evomerge.search.optimizer_config import PathGaConfig
-from evomerge.search.path_ops import OPERATORS, PathCodec, crossover, describe, mutate
+from evomerge.search.path_ops import OPERATORS, PathCodec, crossover, describe, mutate, splice
 from evomerge.search.records import T, told_values
 from evomerge.search.space_blocks import Objective
 
@@ -116,9 +118,17 @@ class PathGaOptimizer(Optimizer):
         for p in self.starts[:self.popsize]:
             self._new(paths, lambda p=p: p)
         times = self.config.init_mutations  # None: as in later generations
+        share = self.config.init_splices if len(self.starts) > 1 else 0.0
+
+        def draw() -> Any:
+            # no draw for the share when it is 0, so older studies replay as they were drawn
+            if share and rng.random() < share:
+                i, j = rng.choice(len(self.starts), size=2, replace=False)
+                return splice(self.starts[i], self.starts[j], rng)
+            return self._mutant(self.starts[rng.integers(len(self.starts))], rng, times)
+
         while len(paths) < self.popsize:
-            self._new(paths, lambda: self._mutant(self.starts[rng.integers(len(self.starts))],
-                                                  rng, times))
+            self._new(paths, draw)
         return paths
 
     def _breed(self, rng: np.random.Generator) -> list:

@@ -253,3 +253,15 @@ def crossover(a: Path, b: Path, rng: np.random.Generator) -> Path:
     depth = sa[i][1]
     j = next((k for k, s in enumerate(sb) if s[1] >= depth), len(sb))
     return _segments(sa[:i] + sb[j:])
+
+
+def splice(a: Path, b: Path, rng: np.random.Generator) -> Path:
+    """``a`` with one run of ``b``'s layers put in at their own depth: two cuts i < k of
+    ``a``'s steps, and between them ``b``'s steps whose layers lie in ``a``'s depths
+    [layer(i), layer(k)) (a two-point crossover; the splice keeps ``b``'s scales there)."""
+    sa, sb = _steps(a), _steps(b)
+    if len(sa) < 3:
+        return crossover(a, b, rng)
+    i, k = sorted(int(x) for x in rng.choice(np.arange(1, len(sa)), size=2, replace=False))
+    lo, hi = sa[i][1], sa[k][1]
+    return _segments(sa[:i] + [s for s in sb if lo <= s[1] < hi] + sa[k:])

@@ -11,7 +11,7 @@ from evomerge.search.dfs import PathGenome
 from evomerge.search.driver import run_search
 from evomerge.search.executors import InlineExecutor
 from evomerge.search.ledger import counted, default_storage, load_study, open_storage
-from evomerge.search.path_ops import OPERATORS, PathCodec, Segment, crossover, mutate
+from evomerge.search.path_ops import OPERATORS, PathCodec, Segment, crossover, mutate, splice
 from evomerge.search.space import load_space
 
 from .spaces import space_dict
@@ -147,6 +147,21 @@ def test_crossover_joins_two_paths_at_the_same_depth():
         assert [s.start for s in child] == [0, child[0].stop] and child[-1].stop == 6
 
 
+def test_splice_puts_a_run_of_the_other_path_in_at_its_own_depth():
+    a, b = (Segment("math", 0, 6),), (Segment("lang", 0, 4, 1.5), Segment("lang", 4, 6))
+    seen = set()
+    for seed in range(20):
+        child = splice(a, b, np.random.default_rng(seed))
+        assert [s.alias for s in child] == ["math", "lang", "math"], child
+        assert [(s.start, s.stop) for s in child] == [(0, child[1].start), (child[1].start,
+                                                       child[2].start), (child[2].start, 6)]
+        # b's scale enters only where the run begins at b's own segment start, layer 0: never
+        assert all(s.scale == 1.0 for s in child)
+        seen.add((child[1].start, child[2].start))
+    assert len(seen) > 5  # the cuts vary
+    assert splice((Segment("math", 0, 2),), b, np.random.default_rng(0))[0].alias == "math"
+
+
 def test_path_ga_needs_a_dfs_space_and_known_starts(mini_zoo):
     with pytest.raises(ConfigError, match="optimizer 'path_ga' searches data-flow paths"):
         load_space(space_dict(mini_zoo, optimizer={"name": "path_ga"}))
@@ -197,6 +212,27 @@ def test_init_mutations_spread_generation_0(mini_zoo):
     assert all(sum(map(len, p)) == L for p in paths)  # re-sources keep the depth
     with pytest.raises(ConfigError, match="init_mutations"):
         _space(mini_zoo, optimizer={"name": "path_ga", "init_mutations": 0})
+
+
+def test_init_splices_fill_generation_0_with_splices_of_the_starts(mini_zoo):
+    """``init_splices: 1`` with two starts: after the two own paths, every candidate of
+    generation 0 is one start's path with one run of the other's layers at their own depth;
+    both directions come up. The share is a number in [0, 1]."""
+    from evomerge.search.optimizers import make_optimizer
+
+    space = _space(mini_zoo, optimizer={"name": "path_ga", "popsize": 8, "seed": 1,
+                                        "starts": ["math", "lang"], "init_splices": 1.0})
+    genome = PathGenome(space, L)
+    opt = make_optimizer(space.optimizer, genome, space.objectives)
+    paths = [PathCodec(genome).decode(opt.ask().params) for _ in range(8)]
+    assert paths[:2] == [(Segment("math", 0, L),), (Segment("lang", 0, L),)]
+    for p in paths[2:]:
+        assert [(s.start, s.stop) for s in p] == [(0, p[0].stop), (p[0].stop, p[1].stop),
+                                                  (p[1].stop, L)], p
+        assert p[0].alias == p[2].alias != p[1].alias
+    assert {p[0].alias for p in paths[2:]} == {"math", "lang"}
+    with pytest.raises(ConfigError, match="init_splices"):
+        _space(mini_zoo, optimizer={"name": "path_ga", "init_splices": 1.5})
 
 
 def _trials(root, name="g"):
