@@ -68,6 +68,9 @@ class PathGaOptimizer(Optimizer):
             raise ConfigError(f"optimizer.starts {bad[0]!r} is not a model alias "
                               f"({', '.join(aliases)}).")
         self.starts = [self.codec.canonical(self.codec.own(a)) for a in starts]
+        if config.init_splices and len(self.starts) < 2:
+            raise ConfigError(f"optimizer.init_splices {config.init_splices:g} splices two "
+                              f"starts: name two models or more in optimizer.starts.")
         self.ops = [op for op in (config.operators or OPERATORS)
                     if op != "scale" or self.codec.dfs.scaling != "none"]
         if not self.ops:
@@ -118,7 +121,7 @@ class PathGaOptimizer(Optimizer):
         for p in self.starts[:self.popsize]:
             self._new(paths, lambda p=p: p)
         times = self.config.init_mutations  # None: as in later generations
-        share = self.config.init_splices if len(self.starts) > 1 else 0.0
+        share = self.config.init_splices
 
         def draw() -> Any:
             # no draw for the share when it is 0, so older studies replay as they were drawn

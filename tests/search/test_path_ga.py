@@ -233,6 +233,9 @@ def test_init_splices_fill_generation_0_with_splices_of_the_starts(mini_zoo):
     assert {p[0].alias for p in paths[2:]} == {"math", "lang"}
     with pytest.raises(ConfigError, match="init_splices"):
         _space(mini_zoo, optimizer={"name": "path_ga", "init_splices": 1.5})
+    one = _space(mini_zoo, optimizer={"name": "path_ga", "init_splices": 0.5})  # start: math
+    with pytest.raises(ConfigError, match=r"optimizer.init_splices 0.5 splices two starts"):
+        make_optimizer(one.optimizer, PathGenome(one, L), one.objectives)
 
 
 def _trials(root, name="g"):
@@ -265,10 +268,15 @@ class _StopAt(InlineExecutor):
 
 
 @pytest.mark.slow
-def test_resume_mid_generation_proposes_what_an_uninterrupted_search_does(mini_zoo, tmp_path):
+@pytest.mark.parametrize("optimizer", [None, {"name": "path_ga", "popsize": 4, "parents": 2,
+                                               "seed": 0, "starts": ["math", "lang"],
+                                               "init_splices": 0.5}],
+                         ids=["default", "init_splices"])
+def test_resume_mid_generation_proposes_what_an_uninterrupted_search_does(mini_zoo, tmp_path,
+                                                                          optimizer):
     """Stopped in generation 2 (and again at the budget), then resumed: the same paths,
     in the same generations, with the same values."""
-    space = _space(mini_zoo, budget={"trials": 14})
+    space = _space(mini_zoo, optimizer=optimizer, budget={"trials": 14})
     run_search(space, results_root=tmp_path / "ref")
     _StopAt.calls, _StopAt.at = 0, 7
     out = run_search(space, results_root=tmp_path / "r", executor_factory=_StopAt)
