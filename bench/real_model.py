@@ -371,20 +371,22 @@ def seed_docs(folder: Path, pair: str) -> list[dict[str, Any]]:
     docs = []
     for seed in sorted(files):
         doc: dict[str, Any] | None = None
-        where: dict[str, tuple[float, str]] = {}  # role -> (both EM, file)
+        where: dict[str, tuple[dict, str]] = {}  # role -> (its exact matches, file)
         for _, p in sorted(files[seed]):  # the main file ("" sorts first), then by name
             d = json.loads(p.read_text())
             if doc is None:
                 doc = {**d, "rows": {}, "files": []}
             doc["files"].append(p.name)
             for label, r in d["rows"].items():
-                role, both = r.get("role"), r["scores"]["both/exact_match"]
+                # every skill's exact match: an expert fine-tuned again scores 0 on both anyway
+                role = r.get("role")
+                em = {k: v for k, v in r["scores"].items() if k.endswith("/exact_match")}
                 if role in where:
-                    if where[role][0] != both:
+                    if where[role][0] != em:
                         raise ValueError(f"seed {seed}: row {role!r} scores {where[role][0]} in "
-                                         f"{where[role][1]} and {both} in {p.name}")
+                                         f"{where[role][1]} and {em} in {p.name}")
                     continue
-                where[role] = (both, p.name)
+                where[role] = (em, p.name)
                 doc["rows"][label if label not in doc["rows"] else f"{label} ({p.name})"] = r
         docs.append(doc)
     return docs

@@ -28,14 +28,14 @@ def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
     files and miniatures stay out; one row scored twice differently is an error."""
     from real_model import seed_docs, seeds_table
 
-    def row(role, both):
-        return {"role": role, "scores": {"both/exact_match": both, "add/exact_match": 0.5,
+    def row(role, both, add=0.5):
+        return {"role": role, "scores": {"both/exact_match": both, "add/exact_match": add,
                                          "final/exact_match": 1.0},
                 "both/exact_match_ci": [0.0, 1.0]}
 
-    def write(name, seed, rows, pair="final"):
+    def write(name, seed, rows, pair="final", add=0.5):
         doc = {"pair": pair, "seed": seed, "skills": ["add", pair, "both"],
-               "rows": {f"{role} trial 1": row(role, b) for role, b in rows}}
+               "rows": {f"{role} trial 1": row(role, b, add) for role, b in rows}}
         (tmp_path / name).write_text(json.dumps(doc))
 
     write("real_model_final_s0.json", 0, [("ps", 0.1), ("swap", 0.3)])
@@ -55,8 +55,13 @@ def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
     assert [d["files"] for d in seed_docs(tmp_path, "words")] == [
         ["real_model_s0.json", "real_model_local_s0.json"]]
     write("real_model_final_zz_s1.json", 1, [("ps", 0.25)])
-    with pytest.raises(ValueError, match=r"seed 1: row 'ps' scores 0.2 in real_model_final_s1"
-                                         r".json and 0.25 in real_model_final_zz_s1.json"):
+    with pytest.raises(ValueError, match=r"seed 1: row 'ps' scores \{'both/exact_match': 0.2, .*"
+                                         r"\} in real_model_final_s1.json and \{'both/exact_"
+                                         r"match': 0.25, .*\} in real_model_final_zz_s1.json"):
+        seed_docs(tmp_path, "final")
+    # an expert row that scores 0 on both in each file, but its own skill differently
+    write("real_model_final_zz_s1.json", 1, [("ps", 0.2)], add=0.6)
+    with pytest.raises(ValueError, match=r"seed 1: row 'ps' scores"):
         seed_docs(tmp_path, "final")
 
 

@@ -68,9 +68,9 @@ class PathGaOptimizer(Optimizer):
             raise ConfigError(f"optimizer.starts {bad[0]!r} is not a model alias "
                               f"({', '.join(aliases)}).")
         self.starts = [self.codec.canonical(self.codec.own(a)) for a in starts]
-        if config.init_splices and len(self.starts) < 2:
+        if config.init_splices and len(set(self.starts)) < 2:
             raise ConfigError(f"optimizer.init_splices {config.init_splices:g} splices two "
-                              f"starts: name two models or more in optimizer.starts.")
+                              f"starts: name two different models or more in optimizer.starts.")
         self.ops = [op for op in (config.operators or OPERATORS)
                     if op != "scale" or self.codec.dfs.scaling != "none"]
         if not self.ops:

@@ -264,4 +264,6 @@ def splice(a: Path, b: Path, rng: np.random.Generator) -> Path:
         return crossover(a, b, rng)
     i, k = sorted(int(x) for x in rng.choice(np.arange(1, len(sa)), size=2, replace=False))
     lo, hi = sa[i][1], sa[k][1]
-    return _segments(sa[:i] + [s for s in sb if lo <= s[1] < hi] + sa[k:])
+    run = [s for s in sb if lo <= s[1] < hi]
+    # an ``a`` that goes back in depth between the cuts (repeated layers) has no such run
+    return _segments(sa[:i] + run + sa[k:]) if run else crossover(a, b, rng)

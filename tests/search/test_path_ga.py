@@ -160,6 +160,12 @@ def test_splice_puts_a_run_of_the_other_path_in_at_its_own_depth():
         seen.add((child[1].start, child[2].start))
     assert len(seen) > 5  # the cuts vary
     assert splice((Segment("math", 0, 2),), b, np.random.default_rng(0))[0].alias == "math"
+    # a path that goes back in depth: where no layer of b lies between the cuts' depths, a
+    # one-point crossover (never a path with a's layers only dropped)
+    back = (Segment("math", 0, 4), Segment("math", 1, 3))
+    for seed in range(20):
+        child = splice(back, b, np.random.default_rng(seed))
+        assert any(s.alias == "lang" for s in child), child
 
 
 def test_path_ga_needs_a_dfs_space_and_known_starts(mini_zoo):
@@ -236,6 +242,10 @@ def test_init_splices_fill_generation_0_with_splices_of_the_starts(mini_zoo):
     one = _space(mini_zoo, optimizer={"name": "path_ga", "init_splices": 0.5})  # start: math
     with pytest.raises(ConfigError, match=r"optimizer.init_splices 0.5 splices two starts"):
         make_optimizer(one.optimizer, PathGenome(one, L), one.objectives)
+    twice = _space(mini_zoo, optimizer={"name": "path_ga", "init_splices": 0.5,
+                                        "starts": ["math", "math"]})
+    with pytest.raises(ConfigError, match=r"optimizer.init_splices 0.5 splices two starts"):
+        make_optimizer(twice.optimizer, PathGenome(twice, L), twice.objectives)
 
 
 def _trials(root, name="g"):
