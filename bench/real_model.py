@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from real_seeds import pair_tag, seed_docs, seeds_table  # noqa: E402
 from real_skills import PAIRS, fine_tune, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
@@ -64,11 +64,6 @@ SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "ps
           "qd")
 PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
-
-
-def pair_tag(pair: str) -> str:
-    """The suffix naming a pair's tasks, studies and results ('' for the first pair, words)."""
-    return "" if pair == "words" else f"_{pair}"
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -355,71 +350,6 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
         print(f"[{time.time() - t0:.0f} s] search {key}: {searches[key]}", file=sys.stderr)
         last = checkpoint()
     return last
-
-
-def seed_docs(folder: Path, pair: str) -> list[dict[str, Any]]:
-    """Each seed's rows for ``--table``, by seed: its main file ``real_model{tag}_s{N}.json``
-    with the rows of the same seed's later runs (``real_model{tag}_{name}_s{N}.json``: a
-    space added since, run with ``--spaces ... --out``) whose roles it lacks. A role that two
-    files score differently is refused (ValueError): the table never picks a run silently."""
-    pat = re.compile(rf"real_model{re.escape(pair_tag(pair))}(?:_([a-z0-9]+))?_s(\d+)\.json")
-    files: dict[int, list[tuple[str, Path]]] = {}
-    for p in folder.glob("real_model*_s*.json"):
-        m = pat.fullmatch(p.name)
-        if m and m.group(1) not in PAIRS:  # real_model_final_s0 is no file of the words pair
-            files.setdefault(int(m.group(2)), []).append((m.group(1) or "", p))
-    docs = []
-    for seed in sorted(files):
-        doc: dict[str, Any] | None = None
-        where: dict[str, tuple[dict, str]] = {}  # role -> (its exact matches, file)
-        for _, p in sorted(files[seed]):  # the main file ("" sorts first), then by name
-            d = json.loads(p.read_text())
-            if doc is None:
-                doc = {**d, "rows": {}, "files": []}
-            doc["files"].append(p.name)
-            for label, r in d["rows"].items():
-                # every skill's exact match: an expert fine-tuned again scores 0 on both anyway
-                role = r.get("role")
-                em = {k: v for k, v in r["scores"].items() if k.endswith("/exact_match")}
-                if role in where:
-                    if where[role][0] != em:
-                        raise ValueError(f"seed {seed}: row {role!r} scores {where[role][0]} in "
-                                         f"{where[role][1]} and {em} in {p.name}")
-                    continue
-                where[role] = (em, p.name)
-                doc["rows"][label if label not in doc["rows"] else f"{label} ({p.name})"] = r
-        docs.append(doc)
-    return docs
-
-
-def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per row role, ``both`` exact match over seeds (mean, standard deviation, each seed's
-    count and Wilson interval) and each skill's mean exact match."""
-    import statistics
-
-    skills = docs[0]["skills"]
-    out: dict[str, Any] = {"seeds": [d["seed"] for d in docs], "pair": docs[0]["pair"],
-                           "files": [f for d in docs for f in d.get("files", [])], "rows": {}}
-    lines = ["| row | both EM mean ± sd | per seed: both EM [95% CI] | "
-             + " | ".join(f"{s} EM mean" for s in skills[:2]) + " |", "|---|---|---|---|---|"]
-    roles = dict.fromkeys(r.get("role") for d in docs for r in d["rows"].values())
-    for role in (r for r in roles if r and not r.endswith("front")):
-        found = [(d["seed"], next((r for r in d["rows"].values() if r.get("role") == role),
-                                  None)) for d in docs]
-        seeds = [seed for seed, r in found if r is not None]  # a row some seeds did not run
-        per = [r for _, r in found if r is not None]
-        both = [r["scores"]["both/exact_match"] for r in per]
-        sd = statistics.stdev(both) if len(both) > 1 else 0.0
-        skill = [statistics.mean(r["scores"][f"{s}/exact_match"] for r in per)
-                 for s in skills[:2]]
-        cis = [f"s{seed}: {b:.2f} [{r['both/exact_match_ci'][0]:.2f}, "
-               f"{r['both/exact_match_ci'][1]:.2f}]" for seed, b, r in zip(seeds, both, per)]
-        out["rows"][role] = {"seeds": seeds, "both": both, "mean": statistics.mean(both),
-                             "sd": sd, "skills": dict(zip(skills[:2], skill))}
-        lines.append(f"| {role} | {statistics.mean(both):.3f} ± {sd:.3f} | {'; '.join(cis)} | "
-                     + " | ".join(f"{v:.3f}" for v in skill) + " |")
-    out["markdown"] = "\n".join(lines)
-    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:

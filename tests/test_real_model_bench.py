@@ -26,7 +26,7 @@ def test_wilson_interval():
 def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
     """--table's inputs: a seed's main file plus the rows its later runs add; another pair's
     files and miniatures stay out; one row scored twice differently is an error."""
-    from real_model import seed_docs, seeds_table
+    from real_seeds import seed_docs, seeds_table
 
     def row(role, both, add=0.5):
         return {"role": role, "scores": {"both/exact_match": both, "add/exact_match": add,
@@ -94,7 +94,8 @@ def test_final_answer_pair_writes_its_own_tasks(tmp_path):
 def test_miniature_runs_every_stage(smollm2, tmp_path):
     """Every searched space (PS, layer swap, DFS with CMA-ES, path_ga, PS+DFS, map_elites),
     equal evaluations, test rows with intervals and greedy outputs."""
-    from real_model import SPACES, main, seeds_table
+    from real_model import SPACES, main
+    from real_seeds import seeds_table
 
     out = tmp_path / "mini.json"
     from gpu_search import tiny_base
