@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from real_seeds import pair_tag, seed_docs, seeds_table  # noqa: E402
-from real_skills import PAIRS, fine_tune, write_tasks  # noqa: E402
+from real_seeds import seed_docs, seeds_table  # noqa: E402
+from real_skills import PAIRS, fine_tune, pair_tag, write_tasks  # noqa: E402
 
 OUT = ROOT / "results" / "bench"
 FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "levels": 3,
@@ -107,6 +107,9 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
           "granularity": {"layers_per_group": 3, "embeddings": False}}
     paths = {"repeats": 3, "max_length": 40, "scaling": "slot", "start": "add"}
     ga = {"name": "path_ga", "popsize": 8, "parents": 4, "seed": seed}
+    # splices of the two experts: both own paths, crossovers, length-keeping mutations
+    mix = {**ga, "starts": ["add", other], "crossover": 0.5,
+           "operators": ["resource", "shift", "scale"]}
     return {
         "ps": make("ps", 2 * trials, **ps),
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},
@@ -118,13 +121,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
         "path": make("path", dfs=paths, optimizer=ga),
         "pathlocal": make("pathlocal", dfs=paths,
                           optimizer={**ga, "reach": 3, "max_shift": 1}),
-        "pathmix": make("pathmix", dfs=paths,
-                        optimizer={**ga, "starts": ["add", other], "crossover": 0.5,
-                                   "operators": ["resource", "shift", "scale"]}),
-        "pathsplice": make("pathsplice", dfs=paths,
-                           optimizer={**ga, "starts": ["add", other], "crossover": 0.5,
-                                      "init_splices": 1.0,
-                                      "operators": ["resource", "shift", "scale"]}),
+        "pathmix": make("pathmix", dfs=paths, optimizer=mix),
+        "pathsplice": make("pathsplice", dfs=paths, optimizer={**mix, "init_splices": 1.0}),
         "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
         "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
                         optimizer={**ga, "reach": 1, "max_shift": 1}),

@@ -10,12 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from real_skills import PAIRS
-
-
-def pair_tag(pair: str) -> str:
-    """The suffix naming a pair's tasks, studies and results ('' for the first pair, words)."""
-    return "" if pair == "words" else f"_{pair}"
+from real_skills import PAIRS, pair_tag
 
 
 def seed_docs(folder: Path, pair: str) -> list[dict[str, Any]]:

@@ -32,6 +32,13 @@ TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen 
 TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 PAIRS = {"words": ("add", "words", "both"), "final": ("add", "final", "both")}
 SKILLS = PAIRS["words"]
+
+
+def pair_tag(pair: str) -> str:
+    """The suffix naming a pair's tasks, studies and results ('' for the first pair, words)."""
+    return "" if pair == "words" else f"_{pair}"
+
+
 SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 
 
