@@ -26,6 +26,9 @@ evaluations; ``--minutes`` optionally caps wall time too):
           expert's path with a run of the other's layers at their own depth, path_ga
           init_splices 1), not mutants: the first generation already mixes the experts
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
+          (``--ps-first N``: from PS's best of its first N, for 2 x evals - N evaluations; its
+          own study and row, e.g. "pslocal (48+16)"; ``--ps-factor 3`` continues the PS study to
+          3 x evals, row "ps (3x)")
   pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
           archive's best on ``both`` and its most balanced member (max of the lower skill)
@@ -92,10 +95,12 @@ def base_space(name: str, base: str, experts: dict[str, str], files: dict, sizes
 
 
 def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes: float | None,
-           trials: int, seed: int, pair: str = "words",
-           dfs_sigma0: float = DFS_SIGMA0) -> dict[str, dict[str, Any]]:
+           trials: int, seed: int, pair: str = "words", dfs_sigma0: float = DFS_SIGMA0,
+           ps_first: int | None = None) -> dict[str, dict[str, Any]]:
     """The searched spaces (names as in the README table); ``psdfs`` and ``pslocal`` are
-    completed by :func:`psdfs_space` once the PS study has run."""
+    completed by :func:`psdfs_space` once the PS study has run. PS+DFS starts from PS's
+    best of its first ``ps_first`` (default ``trials``) and runs 2 x ``trials`` - ``ps_first``,
+    the budget of ``ps (2x)`` in all (another split is its own study, ``pslocal{ps_first}``)."""
     dfs_name = "dfs" if dfs_sigma0 == DFS_SIGMA0 else f"dfs_sigma{dfs_sigma0:g}"  # own study
     other = [s for s in experts if s != "add"][0]
     tag = f"{pair_tag(pair)}" + (f"_e{trials}" if minutes is None else "")
@@ -107,6 +112,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
           "granularity": {"layers_per_group": 3, "embeddings": False}}
     paths = {"repeats": 3, "max_length": 40, "scaling": "slot", "start": "add"}
     ga = {"name": "path_ga", "popsize": 8, "parents": 4, "seed": seed}
+    first = trials if ps_first is None else ps_first
+    split = "" if first == trials else str(first)  # the first split's studies keep their names
     # splices of the two experts: both own paths, crossovers, length-keeping mutations
     mix = {**ga, "starts": ["add", other], "crossover": 0.5,
            "operators": ["resource", "shift", "scale"]}
@@ -123,8 +130,9 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
                           optimizer={**ga, "reach": 3, "max_shift": 1}),
         "pathmix": make("pathmix", dfs=paths, optimizer=mix),
         "pathsplice": make("pathsplice", dfs=paths, optimizer={**mix, "init_splices": 1.0}),
-        "psdfs": make("psdfs", dfs={**paths, "start": "ps"}, optimizer=ga),
-        "pslocal": make("pslocal", dfs={**paths, "start": "ps"},
+        "psdfs": make(f"psdfs{split}", 2 * trials - first, dfs={**paths, "start": "ps"},
+                      optimizer=ga),
+        "pslocal": make(f"pslocal{split}", 2 * trials - first, dfs={**paths, "start": "ps"},
                         optimizer={**ga, "reach": 1, "max_shift": 1}),
         "qd": make("qd", **ps, optimizer={"name": "map_elites", "popsize": 8, "bins": 6,
                                           "seed": seed,
@@ -240,16 +248,18 @@ def _best(study: Any, space: Any, first: int | None = None) -> Any:
     return min(pool, key=lambda t: weighted_loss(t.values, space.objectives))
 
 
-def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int
-                ) -> list[tuple[str, str, Any]]:
-    """(label, role, trial) of the points a search contributes to the table."""
+def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int, factor: int = 2,
+                role: str | None = None) -> list[tuple[str, str, Any]]:
+    """(label, role, trial) of the points a search contributes to the table: PS's best after
+    each multiple of ``evals`` up to ``factor`` (roles ``ps``, ``ps (2x)``, ...), else the
+    search's best (role ``role``, default ``key``) and ``front`` points of its front."""
     from evomerge.search.archive import archive_cells
     from evomerge.search.front import completed, front_trials
 
     if key == "ps":
-        first, last = _best(study, space, evals), _best(study, space)
-        return [(f"ps trial {first.number} (best of {evals})", "ps", first),
-                (f"ps trial {last.number} (best of {2 * evals})", "ps (2x)", last)]
+        bests = [(i, _best(study, space, i * evals)) for i in range(1, factor + 1)]
+        return [(f"ps trial {t.number} (best of {i * evals})", "ps" if i == 1 else f"ps ({i}x)",
+                 t) for i, t in bests]
     if key == "qd":
         done = {t.number: t for t in completed(study)}
         cells = archive_cells(list(done.values()), space)
@@ -262,9 +272,9 @@ def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int
                  done[best.trial]),
                 (f"qd trial {balanced.trial} (archive most balanced, cell {balanced.name})",
                  "qd balanced", done[balanced.trial])]
-    best = _best(study, space)
-    rows = [(f"{key} trial {best.number} (best)", key, best)]
-    rows += [(f"{key} trial {t.number}", f"{key} front", t)
+    best, role = _best(study, space), role or key
+    rows = [(f"{key} trial {best.number} (best)", role, best)]
+    rows += [(f"{key} trial {t.number}", f"{role} front", t)
              for t in front_trials(study, space)[:front] if t.number != best.number]
     return rows
 
@@ -287,7 +297,8 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                                 pair=args.pair)
     build_s = time.time() - t0
     docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.evals,
-                  args.seed, args.pair, args.dfs_sigma0)
+                  args.seed, args.pair, args.dfs_sigma0, args.ps_first)
+    first = args.ps_first or args.evals
     ps = load_space(docs["ps"])  # the uniform grids are PS recipes, searched or not
     worker, tests = Worker(ps), heldout_evaluators(ps)
     files = {s: str(f["test"]) for s, f in info["files"].items()}
@@ -300,6 +311,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     def snapshot() -> dict[str, Any]:
         return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
                 "dfs_sigma0": args.dfs_sigma0, "evals": args.evals,
+                "ps_factor": args.ps_factor, "ps_first": first,
                 "steps": args.steps, "minutes": args.minutes,
                 "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
                 "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
@@ -330,15 +342,20 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
         doc = docs[key]
         if key in PS_STARTED:
             ps_study = load_study(open_storage(default_storage(ps.name, root / "studies")), ps.name)
-            doc = psdfs_space(doc, ps.name, _best(ps_study, ps, args.evals).number)
+            doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
+        search_role = key if key not in PS_STARTED or first == args.evals else \
+            f"{key} ({first}+{2 * args.evals - first})"  # PS evaluations + DFS evaluations
         space = load_space(doc)
         t1 = time.time()
-        out = run_search(space, results_root=root / "studies")
+        # --ps-factor continues the PS study past 2 x evals (a budget is no part of a study)
+        out = run_search(space, results_root=root / "studies",
+                         trials=args.ps_factor * args.evals if key == "ps" else None)
         study = load_study(open_storage(default_storage(space.name, root / "studies")),
                            space.name)
         pinned = load_space(study.user_attrs["evomerge_space"])  # study: sources pinned
         w, tst = Worker(pinned), heldout_evaluators(pinned)
-        for label, role, t in chosen_rows(key, study, space, args.evals, front):
+        for label, role, t in chosen_rows(key, study, space, args.evals, front,
+                                          args.ps_factor, search_role):
             rows[label] = {**test_row(w, tst, t.user_attrs["recipe"], None, files, k),
                            "validation": weighted_loss(t.values, space.objectives),
                            "role": role, "path": t.user_attrs.get("path")}
@@ -391,15 +408,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "the miniature 1)")
     ap.add_argument("--table", action="store_true",
                     help="combine this pair's per-seed JSON files into the seeds table")
+    ap.add_argument("--ps-factor", type=int, default=2,
+                    help="PS runs this many times --evals (rows: its best after each multiple)")
+    ap.add_argument("--ps-first", type=int, default=None,
+                    help="PS+DFS starts from PS's best of its first N evaluations and runs "
+                         "2 x --evals - N (default N = --evals)")
     args = ap.parse_args(argv)
+    if args.mini:
+        args.steps, args.evals = min(args.steps, 2), 4
+    if args.ps_factor < 2:
+        ap.error(f"--ps-factor {args.ps_factor} must be at least 2 (ps and ps (2x) are rows)")
+    if args.ps_first is not None and not 1 <= args.ps_first < 2 * args.evals:
+        ap.error(f"--ps-first {args.ps_first} must be between 1 and 2 x --evals - 1 "
+                 f"({2 * args.evals - 1}), so that PS+DFS has evaluations of its own")
     tag = pair_tag(args.pair)
     if args.table:
         doc = seeds_table(seed_docs(OUT, args.pair))
         (OUT / f"real_model{tag}_seeds.json").write_text(json.dumps(doc, indent=2))
         print(doc["markdown"])
         return doc
-    if args.mini:
-        args.steps, args.evals = min(args.steps, 2), 4
     out = Path(args.out) if args.out else OUT / f"real_model{tag}_s{args.seed}" \
         f"{'_mini' if args.mini else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,15 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     table = seeds_table([doc, {**doc, "seed": 2, "rows": rows}])
     assert table["rows"]["uniform ties"]["seeds"] == [0]
     assert table["rows"]["swap"]["seeds"] == [0, 2] and "s2: " in table["markdown"]
+    # PS continued to 3x (the same study) and PS+DFS from PS's best of 6 with the 2 left
+    again = main(["--mini", "--base", str(base), "--build", str(tmp_path / "build"), "--out",
+                  str(tmp_path / "ps6.json"), "--no-uniform", "--front", "0", "--spaces",
+                  "pslocal", "--ps-factor", "3", "--ps-first", "6"])
+    assert {k: v["evaluations"] for k, v in again["searches"].items()} == {"ps": 12, "pslocal": 2}
+    assert again["searches"]["pslocal"]["study"].startswith("real_e4_pslocal6_s")
+    first = {k: v for k, v in doc["rows"].items() if v["role"] in ("ps", "ps (2x)")}
+    assert {k: again["rows"][k]["scores"] for k in first} == {
+        k: v["scores"] for k, v in first.items()}  # the stored 8 evaluations kept as they were
+    roles = [r["role"] for r in again["rows"].values()]
+    assert roles[-4:] == ["ps", "ps (2x)", "ps (3x)", "pslocal (6+2)"]
+    assert again["ps_first"] == 6 and again["ps_factor"] == 3
