@@ -13,7 +13,8 @@ validation split (answer NLL of the three tasks), each ``--evals`` evaluations (
 evaluations; ``--minutes`` optionally caps wall time too):
 
   ps      per-layer DARE-TIES, CMA-ES, 2 x evals: "ps" is its best after evals, "ps (2x)"
-          after all of them (the budget PS+DFS spends in all)
+          after all of them (the budget PS+DFS spends in all); ``--ps-factor 3`` continues the
+          study to 3 x evals, row "ps (3x)"
   swap    layer swapping, CMA-ES
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
@@ -27,8 +28,7 @@ evaluations; ``--minutes`` optionally caps wall time too):
           init_splices 1), not mutants: the first generation already mixes the experts
   psdfs   path_ga over {ps, add, other}, ps = the PS study's best after evals, from its path
           (``--ps-first N``: from PS's best of its first N, for 2 x evals - N evaluations; its
-          own study and row, e.g. "pslocal (48+16)"; ``--ps-factor 3`` continues the PS study to
-          3 x evals, row "ps (3x)")
+          own study and row, e.g. "pslocal (48+16)" with ``--evals 32 --ps-first 48``)
   pslocal psdfs with local mutations (path_ga reach 1, max_shift 1): each touches one layer
   qd      map_elites over the PS space, descriptors = the two skills' answer NLL; rows: the
           archive's best on ``both`` and its most balanced member (max of the lower skill)
@@ -142,7 +142,7 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
 
 
 def psdfs_space(doc: dict[str, Any], ps_study: str, trial: int) -> dict[str, Any]:
-    """PS+DFS over the PS study's point ``trial`` (its best after the first half)."""
+    """PS+DFS over the PS study's point ``trial`` (its best among the first ``ps_first``)."""
     return {**doc, "models": {"ps": f"study:{ps_study}#trial={trial}", **doc["models"]}}
 
 
@@ -273,8 +273,8 @@ def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int, factor
                 (f"qd trial {balanced.trial} (archive most balanced, cell {balanced.name})",
                  "qd balanced", done[balanced.trial])]
     best, role = _best(study, space), role or key
-    rows = [(f"{key} trial {best.number} (best)", role, best)]
-    rows += [(f"{key} trial {t.number}", f"{role} front", t)
+    rows = [(f"{role} trial {best.number} (best)", role, best)]
+    rows += [(f"{role} trial {t.number}", f"{role} front", t)
              for t in front_trials(study, space)[:front] if t.number != best.number]
     return rows
 
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     short keeps the rows it finished (its studies resume on the next run)."""
     from evomerge.search.driver import run_search
     from evomerge.search.heldout import heldout_evaluators
-    from evomerge.search.ledger import default_storage, load_study, open_storage
+    from evomerge.search.ledger import counted, default_storage, load_study, open_storage
     from evomerge.search.objectives import weighted_loss
     from evomerge.search.space import load_space
     from evomerge.search.worker import Worker
@@ -298,7 +298,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     build_s = time.time() - t0
     docs = spaces(base, experts, info["files"], cfg["sizes"], args.minutes, args.evals,
                   args.seed, args.pair, args.dfs_sigma0, args.ps_first)
-    first = args.ps_first or args.evals
+    first = args.evals if args.ps_first is None else args.ps_first  # as in spaces()
     ps = load_space(docs["ps"])  # the uniform grids are PS recipes, searched or not
     worker, tests = Worker(ps), heldout_evaluators(ps)
     files = {s: str(f["test"]) for s, f in info["files"].items()}
@@ -342,12 +342,18 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
         doc = docs[key]
         if key in PS_STARTED:
             ps_study = load_study(open_storage(default_storage(ps.name, root / "studies")), ps.name)
+            done = sum(map(counted, ps_study.get_trials()))
+            if args.ps_first is not None and done < first:  # --minutes stopped PS short
+                raise RuntimeError(f"--ps-first {first}: the PS study {ps.name!r} has only "
+                                   f"{done} evaluations")
             doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
         search_role = key if key not in PS_STARTED or first == args.evals else \
             f"{key} ({first}+{2 * args.evals - first})"  # PS evaluations + DFS evaluations
         space = load_space(doc)
         t1 = time.time()
-        # --ps-factor continues the PS study past 2 x evals (a budget is no part of a study)
+        # --ps-factor continues the PS study past 2 x evals: run_search's ``trials`` override,
+        # unlike the space's budget, is no part of the study's identity (a later default run
+        # then records 2 x evals as its budget again; its evaluations count the whole study)
         out = run_search(space, results_root=root / "studies",
                          trials=args.ps_factor * args.evals if key == "ps" else None)
         study = load_study(open_storage(default_storage(space.name, root / "studies")),
@@ -386,7 +392,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=60, help="fine-tune steps per expert")
     ap.add_argument("--evals", type=int, default=48,
-                    help="evaluations per search (PS: twice this; see the docstring)")
+                    help="evaluations per search (PS: twice this, or --ps-factor times; see "
+                         "the docstring)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="also stop each search after this wall time (then its study names "
                          "drop the evaluation count, as the first runs did)")

@@ -90,12 +90,25 @@ def test_final_answer_pair_writes_its_own_tasks(tmp_path):
     assert len(rows) == 3 and all(r["answer"].startswith("#### ") for r in rows)
 
 
+@pytest.mark.parametrize("argv", [["--ps-factor", "1"], ["--ps-first", "0"],
+                                  ["--mini", "--ps-first", "8"],
+                                  ["--evals", "32", "--ps-first", "64"]])
+def test_a_ps_split_without_evaluations_of_its_own_is_refused_before_any_build(argv, tmp_path,
+                                                                             capsys):
+    from real_model import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--build", str(tmp_path / "b")])
+    assert e.value.code == 2 and not (tmp_path / "b").exists()
+    assert f"error: {argv[-2]} {argv[-1]} must be" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_miniature_runs_every_stage(smollm2, tmp_path):
     """Every searched space (PS, layer swap, DFS with CMA-ES, path_ga, PS+DFS, map_elites),
     equal evaluations, test rows with intervals and greedy outputs."""
     from real_model import SPACES, main
-    from real_seeds import seeds_table
+    from real_seeds import seed_docs, seeds_table
 
     out = tmp_path / "mini.json"
     from gpu_search import tiny_base
@@ -140,3 +153,23 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     roles = [r["role"] for r in again["rows"].values()]
     assert roles[-4:] == ["ps", "ps (2x)", "ps (3x)", "pslocal (6+2)"]
     assert again["ps_first"] == 6 and again["ps_factor"] == 3
+    val = {r["role"]: r["validation"] for r in again["rows"].values() if r["role"].startswith("ps")}
+    assert val["ps (3x)"] <= val["ps (2x)"] <= val["ps"]
+    # PS+DFS's generation 0 starts from PS's own path: its best of the first 6 evaluations
+    from real_model import _best
+
+    from evomerge.search.ledger import default_storage, load_study, open_storage
+    from evomerge.search.space import load_space
+
+    def study(name):
+        return load_study(open_storage(default_storage(name, tmp_path / "build" / "studies")),
+                          name)
+    ps_study, local = (study(again["searches"][k]["study"]) for k in ("ps", "pslocal"))
+    best6 = _best(ps_study, load_space(ps_study.user_attrs["evomerge_space"]), 6)
+    assert min(local.get_trials(), key=lambda t: t.number).values == best6.values
+    # --table takes the later file's new rows beside the main file's
+    (tmp_path / "t").mkdir()
+    for name, d in (("real_model_s0.json", doc), ("real_model_ps6_s0.json", again)):
+        (tmp_path / "t" / name).write_text(json.dumps(d))
+    merged = seed_docs(tmp_path / "t", "words")[0]
+    assert {"ps (3x)", "pslocal (6+2)", "pslocal"} <= {r["role"] for r in merged["rows"].values()}
