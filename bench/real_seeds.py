@@ -72,5 +72,25 @@ def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
                              "sd": sd, "skills": dict(zip(skills[:2], skill))}
         lines.append(f"| {role} | {statistics.mean(both):.3f} ± {sd:.3f} | {'; '.join(cis)} | "
                      + " | ".join(f"{v:.3f}" for v in skill) + " |")
+    rho = {d["seed"]: validation_rho(d) for d in docs}
+    out["validation_rho"] = {seed: r for seed, r in rho.items() if r is not None}
+    if out["validation_rho"]:
+        lines.append("\nSpearman rank correlation of the searched rows' validation loss with "
+                     "their test `both` EM, per seed: " + ", ".join(
+                         f"s{seed} {r:.3f}" for seed, r in out["validation_rho"].items()))
     out["markdown"] = "\n".join(lines)
     return out
+
+
+def validation_rho(doc: dict[str, Any]) -> float | None:
+    """Spearman's rho between the validation loss the searches minimise and the test ``both``
+    exact match, over one seed's rows that have a validation loss (searched points and uniform
+    grids; negative: a lower loss ranks higher on test). None under 3 such rows or when either
+    side is constant (nothing to rank)."""
+    from scipy.stats import spearmanr
+
+    pts = [(r["validation"], r["scores"]["both/exact_match"]) for r in doc["rows"].values()
+           if r.get("validation") is not None and not r.get("role", "").endswith("front")]
+    if len(pts) < 3 or len({v for v, _ in pts}) < 2 or len({e for _, e in pts}) < 2:
+        return None
+    return float(spearmanr(*zip(*pts))[0])

@@ -65,6 +65,27 @@ def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
         seed_docs(tmp_path, "final")
 
 
+def test_validation_rho_ranks_the_searched_rows_against_test():
+    from real_seeds import seeds_table, validation_rho
+
+    def doc(seed, pts):
+        rows = {f"r{i}": {"role": f"r{i}", "validation": v, "both/exact_match_ci": [0.0, 1.0],
+                          "scores": {"both/exact_match": e, "add/exact_match": 0.5,
+                                     "final/exact_match": 1.0}} for i, (v, e) in enumerate(pts)}
+        rows["base"] = {**rows["r0"], "role": "base", "validation": None}  # not searched
+        return {"seed": seed, "pair": "final", "skills": ["add", "final", "both"], "rows": rows}
+
+    perfect, reversed_ = doc(0, [(0.5, 0.4), (1.0, 0.2), (2.0, 0.0)]), doc(1, [(0.5, 0.0),
+                                                                               (1.0, 0.2),
+                                                                               (2.0, 0.4)])
+    assert validation_rho(perfect) == -1.0 and validation_rho(reversed_) == 1.0
+    assert validation_rho(doc(2, [(0.5, 0.0), (1.0, 0.0), (2.0, 0.0)])) is None  # constant
+    assert validation_rho(doc(3, [(0.5, 0.1), (1.0, 0.0)])) is None  # too few rows
+    table = seeds_table([perfect, reversed_])
+    assert table["validation_rho"] == {0: -1.0, 1: 1.0}
+    assert table["markdown"].endswith("per seed: s0 -1.000, s1 1.000")
+
+
 def test_skills_are_disjoint_and_composite():
     from real_skills import SKILLS, example, in_words, operand_splits
 
