@@ -75,8 +75,8 @@ def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
     rho = {d["seed"]: validation_rho(d) for d in docs}
     out["validation_rho"] = {seed: r for seed, r in rho.items() if r is not None}
     if out["validation_rho"]:
-        lines.append("\nSpearman rank correlation of the searched rows' validation loss with "
-                     "their test `both` EM, per seed: " + ", ".join(
+        lines.append("\nSpearman rank correlation of the validation loss of the rows chosen on "
+                     "validation with their test `both` EM, per seed: " + ", ".join(
                          f"s{seed} {r:.3f}" for seed, r in out["validation_rho"].items()))
     out["markdown"] = "\n".join(lines)
     return out
