@@ -1,6 +1,7 @@
 """The real-model experiment's seeds table (``python bench/real_model.py --table``): each
 seed's result files gathered (:func:`seed_docs`) and combined into mean and spread of the
-composite's exact match per row (:func:`seeds_table`)."""
+composite's exact match per row (:func:`seeds_table`), with how well each seed's validation
+loss ranks the rows on test (:func:`validation_rho`)."""
 
 from __future__ import annotations
 
