@@ -88,10 +88,11 @@ def validation_rho(doc: dict[str, Any]) -> float | None:
     exact match, over one seed's rows that have a validation loss (searched points and uniform
     grids; negative: a lower loss ranks higher on test). None under 3 such rows or when either
     side is constant (nothing to rank)."""
-    from scipy.stats import spearmanr
+    import numpy as np
+    from eval_cost import spearman  # the benches' one rank correlation (ties: mean ranks)
 
     pts = [(r["validation"], r["scores"]["both/exact_match"]) for r in doc["rows"].values()
            if r.get("validation") is not None and not r.get("role", "").endswith("front")]
     if len(pts) < 3 or len({v for v, _ in pts}) < 2 or len({e for _, e in pts}) < 2:
         return None
-    return float(spearmanr(*zip(*pts))[0])
+    return spearman(*(np.array(side) for side in zip(*pts)))
