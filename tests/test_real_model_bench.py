@@ -194,3 +194,45 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
         (tmp_path / "t" / name).write_text(json.dumps(d))
     merged = seed_docs(tmp_path / "t", "words")[0]
     assert {"ps (3x)", "pslocal (6+2)", "pslocal"} <= {r["role"] for r in merged["rows"].values()}
+    # bench/real_rerank.py: each row's 3 lowest-loss points re-ranked on validation answers
+    import real_rerank
+
+    rr = real_rerank.main(["--mini", "--pair", "words", "--base", str(base), "--build",
+                           str(tmp_path / "build"), "--top", "3", "--out",
+                           str(tmp_path / "rr.json")])
+    assert [r["role"] for r in rr["rows"].values()] == [
+        "ps (2x) rerank", "ps (3x) rerank", "pslocal (6+2) rerank", "pslocal rerank"]
+    assert set(rr["expert_validation_em"]) == {"add", "words"}
+    sel = rr["selection"]
+    assert sel["pslocal (6+2) rerank"]["pool"] == [["real_e4_ps_s0", 6],
+                                                   ["real_e4_pslocal6_s0", 2]]
+    for role, s in sel.items():
+        cands = s["candidates"]
+        assert len(cands) == 3 and [c["validation"] for c in cands] == sorted(
+            c["validation"] for c in cands)
+        chosen = next(r for r in rr["rows"].values() if r["role"] == role)
+        assert chosen["validation_em"] == real_rerank.pick(cands, rr["expert_validation_em"],
+                                                           0.8)["em"]
+    # the random 4-layer model answers nothing: every pick is its pool's lowest loss, so the
+    # rerank rows of PS are PS's own rows, tested again to the same scores
+    assert all(v == 0.0 for s in sel.values() for c in s["candidates"] for v in c["em"].values())
+    for role, ref in (("ps (2x)", doc), ("ps (3x)", again)):
+        want = next(r for r in ref["rows"].values() if r["role"] == role)
+        got = next(r for r in rr["rows"].values() if r["role"] == f"{role} rerank")
+        assert (got["scores"], got["validation"]) == (want["scores"], want["validation"])
+    assert sel["ps (2x) rerank"]["candidates"][0]["validation"] == val["ps (2x)"]
+
+
+def test_rerank_pick_keeps_the_skills_first_then_the_composite_then_the_loss():
+    from real_rerank import pick
+
+    def cand(loss, add, final, both):
+        return {"validation": loss, "em": {"add": add, "final": final, "both": both}}
+
+    experts = {"add": 0.8, "final": 1.0}
+    lost_add = cand(0.5, 0.6, 1.0, 0.9)  # the most composite answers, but add below 0.8 x 0.8
+    a, b, c = cand(0.7, 0.7, 0.9, 0.5), cand(0.6, 0.65, 0.8, 0.5), cand(0.9, 0.8, 1.0, 0.6)
+    assert pick([lost_add, a, b, c], experts, 0.8) is c
+    assert pick([lost_add, a, b], experts, 0.8) is b  # equal on both: the lower loss
+    assert pick([lost_add, a, b, c], experts, 0.0) is lost_add
+    assert pick([lost_add], experts, 0.8) is lost_add  # nothing keeps them: still a pick
