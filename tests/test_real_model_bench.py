@@ -79,6 +79,11 @@ def test_validation_rho_ranks_the_searched_rows_against_test():
                                                                                (1.0, 0.2),
                                                                                (2.0, 0.4)])
     assert validation_rho(perfect) == -1.0 and validation_rho(reversed_) == 1.0
+    # a re-ranked row (chosen on validation answers, bench/real_rerank.py) stays out
+    perfect["rows"]["rr"] = {**perfect["rows"]["r2"], "role": "ps (2x) rerank",
+                             "validation_em": {"both": 0.0},
+                             "scores": {**perfect["rows"]["r2"]["scores"], "both/exact_match": 0.9}}
+    assert validation_rho(perfect) == -1.0
     assert validation_rho(doc(2, [(0.5, 0.0), (1.0, 0.0), (2.0, 0.0)])) is None  # constant
     assert validation_rho(doc(3, [(0.5, 0.1), (1.0, 0.0)])) is None  # too few rows
     table = seeds_table([perfect, reversed_])
