@@ -12,6 +12,7 @@ Rows (each from the stored studies of ``real_model.py --evals E``; nothing is se
   ps (3x) rerank      its first 3 x E (only where the study was continued, ``--ps-factor 3``)
   pslocal rerank      PS's first E and the PS+DFS study ``pslocal`` (2 x E in all); likewise
                       ``pslocal (48+16) rerank``: PS's first 48 and the study ``pslocal48``
+  pathsplice rerank   the study's E evaluations (likewise path, pathlocal, pathmix)
 
 The pick (:func:`pick`): among the pool's ``--top`` lowest validation losses, those keeping at
 least ``--keep`` (0.8) of each expert's validation exact match on its own skill come first,
@@ -37,6 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import real_model  # noqa: E402  (sets HF_HUB_OFFLINE before transformers loads)
 from real_skills import PAIRS, pair_tag  # noqa: E402
+
+PATHS = ("path", "pathlocal", "pathmix", "pathsplice")  # real_model.py's new DFS spaces
 
 
 def pick(cands: list[dict[str, Any]], experts: dict[str, float], keep: float,
@@ -89,7 +92,8 @@ def validation_generation(space: Any) -> dict[str, Any]:
 def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str, int]]]]:
     """(role, [(study name, first N)]) of each row, from the studies stored under ``root``:
     PS after each multiple of ``--evals`` from 2x on, and every PS+DFS study with local
-    mutations (``pslocal``: PS's first E + its E; ``pslocal{N}``: PS's first N + its 2E - N)."""
+    mutations (``pslocal``: PS's first E + its E; ``pslocal{N}``: PS's first N + its 2E - N),
+    and the path searches of :data:`PATHS` (their E)."""
     import re
 
     from evomerge.search.ledger import counted, default_storage, load_study, open_storage
@@ -104,6 +108,9 @@ def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str
         if n < 2 * e:
             role = "pslocal rerank" if n == e else f"pslocal ({n}+{2 * e - n}) rerank"
             out.append((role, [(ps, n), (name, 2 * e - n)]))
+    for space in PATHS:  # the path searches of their own (not started from PS)
+        if (root / f"{tag}_{space}_s{args.seed}").exists():
+            out.append((f"{space} rerank", [(f"{tag}_{space}_s{args.seed}", e)]))
     return [j for j in out if not args.rows or j[0] in args.rows]
 
 

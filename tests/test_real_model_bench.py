@@ -206,7 +206,8 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
                            str(tmp_path / "build"), "--top", "3", "--out",
                            str(tmp_path / "rr.json")])
     assert [r["role"] for r in rr["rows"].values()] == [
-        "ps (2x) rerank", "ps (3x) rerank", "pslocal (6+2) rerank", "pslocal rerank"]
+        "ps (2x) rerank", "ps (3x) rerank", "pslocal (6+2) rerank", "pslocal rerank",
+        *(f"{s} rerank" for s in real_rerank.PATHS)]
     assert set(rr["expert_validation_em"]) == {"add", "words"}
     sel = rr["selection"]
     assert sel["pslocal (6+2) rerank"]["pool"] == [["real_e4_ps_s0", 6],
