@@ -100,10 +100,14 @@ def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str
 
     tag, e = f"real{pair_tag(args.pair)}_e{args.evals}", args.evals
     ps = f"{tag}_ps_s{args.seed}"
-    n_ps = sum(map(counted, load_study(open_storage(default_storage(ps, root)), ps).get_trials()))
-    out = [(f"ps ({f}x) rerank", [(ps, f * e)]) for f in range(2, n_ps // e + 1)]
+    out: list[tuple[str, list[tuple[str, int]]]] = []
+    if (root / ps).exists():  # else only the path searches (their PS study since deleted)
+        n_ps = sum(map(counted, load_study(open_storage(default_storage(ps, root)),
+                                           ps).get_trials()))
+        out += [(f"ps ({f}x) rerank", [(ps, f * e)]) for f in range(2, n_ps // e + 1)]
     pat = re.compile(rf"{re.escape(tag)}_pslocal(\d*)_s{args.seed}")
-    for name in sorted(p.name for p in root.iterdir() if pat.fullmatch(p.name)):
+    for name in sorted(p.name for p in root.iterdir() if pat.fullmatch(p.name)
+                       and (root / ps).exists()):
         n = int(pat.fullmatch(name).group(1) or e)
         if n < 2 * e:
             role = "pslocal rerank" if n == e else f"pslocal ({n}+{2 * e - n}) rerank"
