@@ -16,8 +16,9 @@ Rows (each from the stored studies of ``real_model.py --evals E``; nothing is se
 
 The pick (:func:`pick`): among the pool's ``--top`` lowest validation losses, those keeping at
 least ``--keep`` (0.8) of each expert's validation exact match on its own skill come first,
-then the highest validation exact match on ``both``, then the lower loss. The selection costs
-``--top`` generations over the validation split per row, reported beside the rows. The test
+then the highest validation exact match on ``both``, then the lower loss (``--keep 0``: the
+composite alone; its rows are named so). The selection costs ``--top`` generations over the
+validation split per row, reported beside the rows (``--answers`` reuses an earlier run's). The test
 split is touched once per row, for the pick only. Writes
 results/bench/real_model{tag}_rerank_s{seed}.json and .md (rows in real_model.py's format, so
 ``real_model.py --table`` gathers them with the seed's other files).
@@ -40,6 +41,7 @@ import real_model  # noqa: E402  (sets HF_HUB_OFFLINE before transformers loads)
 from real_skills import PAIRS, pair_tag  # noqa: E402
 
 PATHS = ("path", "pathlocal", "pathmix", "pathsplice")  # real_model.py's new DFS spaces
+KEEP = 0.8  # #32's goal: a merge keeping 80% of each expert's skill
 
 
 def pick(cands: list[dict[str, Any]], experts: dict[str, float], keep: float,
@@ -128,13 +130,22 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     from evomerge.search.worker import Worker
 
     t0, root = time.time(), Path(args.build)
+    seen: dict[tuple[str, int], dict[str, Any]] = {}  # (study, trial) -> its candidate entry
+    expert_em: dict[str, float] = {}
+    for path in args.answers:  # an earlier run's validation answers: deterministic, reused
+        old = json.loads(Path(path).read_text())
+        if (old["pair"], old["seed"], old["evals"]) != (args.pair, args.seed, args.evals):
+            raise ValueError(f"--answers {path}: pair {old['pair']}, seed {old['seed']}, evals "
+                             f"{old['evals']}, not {args.pair}, {args.seed}, {args.evals}")
+        expert_em = old["expert_validation_em"]
+        seen.update({(c["study"], c["trial"]): c for sel in old["selection"].values()
+                     for c in sel["candidates"]})
     cfg = real_model.MINI if args.mini else real_model.FULL
     base, experts, info = real_model.build(root, args.seed, args.steps, cfg["sizes"], args.base,
                                            pair=args.pair)
     files = {s: str(f["test"]) for s, f in info["files"].items()}
     skills = PAIRS[args.pair]
     studies, workers = {}, {}
-    seen: dict[tuple[str, int], dict[str, Any]] = {}  # (study, trial) -> its candidate entry
     tested: dict[tuple[str, int], dict[str, Any]] = {}  # rows' pools overlap: score each once
 
     def study(name: str) -> tuple[Any, Any]:
@@ -152,8 +163,7 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
 
     todo = jobs(args, root / "studies")
     first = worker(todo[0][1][0][0])  # any row's worker scores the experts: same evaluators
-    expert_em = {}
-    for s in skills[:2]:
+    for s in skills[:2] if not expert_em else ():
         from transformers import AutoModelForCausalLM
         m = AutoModelForCausalLM.from_pretrained(experts[s]).to(first[0].device).eval()
         expert_em[s] = score(m, first[0].tokenizer, list(first[1].values()))[f"{s}/exact_match"]
@@ -161,8 +171,10 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {"pair": args.pair, "skills": list(skills), "seed": args.seed,
                            "evals": args.evals, "top": args.top, "keep": args.keep,
                            "sizes": cfg["sizes"], "expert_validation_em": expert_em,
+                           "answers_from": [str(a) for a in args.answers],
                            "rows": {}, "selection": {}}
     for role, parts in todo:
+        role += "" if args.keep == KEEP else f" (keep {args.keep:g})"  # its own row
         t1 = time.time()
         cands = []
         for st, sp, t in pool([(*study(n), k) for n, k in parts], args.top):
@@ -204,8 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=60, help="the experts' fine-tune steps")
     ap.add_argument("--top", type=int, default=12,
                     help="lowest-loss points re-ranked on validation generations, per row")
-    ap.add_argument("--keep", type=float, default=0.8,
-                    help="share of each expert's validation exact match a pick must keep")
+    ap.add_argument("--keep", type=float, default=KEEP,
+                    help="share of each expert's validation exact match a pick must keep "
+                         "(another value names its rows, e.g. 'ps (2x) rerank (keep 0)')")
+    ap.add_argument("--answers", nargs="*", default=[],
+                    help="earlier runs' JSON: their candidates' validation answers are reused, "
+                         "not generated again")
     ap.add_argument("--rows", nargs="*", default=None, help="only these roles")
     ap.add_argument("--build", default=str(ROOT / "build" / "real_model"))
     ap.add_argument("--base", default=None, help="the SmolLM2 directory the searches used")

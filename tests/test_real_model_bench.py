@@ -227,6 +227,17 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
         got = next(r for r in rr["rows"].values() if r["role"] == f"{role} rerank")
         assert (got["scores"], got["validation"]) == (want["scores"], want["validation"])
     assert sel["ps (2x) rerank"]["candidates"][0]["validation"] == val["ps (2x)"]
+    # another rule on the same answers: its own row, the stored answers read, not regenerated
+    argv = ["--mini", "--pair", "words", "--base", str(base), "--build", str(tmp_path / "build"),
+            "--rows", "ps (2x) rerank", "--top", "3", "--keep", "0", "--answers",
+            str(tmp_path / "rr.json"), "--out", str(tmp_path / "rr0.json")]
+    rr0 = real_rerank.main(argv)
+    assert [r["role"] for r in rr0["rows"].values()] == ["ps (2x) rerank (keep 0)"]
+    assert rr0["selection"]["ps (2x) rerank (keep 0)"]["candidates"] == sel["ps (2x) rerank"][
+        "candidates"] and rr0["expert_validation_em"] == rr["expert_validation_em"]
+    with pytest.raises(ValueError, match=r"--answers .*rr.json: pair words, seed 0, evals 4, "
+                                         r"not words, 1, 4"):
+        real_rerank.main([*argv[:-2], "--seed", "1", "--out", str(tmp_path / "rr1.json")])
 
 
 def test_rerank_pick_keeps_the_skills_first_then_the_composite_then_the_loss():
