@@ -14,7 +14,8 @@ Rows (each from the stored studies of ``real_model.py --evals E``; nothing is se
                       ``pslocal (48+16) rerank``: PS's first 48 and the study ``pslocal48``
   pathsplice rerank   the study's E evaluations (likewise path, pathlocal, pathmix)
 
-The pick (:func:`pick`): among the pool's ``--top`` lowest validation losses, those keeping at
+A row's label names the study of its pick: a point PS and PS+DFS share (PS+DFS's start) is
+PS's. The pick (:func:`pick`): among the pool's ``--top`` lowest validation losses, those keeping at
 least ``--keep`` (0.8) of each expert's validation exact match on its own skill come first,
 then the highest validation exact match on ``both``, then the lower loss (``--keep 0``: the
 composite alone; its rows are named so). The selection costs ``--top`` generations over the
@@ -50,7 +51,8 @@ def pick(cands: list[dict[str, Any]], experts: dict[str, float], keep: float,
     least ``keep`` x that expert's come first, then the highest exact match on ``composite``,
     then the lowest validation loss. ``cands``: ``{"validation": loss, "em": {task: EM}}``."""
     def kept(c: dict[str, Any]) -> bool:
-        return all(c["em"][s] >= keep * e for s, e in experts.items())
+        # the tolerance: 44/60 keeps exactly 0.8 of 55/60, which float products miss
+        return all(c["em"][s] >= keep * e - 1e-9 for s, e in experts.items())
     return min(cands, key=lambda c: (not kept(c), -c["em"][composite], c["validation"]))
 
 
@@ -137,6 +139,9 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
         if (old["pair"], old["seed"], old["evals"]) != (args.pair, args.seed, args.evals):
             raise ValueError(f"--answers {path}: pair {old['pair']}, seed {old['seed']}, evals "
                              f"{old['evals']}, not {args.pair}, {args.seed}, {args.evals}")
+        if expert_em and old["expert_validation_em"] != expert_em:
+            raise ValueError(f"--answers {path}: the experts' validation exact match "
+                             f"{old['expert_validation_em']}, not {expert_em}")
         expert_em = old["expert_validation_em"]
         seen.update({(c["study"], c["trial"]): c for sel in old["selection"].values()
                      for c in sel["candidates"]})
@@ -162,6 +167,9 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
         return workers[name]
 
     todo = jobs(args, root / "studies")
+    if not todo:
+        raise ValueError(f"no stored study gives a row{' named ' + repr(args.rows) if args.rows else ''}"
+                         f" for pair {args.pair}, seed {args.seed}, evals {args.evals}")
     first = worker(todo[0][1][0][0])  # any row's worker scores the experts: same evaluators
     for s in skills[:2] if not expert_em else ():
         from transformers import AutoModelForCausalLM
@@ -222,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--answers", nargs="*", default=[],
                     help="earlier runs' JSON: their candidates' validation answers are reused, "
                          "not generated again")
-    ap.add_argument("--rows", nargs="*", default=None, help="only these roles")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="only these rows, named without the '(keep ...)' suffix")
     ap.add_argument("--build", default=str(ROOT / "build" / "real_model"))
     ap.add_argument("--base", default=None, help="the SmolLM2 directory the searches used")
     ap.add_argument("--mini", action="store_true",
