@@ -235,17 +235,24 @@ def uniform_best(space: Any, method: str, levels: int) -> tuple[str, float]:
     return best
 
 
-def _best(study: Any, space: Any, first: int | None = None) -> Any:
-    """The completed trial of lowest weighted validation loss among the first ``first``
-    counted evaluations."""
+def first_completed(study: Any, first: int | None = None) -> list[Any]:
+    """The completed trials among the study's first ``first`` counted evaluations (all when
+    None), in trial order."""
     from optuna.trial import TrialState
 
     from evomerge.search.ledger import counted
-    from evomerge.search.objectives import weighted_loss
 
     trials = sorted((t for t in study.get_trials() if counted(t)), key=lambda t: t.number)
-    pool = [t for t in trials[:first] if t.state == TrialState.COMPLETE]
-    return min(pool, key=lambda t: weighted_loss(t.values, space.objectives))
+    return [t for t in trials[:first] if t.state == TrialState.COMPLETE]
+
+
+def _best(study: Any, space: Any, first: int | None = None) -> Any:
+    """The completed trial of lowest weighted validation loss among the first ``first``
+    counted evaluations."""
+    from evomerge.search.objectives import weighted_loss
+
+    return min(first_completed(study, first),
+               key=lambda t: weighted_loss(t.values, space.objectives))
 
 
 def chosen_rows(key: str, study: Any, space: Any, evals: int, front: int, factor: int = 2,

@@ -56,27 +56,25 @@ def pick(cands: list[dict[str, Any]], experts: dict[str, float], keep: float,
     return min(cands, key=lambda c: (not kept(c), -c["em"][composite], c["validation"]))
 
 
-def pool(studies: list[tuple[Any, Any, int]], top: int) -> list[tuple[Any, Any, Any]]:
-    """(study, space, trial) of the ``top`` lowest weighted validation losses among each
+def pool(studies: list[tuple[Any, Any, int]], top: int) -> list[tuple[float, Any, Any, Any]]:
+    """(weighted validation loss, study, space, trial) of the ``top`` lowest losses among each
     study's first N counted evaluations (``studies``: (study, space, N)); a point two studies
     share (same objective values: PS+DFS's start is PS's point) counted once."""
-    from optuna.trial import TrialState
-
     from evomerge.search.ledger import counted
     from evomerge.search.objectives import weighted_loss
 
     seen, out = set(), []
     for study, space, n in studies:
-        trials = sorted((t for t in study.get_trials() if counted(t)), key=lambda t: t.number)
-        if len(trials) < n:
-            raise RuntimeError(f"study {study.study_name!r} has {len(trials)} evaluations, "
+        done = sum(map(counted, study.get_trials()))
+        if done < n:
+            raise RuntimeError(f"study {study.study_name!r} has {done} evaluations, "
                                f"fewer than the {n} asked")
-        for t in trials[:n]:
-            if t.state == TrialState.COMPLETE and tuple(t.values) not in seen:
+        for t in real_model.first_completed(study, n):
+            if tuple(t.values) not in seen:
                 seen.add(tuple(t.values))
                 out.append((weighted_loss(t.values, space.objectives), study, space, t))
     out.sort(key=lambda x: x[0])
-    return [(s, sp, t) for _, s, sp, t in out[:top]]
+    return out[:top]
 
 
 def validation_generation(space: Any) -> dict[str, Any]:
@@ -109,13 +107,12 @@ def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str
         n_ps = sum(map(counted, load_study(open_storage(default_storage(ps, root)),
                                            ps).get_trials()))
         out += [(f"ps ({f}x) rerank", [(ps, f * e)]) for f in range(2, n_ps // e + 1)]
-    pat = re.compile(rf"{re.escape(tag)}_pslocal(\d*)_s{args.seed}")
-    for name in sorted(p.name for p in root.iterdir() if pat.fullmatch(p.name)
-                       and (root / ps).exists()):
-        n = int(pat.fullmatch(name).group(1) or e)
-        if n < 2 * e:
-            role = "pslocal rerank" if n == e else f"pslocal ({n}+{2 * e - n}) rerank"
-            out.append((role, [(ps, n), (name, 2 * e - n)]))
+        pat = re.compile(rf"{re.escape(tag)}_pslocal(\d*)_s{args.seed}")
+        for name in sorted(p.name for p in root.iterdir() if pat.fullmatch(p.name)):
+            n = int(pat.fullmatch(name).group(1) or e)
+            if n < 2 * e:
+                role = "pslocal rerank" if n == e else f"pslocal ({n}+{2 * e - n}) rerank"
+                out.append((role, [(ps, n), (name, 2 * e - n)]))
     for space in PATHS:  # the path searches of their own (not started from PS)
         if (root / f"{tag}_{space}_s{args.seed}").exists():
             out.append((f"{space} rerank", [(f"{tag}_{space}_s{args.seed}", e)]))
@@ -124,10 +121,8 @@ def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str
 
 def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     """Every row of ``jobs``: pool, validation generations, the pick, its test scores."""
-    from evomerge.scoring import score
     from evomerge.search.heldout import heldout_evaluators
     from evomerge.search.ledger import default_storage, load_study, open_storage
-    from evomerge.search.objectives import weighted_loss
     from evomerge.search.space import load_space
     from evomerge.search.worker import Worker
 
@@ -172,10 +167,8 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
                          f" for pair {args.pair}, seed {args.seed}, evals {args.evals}")
     first = worker(todo[0][1][0][0])  # any row's worker scores the experts: same evaluators
     for s in skills[:2] if not expert_em else ():
-        from transformers import AutoModelForCausalLM
-        m = AutoModelForCausalLM.from_pretrained(experts[s]).to(first[0].device).eval()
-        expert_em[s] = score(m, first[0].tokenizer, list(first[1].values()))[f"{s}/exact_match"]
-        del m
+        row = real_model.test_row(first[0], first[1], None, experts[s])  # on validation here
+        expert_em[s] = row["scores"][f"{s}/exact_match"]
     doc: dict[str, Any] = {"pair": args.pair, "skills": list(skills), "seed": args.seed,
                            "evals": args.evals, "top": args.top, "keep": args.keep,
                            "sizes": cfg["sizes"], "expert_validation_em": expert_em,
@@ -185,15 +178,14 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
         role += "" if args.keep == KEEP else f" (keep {args.keep:g})"  # its own row
         t1 = time.time()
         cands = []
-        for st, sp, t in pool([(*study(n), k) for n, k in parts], args.top):
+        for loss, st, _, t in pool([(*study(n), k) for n, k in parts], args.top):
             key = (st.study_name, t.number)
             if key not in seen:
                 w, val, _ = worker(st.study_name)
                 r = w.run(-1, t.user_attrs["recipe"], val)
                 if r.values is None:
                     raise RuntimeError(r.error)
-                seen[key] = {"study": st.study_name, "trial": t.number,
-                             "validation": weighted_loss(t.values, sp.objectives),
+                seen[key] = {"study": st.study_name, "trial": t.number, "validation": loss,
                              "em": {s: r.scores[f"{s}/exact_match"] for s in skills}}
             cands.append(seen[key])
         chosen = pick(cands, expert_em, args.keep)
