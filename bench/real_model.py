@@ -15,6 +15,8 @@ evaluations; ``--minutes`` optionally caps wall time too):
   ps      per-layer DARE-TIES, CMA-ES, 2 x evals: "ps" is its best after evals, "ps (2x)"
           after all of them (the budget PS+DFS spends in all); ``--ps-factor 3`` continues the
           study to 3 x evals, row "ps (3x)"
+  psem    PS on validation answers (generation on): maximize ``both`` exact match with each
+          skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals, row its best
   swap    layer swapping, CMA-ES
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
@@ -55,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from real_answers import expert_validation_em, psem_space  # noqa: E402
 from real_seeds import seed_docs, seeds_table  # noqa: E402
 from real_skills import PAIRS, fine_tune, pair_tag, write_tasks  # noqa: E402
 
@@ -63,8 +66,8 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs", "pslocal",
-          "qd")
+SPACES = ("ps", "psem", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs",
+          "pslocal", "qd")
 PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
@@ -119,6 +122,7 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
            "operators": ["resource", "shift", "scale"]}
     return {
         "ps": make("ps", 2 * trials, **ps),
+        "psem": make("ps", 2 * trials, **ps),  # completed by real_answers.psem_space in run()
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},
                      granularity={"layers_per_group": 3}),
         "dfs": make(dfs_name, dfs={"repeats": 2, "max_length": 40, "scaling": "pair",
@@ -314,6 +318,7 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                                     "role": alias if alias == "base" else f"expert {alias}"}
                             for alias, path in [("base", base), *experts.items()]}
     searches: dict[str, Any] = {}
+    expert_em: dict[str, float] = {}  # validation exact match, for psem's targets
 
     def snapshot() -> dict[str, Any]:
         return {"pair": args.pair, "skills": list(PAIRS[args.pair]), "seed": args.seed,
@@ -323,7 +328,8 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                 "sizes": cfg["sizes"], "build_seconds": round(build_s, 1),
                 "fine_tune": {k: {"seconds": v["seconds"], "last_loss": v["losses"][-1]}
                               for k, v in info["fine_tune"].items()},
-                "searches": searches, "rows": rows, "total_seconds": round(time.time() - t0, 1)}
+                "searches": searches, "rows": rows, "expert_validation_em": expert_em,
+                "total_seconds": round(time.time() - t0, 1)}
 
     save = save or (lambda d: None)
 
@@ -354,6 +360,9 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                 raise RuntimeError(f"--ps-first {first}: the PS study {ps.name!r} has only "
                                    f"{done} evaluations")
             doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
+        if key == "psem":
+            expert_em.update(expert_validation_em(ps, experts))
+            doc = psem_space(doc, expert_em)
         search_role = key if key not in PS_STARTED or first == args.evals else \
             f"{key} ({first}+{2 * args.evals - first})"  # PS evaluations + DFS evaluations
         space = load_space(doc)
@@ -369,9 +378,12 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
         w, tst = Worker(pinned), heldout_evaluators(pinned)
         for label, role, t in chosen_rows(key, study, space, args.evals, front,
                                           args.ps_factor, search_role):
+            em = {o.task: v for o, v in zip(space.objectives, t.values)
+                  if o.metric == "exact_match"}  # psem: chosen on answers, not on loss
             rows[label] = {**test_row(w, tst, t.user_attrs["recipe"], None, files, k),
                            "validation": weighted_loss(t.values, space.objectives),
-                           "role": role, "path": t.user_attrs.get("path")}
+                           "role": role, "path": t.user_attrs.get("path"),
+                           **({"validation_em": em} if em else {})}
         searches[key] = {"evaluations": out.evaluations, "failed": out.failed,
                          "stopped": out.stopped, "seconds": round(time.time() - t1, 1),
                          "study": space.name}

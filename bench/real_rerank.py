@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import real_model  # noqa: E402  (sets HF_HUB_OFFLINE before transformers loads)
+from real_answers import KEEP, expert_validation_em, validation_generation  # noqa: E402
 from real_skills import PAIRS, pair_tag  # noqa: E402
 
 PATHS = ("path", "pathlocal", "pathmix", "pathsplice")  # real_model.py's new DFS spaces
-KEEP = 0.8  # #32's goal: a merge keeping 80% of each expert's skill
 
 
 def pick(cands: list[dict[str, Any]], experts: dict[str, float], keep: float,
@@ -75,20 +75,6 @@ def pool(studies: list[tuple[Any, Any, int]], top: int) -> list[tuple[float, Any
                 out.append((weighted_loss(t.values, space.objectives), study, space, t))
     out.sort(key=lambda x: x[0])
     return out[:top]
-
-
-def validation_generation(space: Any) -> dict[str, Any]:
-    """The space's evaluators on the validation split with generation on (its own files and
-    options; the ``test`` block, which would switch the files, dropped)."""
-    from evomerge.evaluators import make_evaluator
-    from evomerge.search.worker import evaluator_options
-
-    out = {}
-    for name, cfg in space.evaluators.items():
-        opts = evaluator_options(space, name)
-        opts.pop("test", None)
-        out[name] = make_evaluator(cfg.type, **{**opts, "generate": True})
-    return out
 
 
 def jobs(args: argparse.Namespace, root: Path) -> list[tuple[str, list[tuple[str, int]]]]:
@@ -165,10 +151,9 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     if not todo:
         raise ValueError(f"no stored study gives a row{' named ' + repr(args.rows) if args.rows else ''}"
                          f" for pair {args.pair}, seed {args.seed}, evals {args.evals}")
-    first = worker(todo[0][1][0][0])  # any row's worker scores the experts: same evaluators
-    for s in skills[:2] if not expert_em else ():
-        row = real_model.test_row(first[0], first[1], None, experts[s])  # on validation here
-        expert_em[s] = row["scores"][f"{s}/exact_match"]
+    if not expert_em:  # any row's space scores the experts: the same evaluators
+        expert_em = expert_validation_em(study(todo[0][1][0][0])[1],
+                                         {s: experts[s] for s in skills[:2]})
     doc: dict[str, Any] = {"pair": args.pair, "skills": list(skills), "seed": args.seed,
                            "evals": args.evals, "top": args.top, "keep": args.keep,
                            "sizes": cfg["sizes"], "expert_validation_em": expert_em,

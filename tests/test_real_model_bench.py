@@ -136,6 +136,8 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     from real_model import SPACES, main
     from real_seeds import seed_docs, seeds_table
 
+    from evomerge.search.objectives import weighted_loss
+
     out = tmp_path / "mini.json"
     from gpu_search import tiny_base
 
@@ -145,11 +147,32 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
     for key in SPACES:
-        assert doc["searches"][key]["evaluations"] == (8 if key == "ps" else 4)
+        assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psem") else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
+    assert {"ps", "ps (2x)", "psem", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
             "psdfs", "pslocal", "qd both", "qd balanced"} <= roles
+    # psem: PS on validation answers, each skill's target 0.8 x its expert's validation EM
+    assert set(doc["expert_validation_em"]) == {"add", "words"}
+    psem = next(r for r in doc["rows"].values() if r["role"] == "psem")
+    assert set(psem["validation_em"]) == {"add", "words", "both"}
+    from real_answers import KEEP, PSEM_SKILL_WEIGHT
+
+    from evomerge.search.ledger import default_storage, load_study, open_storage
+    from evomerge.search.space import load_space
+
+    def study(name):
+        return load_study(open_storage(default_storage(name, tmp_path / "build" / "studies")),
+                          name)
+    em_study = study(doc["searches"]["psem"]["study"])
+    em_space = load_space(em_study.user_attrs["evomerge_space"])
+    assert em_study.study_name == "real_e4_psem_s0"
+    assert [(o.key, o.weight, o.target) for o in em_space.objectives[:3]] == [
+        ("both/exact_match", 1.0, None),
+        *((f"{s}/exact_match", PSEM_SKILL_WEIGHT, KEEP * doc["expert_validation_em"][s])
+          for s in ("add", "words"))]
+    assert psem["validation"] == min(weighted_loss(t.values, em_space.objectives)
+                                     for t in em_study.get_trials() if t.values)
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]
@@ -184,12 +207,6 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     # PS+DFS's generation 0 starts from PS's own path: its best of the first 6 evaluations
     from real_model import _best
 
-    from evomerge.search.ledger import default_storage, load_study, open_storage
-    from evomerge.search.space import load_space
-
-    def study(name):
-        return load_study(open_storage(default_storage(name, tmp_path / "build" / "studies")),
-                          name)
     ps_study, local = (study(again["searches"][k]["study"]) for k in ("ps", "pslocal"))
     best6 = _best(ps_study, load_space(ps_study.user_attrs["evomerge_space"]), 6)
     assert min(local.get_trials(), key=lambda t: t.number).values == best6.values

@@ -30,6 +30,12 @@ def objective_values(scores: Mapping[str, float], objectives: Sequence[Objective
 
 def weighted_loss(values: Sequence[float], objectives: Sequence[Objective]) -> float:
     """The scalarization single-objective optimizers minimize:
-    sum_i w_i * (v_i if objective i is minimized else -v_i)."""
-    return sum(o.weight * (v if o.direction == "minimize" else -v)
+    sum_i w_i * (v_i if objective i is minimized else -v_i), where an objective with a
+    ``target`` t_i counts max(v_i, t_i) (minimized) or min(v_i, t_i) (maximized): beyond its
+    target it no longer pays, below it every unit costs w_i (a soft constraint)."""
+    def counted(v: float, o: Objective) -> float:
+        if o.target is None:
+            return v
+        return max(v, o.target) if o.direction == "minimize" else min(v, o.target)
+    return sum(o.weight * (counted(v, o) if o.direction == "minimize" else -counted(v, o))
                for v, o in zip(values, objectives))
