@@ -25,15 +25,18 @@ def validation_generation(space: Any) -> dict[str, Any]:
     return out
 
 
-def expert_validation_em(space: Any, experts: dict[str, str]) -> dict[str, float]:
+def expert_validation_em(space: Any, experts: dict[str, str], worker: Any = None
+                         ) -> dict[str, float]:
     """Each expert's greedy exact match on its own skill's validation split (``experts``:
-    skill -> model directory), with the space's evaluator options."""
+    skill -> model directory), with the space's evaluator options (``worker``: a Worker of
+    ``space`` already built, for its device and tokenizer)."""
     from transformers import AutoModelForCausalLM
 
     from evomerge.scoring import score
     from evomerge.search.worker import Worker
 
-    worker, evaluators = Worker(space), list(validation_generation(space).values())
+    worker = worker or Worker(space)
+    evaluators = list(validation_generation(space).values())
     out = {}
     for skill, path in experts.items():
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()

@@ -16,7 +16,7 @@ evaluations; ``--minutes`` optionally caps wall time too):
           after all of them (the budget PS+DFS spends in all); ``--ps-factor 3`` continues the
           study to 3 x evals, row "ps (3x)"
   psem    PS on validation answers (generation on): maximize ``both`` exact match with each
-          skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals, row its best
+          skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals; rows as swap's
   swap    layer swapping, CMA-ES
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
@@ -360,8 +360,11 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                 raise RuntimeError(f"--ps-first {first}: the PS study {ps.name!r} has only "
                                    f"{done} evaluations")
             doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
-        if key == "psem":
-            expert_em.update(expert_validation_em(ps, experts))
+        if key == "psem":  # its targets: generated once, so a resumed study sees the same
+            cache = root / f"expert_validation_em{pair_tag(args.pair)}_s{args.seed}_{args.steps}.json"
+            if not cache.exists():
+                cache.write_text(json.dumps(expert_validation_em(ps, experts, worker)))
+            expert_em.update(json.loads(cache.read_text()))
             doc = psem_space(doc, expert_em)
         search_role = key if key not in PS_STARTED or first == args.evals else \
             f"{key} ({first}+{2 * args.evals - first})"  # PS evaluations + DFS evaluations

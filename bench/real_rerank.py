@@ -152,8 +152,9 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
         raise ValueError(f"no stored study gives a row{' named ' + repr(args.rows) if args.rows else ''}"
                          f" for pair {args.pair}, seed {args.seed}, evals {args.evals}")
     if not expert_em:  # any row's space scores the experts: the same evaluators
-        expert_em = expert_validation_em(study(todo[0][1][0][0])[1],
-                                         {s: experts[s] for s in skills[:2]})
+        name = todo[0][1][0][0]
+        expert_em = expert_validation_em(study(name)[1], {s: experts[s] for s in skills[:2]},
+                                         worker(name)[0])
     doc: dict[str, Any] = {"pair": args.pair, "skills": list(skills), "seed": args.seed,
                            "evals": args.evals, "top": args.top, "keep": args.keep,
                            "sizes": cfg["sizes"], "expert_validation_em": expert_em,

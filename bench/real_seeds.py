@@ -86,15 +86,16 @@ def seeds_table(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def validation_rho(doc: dict[str, Any]) -> float | None:
     """Spearman's rho between the validation loss the searches minimise and the test ``both``
     exact match, over one seed's rows that have a validation loss (searched points and uniform
-    grids, not the re-ranked rows of bench/real_rerank.py; negative: a lower loss ranks higher
-    on test). None under 3 such rows or when either
-    side is constant (nothing to rank)."""
+    grids; not the rows chosen on validation answers, which carry ``validation_em``: the
+    re-ranked rows of bench/real_rerank.py and psem, whose validation is no loss; negative: a
+    lower loss ranks higher on test). None under 3 such rows or when either side is constant
+    (nothing to rank)."""
     import numpy as np
     from eval_cost import spearman  # the benches' one rank correlation (ties: mean ranks)
 
     pts = [(r["validation"], r["scores"]["both/exact_match"]) for r in doc["rows"].values()
            if r.get("validation") is not None and not r.get("role", "").endswith("front")
-           and "validation_em" not in r]  # re-ranked rows (real_rerank.py) repeat points
+           and "validation_em" not in r]  # chosen on answers (real_rerank.py, psem)
     if len(pts) < 3 or len({v for v, _ in pts}) < 2 or len({e for _, e in pts}) < 2:
         return None
     return spearman(*(np.array(side) for side in zip(*pts)))

@@ -134,6 +134,12 @@ class SearchSpace(_Strict):
             if obj.evaluator not in self.evaluators:
                 raise ValueError(f"objectives[{i}].evaluator {obj.evaluator!r} is not defined "
                                  f"under 'evaluators' ({', '.join(self.evaluators)})")
+            if obj.target is not None and self.optimizer.objectives != "weighted_sum":
+                summed = [n for n, c in OPTIMIZER_CONFIGS.items() if c.objectives == "weighted_sum"]
+                raise ValueError(f"objectives[{i}].target {obj.target:g} caps the weighted sum "
+                                 f"that {', '.join(summed)} minimize; optimizer "
+                                 f"{self.optimizer.name!r} is told the plain values: drop the "
+                                 "target or use one of those")
         _check_optimizer(self)
         if not self.optimizer.multi_objective and len(self.objectives) > 1:
             raise ValueError(f"optimizer {self.optimizer.name!r} handles one objective; use "

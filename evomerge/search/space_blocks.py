@@ -63,9 +63,9 @@ class Objective(_Strict):
     metric: str
     direction: Literal["maximize", "minimize"]
     weight: float = Field(1.0, gt=0)  # used only by single-objective optimizers (weighted sum)
-    # single-objective optimizers only: a value better than ``target`` counts as ``target``
-    # (keep a skill at a level without trading the other objectives for more of it)
-    target: float | None = None
+    # in the weighted sum (cma, path_ga, map_elites; best-point picks) a value better than
+    # ``target`` counts as ``target``: keep a skill at a level, trade nothing for more of it
+    target: float | None = Field(None, allow_inf_nan=False)
 
     @property
     def key(self) -> str:

@@ -39,6 +39,14 @@ def test_valid(mini_zoo):
     ({"layer_swap": {"choices": ["merge", "chef"]}}, r"layer_swap choice 'chef' is not a model alias"),
     ({"objectives": [{"evaluator": "nope", "task": "a", "metric": "b", "direction": "minimize"}]},
      r"objectives\[0\]\.evaluator 'nope' is not defined"),
+    ({"objectives": [{"evaluator": "zoo", "task": "a", "metric": "b", "direction": "minimize",
+                      "target": "high"}]}, r"field 'objectives\.0\.target' input should be a valid number"),
+    ({"objectives": [{"evaluator": "zoo", "task": "a", "metric": "b", "direction": "minimize",
+                      "target": float("nan")}]}, r"field 'objectives\.0\.target' must be a finite number \(got nan\)"),
+    ({"optimizer": {"name": "tpe"}, "objectives": [{"evaluator": "zoo", "task": "a", "metric": "b",
+                                                    "direction": "minimize", "target": 0.5}]},
+     r"objectives\[0\]\.target 0\.5 caps the weighted sum that cma, path_ga, map_elites minimize; "
+     r"optimizer 'tpe' is told the plain values"),
     ({"colour": "red"}, r"unknown field 'colour'"),
     ({"parameters": {"weight": "abc"}}, r"field 'parameters\.weight' must be a \[low, high\] range"),
     ({"granularity": {"filters": ["mlp"], "split_attn_mlp": True}}, r"split_attn_mlp is filters \[mlp\]"),
@@ -126,3 +134,11 @@ def test_shipped_spaces_load_and_derive_a_genome(path, mini_zoo, tmp_path):
     genome = genome_of_models(space)
     assert genome.dim > 0
     genome.recipe(genome.from_unit(genome.start_point()))
+
+
+def test_objective_target_loads_for_a_weighted_sum_optimizer(mini_zoo):
+    objectives = space_dict(mini_zoo)["objectives"]
+    capped = [{**objectives[0], "target": 0.25}, *objectives[1:]]
+    space = load_space(space_dict(mini_zoo, objectives=capped))
+    assert space.objectives[0].target == 0.25 and space.objectives[1].target is None
+    assert load_space(space.to_yaml()) == space
