@@ -4,6 +4,8 @@ the PS search whose fitness is what #32's goal counts instead of the answer NLL.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 KEEP = 0.8  # #32's goal: a merge keeping 80% of each expert's skill
@@ -25,22 +27,34 @@ def validation_generation(space: Any) -> dict[str, Any]:
     return out
 
 
-def expert_validation_em(space: Any, experts: dict[str, str], worker: Any = None
-                         ) -> dict[str, float]:
+def em_cache(root: Path, tag: str, seed: int, steps: int, validation: int) -> Path:
+    """Where :func:`expert_validation_em` keeps the experts' figures under ``--build``: one
+    file per pair (``tag``), seed, fine-tune steps and validation size."""
+    return Path(root) / f"expert_validation_em{tag}_s{seed}_{steps}_v{validation}.json"
+
+
+def expert_validation_em(space: Any, experts: dict[str, str], worker: Any = None,
+                         cache: Path | None = None) -> dict[str, float]:
     """Each expert's greedy exact match on its own skill's validation split (``experts``:
     skill -> model directory), with the space's evaluator options (``worker``: a Worker of
-    ``space`` already built, for its device and tokenizer)."""
+    ``space`` already built, for its device and tokenizer). With ``cache`` (:func:`em_cache`)
+    they are generated once and read back after: psem's targets then stay those its study
+    was created with, and real_rerank.py ranks against the same figures."""
     from transformers import AutoModelForCausalLM
 
     from evomerge.scoring import score
     from evomerge.search.worker import Worker
 
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
     worker = worker or Worker(space)
     evaluators = list(validation_generation(space).values())
     out = {}
     for skill, path in experts.items():
         model = AutoModelForCausalLM.from_pretrained(path).to(worker.device).eval()
         out[skill] = score(model, worker.tokenizer, evaluators)[f"{skill}/exact_match"]
+    if cache is not None:
+        cache.write_text(json.dumps(out))
     return out
 
 

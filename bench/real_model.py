@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from real_answers import expert_validation_em, psem_space  # noqa: E402
+from real_answers import em_cache, expert_validation_em, psem_space  # noqa: E402
 from real_seeds import seed_docs, seeds_table  # noqa: E402
 from real_skills import PAIRS, fine_tune, pair_tag, write_tasks  # noqa: E402
 
@@ -361,10 +361,9 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
                                    f"{done} evaluations")
             doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
         if key == "psem":  # its targets: generated once, so a resumed study sees the same
-            cache = root / f"expert_validation_em{pair_tag(args.pair)}_s{args.seed}_{args.steps}.json"
-            if not cache.exists():
-                cache.write_text(json.dumps(expert_validation_em(ps, experts, worker)))
-            expert_em.update(json.loads(cache.read_text()))
+            cache = em_cache(root, pair_tag(args.pair), args.seed, args.steps,
+                             cfg["sizes"]["validation"])
+            expert_em.update(expert_validation_em(ps, experts, worker, cache))
             doc = psem_space(doc, expert_em)
         search_role = key if key not in PS_STARTED or first == args.evals else \
             f"{key} ({first}+{2 * args.evals - first})"  # PS evaluations + DFS evaluations

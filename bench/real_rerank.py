@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import real_model  # noqa: E402  (sets HF_HUB_OFFLINE before transformers loads)
-from real_answers import KEEP, expert_validation_em, validation_generation  # noqa: E402
+from real_answers import KEEP, em_cache, expert_validation_em, validation_generation  # noqa: E402
 from real_skills import PAIRS, pair_tag  # noqa: E402
 
 PATHS = ("path", "pathlocal", "pathmix", "pathsplice")  # real_model.py's new DFS spaces
@@ -154,7 +154,9 @@ def run(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     if not expert_em:  # any row's space scores the experts: the same evaluators
         name = todo[0][1][0][0]
         expert_em = expert_validation_em(study(name)[1], {s: experts[s] for s in skills[:2]},
-                                         worker(name)[0])
+                                         worker(name)[0],
+                                         em_cache(root, pair_tag(args.pair), args.seed,
+                                                  args.steps, cfg["sizes"]["validation"]))
     doc: dict[str, Any] = {"pair": args.pair, "skills": list(skills), "seed": args.seed,
                            "evals": args.evals, "top": args.top, "keep": args.keep,
                            "sizes": cfg["sizes"], "expert_validation_em": expert_em,

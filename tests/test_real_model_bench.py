@@ -226,6 +226,9 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
         "ps (2x) rerank", "ps (3x) rerank", "pslocal (6+2) rerank", "pslocal rerank",
         *(f"{s} rerank" for s in real_rerank.PATHS)]
     assert set(rr["expert_validation_em"]) == {"add", "words"}
+    # one figure per expert: psem's cached targets are the ones the re-ranking keeps to
+    assert rr["expert_validation_em"] == doc["expert_validation_em"]
+    assert (tmp_path / "build" / "expert_validation_em_s0_2_v4.json").exists()
     sel = rr["selection"]
     assert sel["pslocal (6+2) rerank"]["pool"] == [["real_e4_ps_s0", 6],
                                                    ["real_e4_pslocal6_s0", 2]]
