@@ -17,6 +17,9 @@ evaluations; ``--minutes`` optionally caps wall time too):
           study to 3 x evals, row "ps (3x)"
   psem    PS on validation answers (generation on): maximize ``both`` exact match with each
           skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals; rows as swap's
+  psemps  psem's CMA-ES started at PS's best of its first evals (optimizer x0, the gene
+          values of that trial): the NLL for the first evals, answers for the evals after;
+          ``--ps-first N`` as for psdfs; row "psemps"
   swap    layer swapping, CMA-ES
   dfs     data-flow paths, CMA-ES over thresholded per-slot flags (the old encoding)
   path    data-flow paths as segments (optimizer path_ga), from add's own path
@@ -66,9 +69,9 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "psem", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs",
+SPACES = ("ps", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs",
           "pslocal", "qd")
-PS_STARTED = ("psdfs", "pslocal")  # path searches from the PS study's point
+PS_STARTED = ("psdfs", "pslocal", "psemps")  # searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
 
@@ -101,7 +104,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
            trials: int, seed: int, pair: str = "words", dfs_sigma0: float = DFS_SIGMA0,
            ps_first: int | None = None) -> dict[str, dict[str, Any]]:
     """The searched spaces (names as in the README table); ``psdfs`` and ``pslocal`` are
-    completed by :func:`psdfs_space` once the PS study has run. PS+DFS starts from PS's
+    completed by :func:`psdfs_space` once the PS study has run, ``psemps`` by its start (and,
+    as ``psem``, by real_answers.psem_space). PS+DFS starts from PS's
     best of its first ``ps_first`` (default ``trials``) and runs 2 x ``trials`` - ``ps_first``,
     the budget of ``ps (2x)`` in all (another split is its own study, ``pslocal{ps_first}``)."""
     dfs_name = "dfs" if dfs_sigma0 == DFS_SIGMA0 else f"dfs_sigma{dfs_sigma0:g}"  # own study
@@ -123,6 +127,7 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
     return {
         "ps": make("ps", 2 * trials, **ps),
         "psem": make("ps", 2 * trials, **ps),  # completed by real_answers.psem_space in run()
+        "psemps": make(f"psemps{split}", 2 * trials - first, **ps),  # and from PS's best
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},
                      granularity={"layers_per_group": 3}),
         "dfs": make(dfs_name, dfs={"repeats": 2, "max_length": 40, "scaling": "pair",
@@ -359,8 +364,10 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
             if args.ps_first is not None and done < first:  # --minutes stopped PS short
                 raise RuntimeError(f"--ps-first {first}: the PS study {ps.name!r} has only "
                                    f"{done} evaluations")
-            doc = psdfs_space(doc, ps.name, _best(ps_study, ps, first).number)
-        if key == "psem":  # its targets: generated once, so a resumed study sees the same
+            start = _best(ps_study, ps, first)
+            doc = ({**doc, "optimizer": {**doc["optimizer"], "x0": start.params}}
+                   if key == "psemps" else psdfs_space(doc, ps.name, start.number))
+        if key in ("psem", "psemps"):  # targets generated once: a resumed study sees the same
             cache = em_cache(root, pair_tag(args.pair), args.seed, args.steps,
                              cfg["sizes"]["validation"])
             expert_em.update(expert_validation_em(ps, experts, worker, cache))

@@ -150,7 +150,7 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
         assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psem") else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "psem", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
+    assert {"ps", "ps (2x)", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
             "psdfs", "pslocal", "qd both", "qd balanced"} <= roles
     # psem: PS on validation answers, each skill's target 0.8 x its expert's validation EM
     assert set(doc["expert_validation_em"]) == {"add", "words"}
@@ -173,6 +173,14 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
           for s in ("add", "words"))]
     assert psem["validation"] == min(weighted_loss(t.values, em_space.objectives)
                                      for t in em_study.get_trials() if t.values)
+    # psemps: psem's objectives, its CMA-ES started at PS's best of its first 4 evaluations
+    from real_model import _best
+
+    ps_study, from_ps = (study(doc["searches"][k]["study"]) for k in ("ps", "psemps"))
+    ps_space, from_space = (load_space(s.user_attrs["evomerge_space"]) for s in (ps_study, from_ps))
+    assert from_ps.study_name == "real_e4_psemps_s0"
+    assert from_space.optimizer.x0 == _best(ps_study, ps_space, 4).params
+    assert from_space.objectives == em_space.objectives
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]
@@ -205,8 +213,6 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     val = {r["role"]: r["validation"] for r in again["rows"].values() if r["role"].startswith("ps")}
     assert val["ps (3x)"] <= val["ps (2x)"] <= val["ps"]
     # PS+DFS's generation 0 starts from PS's own path: its best of the first 6 evaluations
-    from real_model import _best
-
     ps_study, local = (study(again["searches"][k]["study"]) for k in ("ps", "pslocal"))
     best6 = _best(ps_study, load_space(ps_study.user_attrs["evomerge_space"]), 6)
     assert min(local.get_trials(), key=lambda t: t.number).values == best6.values

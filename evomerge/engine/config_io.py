@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from evomerge.engine.safe_yaml import load_yaml, read_yaml_text
 from evomerge.errors import ConfigError
 
-__all__ = ["RECIPE_PARAM_HINT", "format_validation_error", "read_mapping", "yaml_mapping"]
+__all__ = ["RECIPE_PARAM_HINT", "brief", "format_validation_error", "read_mapping", "yaml_mapping"]
 
 
 RECIPE_PARAM_HINT = ("must be a number, true/false, a list of numbers (a gradient over layers) "
@@ -34,7 +34,7 @@ def format_validation_error(err: ValidationError, source: str,
         if "parameters" in parts:
             parts = parts[: parts.index("parameters") + 2]
         return (f"{source}: field {'.'.join(parts)!r} must be a finite number "
-                f"(got {_brief(first.get('input'))}).")
+                f"(got {brief(first.get('input'))}).")
     if "parameters" in parts and len(parts) > parts.index("parameters") + 1:
         # A parameter value failed every member of the union: say what is allowed instead.
         parts = parts[: parts.index("parameters") + 2]
@@ -44,10 +44,10 @@ def format_validation_error(err: ValidationError, source: str,
         return f"{source}: unknown field {loc!r}."
     if first["type"] in ("value_error", "assertion_error") or not loc:
         return f"{source}: {msg}."
-    return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {_brief(first.get('input'))})."
+    return f"{source}: field {loc!r} {msg[:1].lower() + msg[1:]} (got {brief(first.get('input'))})."
 
 
-def _brief(value: Any, limit: int = 120) -> str:
+def brief(value: Any, limit: int = 120) -> str:
     """``repr(value)`` cut to ``limit`` characters: an error message quotes the value, never
     a whole (possibly huge) tree."""
     short = reprlib.Repr()

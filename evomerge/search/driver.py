@@ -37,7 +37,7 @@ from evomerge.search.ledger import (
 from evomerge.search.ledger_writer import LedgerWriter
 from evomerge.search.liveness import Heartbeat, StopSignal
 from evomerge.search.objectives import weighted_loss
-from evomerge.search.optimizers import make_optimizer
+from evomerge.search.optimizers import Optimizer, make_optimizer
 from evomerge.search.proposals import Flight, Proposals
 from evomerge.search.records import StudyRecord, T, TrialRecord
 from evomerge.search.space import SearchSpace
@@ -65,9 +65,10 @@ class _Loop:
     :class:`Heartbeat`."""
 
     def __init__(self, space: SearchSpace, name: str, storage: Any, genome: Genome,
-                 budget: int, ladder: Any, progress: Callable[[dict], None] | None) -> None:
+                 optimizer: Optimizer, budget: int, ladder: Any,
+                 progress: Callable[[dict], None] | None) -> None:
         self.space, self.budget, self.progress = space, budget, progress
-        self.optimizer = make_optimizer(space.optimizer, genome, space.objectives)
+        self.optimizer = optimizer
         self.study = create_or_load(storage, name, space, self.optimizer.sampler, genome.num_layers)
         self.record = StudyRecord(self.study)
         self.writer = LedgerWriter(self.study, genome.distributions())
@@ -223,18 +224,21 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     evaluators = build_evaluators(space)  # a bad evaluator, objective or fidelity fails here,
     ladder = ladder_for(space, evaluators,  # before the study exists
                         space.optimizer.name == "cma" or len(space.objectives) == 1)
+    # and a setting the genome refuses (path_ga's starts, cma's x0), before any file is opened
+    optimizer = make_optimizer(space.optimizer, genome, space.objectives)
     store = open_storage(url)
     # One driver per study, decided before anything is written: a refused command changes
     # nothing (its budget and launch never reach the study).
     lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
     try:
-        return _run(space, name, url, store, genome, ladder, trials, executor_factory,
-                    results_root, progress, launch, lease)
+        return _run(space, name, url, store, genome, optimizer, ladder, trials,
+                    executor_factory, results_root, progress, launch, lease)
     finally:
         lease.release()
 
 
-def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome, ladder: Any,
+def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
+         optimizer: Optimizer, ladder: Any,
          trials: int | None, executor_factory: Callable[[SearchSpace], Executor] | None,
          results_root: str | Path, progress: Callable[[dict], None] | None,
          launch: dict[str, Any] | None, lease: Lease) -> SearchOutcome:
@@ -242,7 +246,7 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome, la
     from evomerge.search.front import write_front
 
     budget = trials or space.budget.trials
-    loop = _Loop(space, name, store, genome, budget, ladder, progress)
+    loop = _Loop(space, name, store, genome, optimizer, budget, ladder, progress)
     loop.heart.lease = lease
     loop.record.set_budget(budget)  # what `evomerge resume` continues to
     if launch is not None and loop.record.launch.get("via") != "slurm":

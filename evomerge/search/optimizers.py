@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.errors import ConfigError
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
 from evomerge.search.gene import Genome
@@ -46,7 +47,7 @@ from evomerge.search.space_blocks import Objective
 log = logging.getLogger(__name__)
 
 __all__ = ["Proposal", "Optimizer", "FixedSampler", "CmaOptimizer", "OptunaOptimizer", "OptimizerSpec",
-           "OPTIMIZERS", "register_optimizer", "make_optimizer"]
+           "OPTIMIZERS", "register_optimizer", "make_optimizer", "given_point"]
 
 
 class OptunaOptimizer(Optimizer):
@@ -90,10 +91,14 @@ class CmaOptimizer(Optimizer):
             opts["popsize"] = self.config.popsize
         if self.config.diagonal:
             opts["CMA_diagonal"] = True
-        x0 = {"uniform": self.genome.start_point,
-              "center": lambda: np.full(self.genome.dim, 0.5),
-              "random": lambda: np.random.default_rng(self.config.seed).random(self.genome.dim),
-              }[self.config.x0]()
+        if isinstance(self.config.x0, dict):
+            x0 = given_point(self.genome, self.config.x0)
+        else:
+            x0 = {"uniform": self.genome.start_point,
+                  "center": lambda: np.full(self.genome.dim, 0.5),
+                  "random": lambda: np.random.default_rng(self.config.seed).random(
+                      self.genome.dim),
+                  }[self.config.x0]()
         return cma.CMAEvolutionStrategy(x0, self.config.sigma0, opts)
 
     @property
@@ -210,6 +215,29 @@ class CmaOptimizer(Optimizer):
                 self.tell(t.user_attrs, told_values(t))
             if self._gen == gen:  # generation still incomplete: its missing points are queued
                 return
+
+
+def given_point(genome: Genome, params: dict[str, Any]) -> np.ndarray:
+    """The unit-cube point of ``optimizer.x0`` given as gene values (a trial's ``params``):
+    every gene named once, each value inside its gene's range or among its choices; else a
+    ConfigError naming the gene and value."""
+    genes = {g.name: g for g in genome.genes}
+    missing = [n for n in genes if n not in params]
+    unknown = [n for n in params if n not in genes]
+    if unknown or missing:
+        what = (f"names gene {unknown[0]!r}, which this space's genome lacks" if unknown
+                else f"lacks gene {missing[0]!r}")
+        raise ConfigError(f"optimizer.x0 {what}: a given start names each of the "
+                          f"{len(genes)} genes once ({', '.join(list(genes)[:3])}, ...).")
+    for name, v in params.items():
+        g = genes[name]
+        ok = (isinstance(v, bool) if g.flag else v in g.choices if g.choices
+              else not isinstance(v, bool | str) and g.low <= v <= g.high)
+        if not ok:
+            want = ("true or false" if g.flag else f"one of {list(g.choices)}" if g.choices
+                    else f"a number in [{g.low:g}, {g.high:g}]")
+            raise ConfigError(f"optimizer.x0.{name} {v!r} must be {want}.")
+    return genome.to_unit(params)
 
 
 def _rung_ranks(losses: list[float], rungs: list[int | None]) -> list[float]:

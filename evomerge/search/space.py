@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evomerge.engine.config_io import format_validation_error, read_mapping
+from evomerge.engine.config_io import brief, format_validation_error, read_mapping
 from evomerge.engine.derived import STUDY_REF, open_model
 from evomerge.engine.lora import is_adapter_dir
 from evomerge.engine.paths import out_projections
@@ -356,4 +356,7 @@ def _optimizer_error(exc: ValidationError, source: str) -> str | None:
         takes = ", ".join(f for f in OPTIMIZER_CONFIGS[loc[1]].model_fields if f != "name")
         return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
                 f"{loc[1]!r} (its settings: {takes}).")
+    if loc[:3] == ["optimizer", "cma", "x0"] and first["type"] != "finite_number":
+        return (f"{source}: field 'optimizer.x0' must be center, uniform, random or each "
+                f"gene's value by name (got {brief(first.get('input'))}).")
     return None
