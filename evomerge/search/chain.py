@@ -3,6 +3,10 @@ over the PS merge and a source): a space names another study's point as a model:
 
     models: {ps: "study:zoo_ties_dare#best", math: zoo/math}
 
+or, searching the same genome on (another objective, a finer step), as CMA-ES's start::
+
+    optimizer: {name: cma, x0: "study:zoo_ties_dare#best", sigma0: 0.06}
+
 At the study's start the point is *pinned*: its recipe is copied into the space
 (``SearchSpace.pinned``) and stored with the study, so every worker builds the same model
 once at start-up (:mod:`evomerge.engine.derived`) and a resumed study keeps it even if the other
@@ -29,60 +33,96 @@ from evomerge.search.space import SearchSpace
 __all__ = ["pin_sources", "stage_name", "chained_docs"]
 
 
-def _point(ref: str, store: Any, results_root: str | Path) -> str:
-    """The recipe YAML of study point ``ref``, looked up in ``store`` first, then in the
-    referenced study's default storage under ``results_root``."""
+def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[str, Any]:
+    """(study name, trial) of study point ``ref``, looked up in ``store`` first, then in the
+    referenced study's default storage under ``results_root``; ``what`` names the field in
+    the error."""
     import optuna
 
     from evomerge.search.front import select_trial
-    from evomerge.search.ledger import default_storage, open_storage, space_of
+    from evomerge.search.ledger import default_storage, space_of
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
     study = None
-    for storage in (store, None):
+    for storage in (store, default_storage(name, results_root)):
         try:
-            storage = storage or open_storage(default_storage(name, results_root))
-            study = optuna.load_study(study_name=name, storage=storage)
-            break
+            storage = _existing(storage) if isinstance(storage, str) else storage
+            if storage is not None:
+                study = optuna.load_study(study_name=name, storage=storage)
+                break
         except (KeyError, ConfigError):
             continue
     if study is None:
-        raise ConfigError(f"Model {ref!r}: no study {name!r} in this storage or in "
+        raise ConfigError(f"{what} {ref!r}: no study {name!r} in this storage or in "
                           f"{default_storage(name, results_root)}; run that search first.")
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
-    trial = select_trial(study, space_of(study), **choice)
+    return name, select_trial(study, space_of(study), **choice)
+
+
+def _point(ref: str, store: Any, results_root: str | Path) -> str:
+    """The recipe YAML of study point ``ref`` (see :func:`_trial`)."""
+    name, trial = _trial(ref, store, results_root, "Model")
     recipe = yaml_mapping(TrialRecord(trial).recipe, f"The recipe of trial {trial.number} of "
                           f"study {name!r}")
     recipe.setdefault("evomerge", {}).update(study=name, trial=trial.number, pinned_as=ref)
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def pin_sources(space: SearchSpace, storage: str, study: str,
-                results_root: str | Path = "results") -> SearchSpace:
-    """``space`` with every ``study:`` model reference pinned: the pins stored with study
-    ``study`` in ``storage`` (a URL) when it exists (a resume), else resolved now. A space
-    without such references is returned as is (the storage is not opened). Raises
-    ConfigError when a point cannot be found."""
-    import optuna
-
+def _existing(url: str) -> Any:
+    """The storage at ``url``; None for a SQLite file that does not exist (it holds no study,
+    and opening it would create it: a refused command changes nothing)."""
     from evomerge.search.ledger import open_storage
 
-    refs = [r for r in space.models.values() if r.startswith("study:")]
-    if not refs:
-        return space
-    store = open_storage(storage)
-    pinned = dict(space.pinned)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None
+    return open_storage(url)
+
+
+def _stored(store: Any, study: str) -> SearchSpace | None:
+    """The space stored with ``study`` in ``store``, None when there is no such study yet."""
+    import optuna
+
+    if store is None:
+        return None
     try:
         stored = StudyRecord(optuna.load_study(study_name=study, storage=store))
-        pinned = {**(stored.space.pinned if stored.is_evomerge else {}), **pinned}
     except KeyError:
-        pass
-    for ref in refs:
-        if ref not in pinned:
-            pinned[ref] = _point(ref, store, results_root)
-    return space.model_copy(update={"pinned": {r: pinned[r] for r in refs}})
+        return None
+    return stored.space if stored.is_evomerge else None
+
+
+def pin_sources(space: SearchSpace, storage: str, study: str,
+                results_root: str | Path = "results") -> SearchSpace:
+    """``space`` with every ``study:`` reference pinned: each model's recipe, and CMA-ES's
+    start (``optimizer.x0: study:NAME#best``) as that trial's gene values. The pins stored
+    with study ``study`` in ``storage`` (a URL) are used when it exists (a resume), else they
+    are resolved now. A space without such references is returned as is (the storage is not
+    opened). Raises ConfigError when a point cannot be found."""
+    refs = [r for r in space.models.values() if r.startswith("study:")]
+    x0 = getattr(space.optimizer, "x0", None)
+    start = x0 if isinstance(x0, str) and x0.startswith("study:") else None
+    if not refs and start is None:
+        return space
+    if start is not None and not STUDY_REF.match(start):
+        raise ConfigError(f"optimizer.x0 {start!r} must name a study's point: "
+                          f"study:NAME#best, #trial=N or #pareto=I.")
+    store = _existing(storage)
+    stored = _stored(store, study)
+    update: dict[str, Any] = {}
+    if refs:
+        pinned = {**(stored.pinned if stored is not None else {}), **space.pinned}
+        for ref in refs:
+            if ref not in pinned:
+                pinned[ref] = _point(ref, store, results_root)
+        update["pinned"] = {r: pinned[r] for r in refs}
+    if start is not None:
+        old = getattr(stored.optimizer, "x0", None) if stored is not None else None
+        params = (old if isinstance(old, dict)
+                  else _trial(start, store, results_root, "optimizer.x0")[1].params)
+        update["optimizer"] = space.optimizer.model_copy(update={"x0": params})
+    return space.model_copy(update=update)
 
 
 def stage_name(ref: str) -> str:

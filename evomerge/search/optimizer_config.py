@@ -45,10 +45,11 @@ class CmaConfig(_Optimizer):
     # the box centre, or a uniform random point drawn with ``seed`` (mergekit-evolve's
     # ``random_init``). Chosen with bench/search_efficiency.py (docs/benchmarks.md).
     sigma0: float = Field(0.12, gt=0, le=1)
-    # ... or a given point: every gene by name, in its own units (a trial's ``params``, e.g.
-    # another study's best, to search on from it: docs/search_algorithms.md); checked against
-    # the genome when the optimizer is built, before the study exists.
-    x0: Literal["center", "uniform", "random"] | dict[str, float | bool | str] = "uniform"
+    # ... or a given point: every gene by name, in its own units (a trial's ``params``), or
+    # another study's point (``study:NAME#best``, ``#trial=N``), pinned to its gene values when
+    # the study starts (search.chain); checked against the genome before the study exists.
+    x0: (Literal["center", "uniform", "random"] | dict[str, float | bool | str]
+         | Annotated[str, Field(pattern=r"^study:")]) = "uniform"
     # Separable CMA-ES (pycma ``CMA_diagonal``): per-gene step sizes only.
     diagonal: bool = False
 

@@ -357,6 +357,7 @@ def _optimizer_error(exc: ValidationError, source: str) -> str | None:
         return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
                 f"{loc[1]!r} (its settings: {takes}).")
     if loc[:3] == ["optimizer", "cma", "x0"] and first["type"] != "finite_number":
-        return (f"{source}: field 'optimizer.x0' must be center, uniform, random or each "
-                f"gene's value by name (got {brief(first.get('input'))}).")
+        return (f"{source}: field 'optimizer.x0' must be center, uniform, random, each "
+                f"gene's value by name or a study's point, study:NAME#best (got "
+                f"{brief(first.get('input'))}).")
     return None

@@ -1,4 +1,4 @@
-"""CMA-ES from a given point (``optimizer.x0`` as gene values): a study's best searched on."""
+"""CMA-ES from a given point (``optimizer.x0``: gene values, or another study's point)."""
 
 from __future__ import annotations
 
@@ -21,45 +21,62 @@ def _study(name, root):
     return load_study(open_storage(default_storage(name, root)), name)
 
 
-def _best_params(mini_zoo, root):
-    """The params of the best trial of a 4-evaluation search (study ``first``)."""
+def _first(mini_zoo, root, trials=4):
+    """Study ``first`` run to ``trials`` evaluations; the params of its best trial."""
     space = load_space(space_dict(mini_zoo, name="first", budget={"trials": 4}))
-    run_search(space, results_root=root)
+    run_search(space, trials=trials, results_root=root)
     best = min(completed(_study("first", root)),
                key=lambda t: weighted_loss(t.values, space.objectives))
     return best.params
 
 
-def test_search_continues_from_another_studys_best_and_resumes(mini_zoo, tmp_path):
-    """The second study's CMA-ES is centred on the first study's best, its generation 0
-    spreads around it, and stopped after 6 evaluations it resumes to the candidates of a
-    whole 10-evaluation run."""
-    params = _best_params(mini_zoo, tmp_path)
+def _next(mini_zoo, x0):
+    opt = {"name": "cma", "popsize": 4, "seed": 0, "x0": x0, "sigma0": 0.05}
+    return load_space(space_dict(mini_zoo, name="next", optimizer=opt, budget={"trials": 10}))
 
-    def space(name):
-        opt = {"name": "cma", "popsize": 4, "seed": 0, "x0": params, "sigma0": 0.05}
-        return load_space(space_dict(mini_zoo, name=name, optimizer=opt,
-                                     budget={"trials": 10}))
 
-    s = space("next")
+def _cands(root):
+    return [(t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["recipe_hash"])
+            for t in _study("next", root).get_trials()]
+
+
+def test_search_starts_at_the_given_gene_values(mini_zoo, tmp_path):
+    """CMA-ES is centred on the given point and its generation 0 spreads around it."""
+    params = _first(mini_zoo, tmp_path)
+    s = _next(mini_zoo, params)
     genome = genome_of_models(s)
     start = genome.to_unit(params)
-    opt = make_optimizer(s.optimizer, genome, s.objectives)
-    assert np.allclose(opt._es.mean, start, atol=1e-12)
+    assert np.allclose(make_optimizer(s.optimizer, genome, s.objectives)._es.mean, start,
+                       atol=1e-12)
     assert not np.allclose(start, genome.start_point())  # not the default start in disguise
-    run_search(s, results_root=tmp_path / "ref")
-    xs = np.array([t.user_attrs["x"] for t in _study("next", tmp_path / "ref").get_trials()
+    run_search(s, results_root=tmp_path)
+    xs = np.array([t.user_attrs["x"] for t in _study("next", tmp_path).get_trials()
                    if t.user_attrs["cma_gen"] == 0])
     assert xs.shape == (4, genome.dim)
     assert 0 < np.abs(xs - start).max() < 0.25  # sigma 0.05 around the start, not 0.5
 
-    def cands(root):
-        return [(t.user_attrs["cma_gen"], t.user_attrs["cma_index"], t.user_attrs["recipe_hash"])
-                for t in _study("next", root).get_trials()]
 
-    run_search(space("next"), trials=6, results_root=tmp_path / "r")
-    assert run_search(space("next"), results_root=tmp_path / "r").evaluations == 10
-    assert cands(tmp_path / "r") == cands(tmp_path / "ref")
+def test_a_study_point_as_start_is_pinned_and_kept_on_resume(mini_zoo, tmp_path):
+    """``x0: study:first#best`` is stored as that trial's gene values (the search is the one
+    those values give), and a resume keeps them after study ``first`` has found a better
+    point."""
+    params = _first(mini_zoo, tmp_path)
+    run_search(_next(mini_zoo, params), results_root=tmp_path / "given")
+    run_search(_next(mini_zoo, "study:first#best"), trials=6, results_root=tmp_path)
+    assert _study("next", tmp_path).user_attrs["evomerge_space"]["optimizer"]["x0"] == params
+    assert _first(mini_zoo, tmp_path, trials=12) != params  # first has moved on
+    assert run_search(_next(mini_zoo, "study:first#best"), results_root=tmp_path).evaluations == 10
+    assert _cands(tmp_path) == _cands(tmp_path / "given")
+
+
+def test_a_missing_study_point_is_refused(mini_zoo, tmp_path):
+    with pytest.raises(ConfigError, match=r"optimizer\.x0 'study:gone#best': no study 'gone'"):
+        run_search(_next(mini_zoo, "study:gone#best"), results_root=tmp_path)
+    with pytest.raises(ConfigError, match=r"optimizer\.x0 'study:gone#worst' must name a "
+                                          r"study's point: study:NAME#best, #trial=N or "
+                                          r"#pareto=I\.$"):
+        run_search(_next(mini_zoo, "study:gone#worst"), results_root=tmp_path)
+    assert not list(tmp_path.rglob("*.db"))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -72,7 +89,7 @@ def test_search_continues_from_another_studys_best_and_resumes(mini_zoo, tmp_pat
     (lambda p: p.update({next(iter(p)): "big"}), r"optimizer\.x0\.\S+ 'big' must be a number"),
 ])
 def test_a_bad_start_is_refused_before_the_study_exists(mini_zoo, tmp_path, change, message):
-    params = _best_params(mini_zoo, tmp_path / "a")
+    params = _first(mini_zoo, tmp_path / "a")
     change(params)
     opt = {"name": "cma", "popsize": 4, "seed": 0, "x0": params}
     space = load_space(space_dict(mini_zoo, optimizer=opt))
@@ -84,6 +101,6 @@ def test_a_bad_start_is_refused_before_the_study_exists(mini_zoo, tmp_path, chan
 
 def test_a_start_that_is_no_mapping_is_one_sentence(mini_zoo):
     with pytest.raises(ConfigError, match=r"field 'optimizer\.x0' must be center, uniform, "
-                                          r"random or each gene's value by name \(got \[0\.5, "
-                                          r"0\.5\]\)\.$"):
+                                          r"random, each gene's value by name or a study's "
+                                          r"point, study:NAME#best \(got \[0\.5, 0\.5\]\)\.$"):
         load_space(space_dict(mini_zoo, optimizer={"name": "cma", "x0": [0.5, 0.5]}))
