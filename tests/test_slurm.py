@@ -229,3 +229,15 @@ def test_a_bad_tracker_is_refused_before_the_study_is_made(tmp_path, capsys):
                  "--track", "neptune"]) == 2
     assert "--track 'neptune' is neither a tracker" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_cma_start_is_refused_before_the_study_is_made(mini_zoo, tmp_path, capsys):
+    """The optimizer is built against the genome before the journal is opened (optimizer.x0
+    naming no gene of this space): exit 2, one sentence, nothing written."""
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo, optimizer={
+        "name": "cma", "x0": {"nope": 0.5}})))
+    assert main(["slurm", "submit", str(path), "--results", str(tmp_path / "r")]) == 2
+    assert "optimizer.x0 names gene 'nope', which this space's genome lacks" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r").exists() or list((tmp_path / "r").rglob("*")) == []

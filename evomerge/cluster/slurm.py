@@ -177,7 +177,9 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
     import optuna
 
     from evomerge.search.chain import pin_sources
+    from evomerge.search.genome import genome_of_models
     from evomerge.search.ledger import create_or_load, load_study, open_storage
+    from evomerge.search.optimizers import make_optimizer
     from evomerge.search.space import load_space
     from evomerge.search.worker import build_evaluators
 
@@ -193,7 +195,8 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
     undo.note(results, name, storage)
     space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
     num_layers = space.check_models()
-    build_evaluators(space)  # a bad evaluator fails here, not in the queued job
+    build_evaluators(space)  # a bad evaluator fails here, not in the queued job,
+    make_optimizer(space.optimizer, genome_of_models(space), space.objectives)  # and x0 too
     store = open_storage(url)
     undo.created = name not in {s.study_name for s in optuna.get_all_study_summaries(store)}
     undo.study = create_or_load(store, name, space, None, num_layers)

@@ -58,7 +58,10 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
                           f"{default_storage(name, results_root)}; run that search first.")
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
-    return name, select_trial(study, space_of(study), **choice)
+    try:
+        return name, select_trial(study, space_of(study), **choice)
+    except ConfigError as exc:
+        raise ConfigError(f"{what} {ref!r}: {exc}") from None
 
 
 def _point(ref: str, store: Any, results_root: str | Path) -> str:
@@ -71,11 +74,15 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
 
 
 def _existing(url: str) -> Any:
-    """The storage at ``url``; None for a SQLite file that does not exist (it holds no study,
-    and opening it would create it: a refused command changes nothing)."""
+    """The storage at ``url``; None for a SQLite or journal file that does not exist (it
+    holds no study, and opening it would create it: a refused command changes nothing)."""
+    from sqlalchemy.engine import make_url
+
     from evomerge.search.ledger import open_storage
 
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+    path = (url.removeprefix("journal:").removeprefix("//") if url.startswith("journal:")
+            else make_url(url).database if url.startswith("sqlite:///") else None)
+    if path is not None and not Path(path).is_file():
         return None
     return open_storage(url)
 
@@ -117,11 +124,11 @@ def pin_sources(space: SearchSpace, storage: str, study: str,
             if ref not in pinned:
                 pinned[ref] = _point(ref, store, results_root)
         update["pinned"] = {r: pinned[r] for r in refs}
-    if start is not None:
-        old = getattr(stored.optimizer, "x0", None) if stored is not None else None
-        params = (old if isinstance(old, dict)
+    if start is not None:  # the stored point if this reference made it, else resolved now
+        old = stored.optimizer if stored is not None else None
+        params = (old.x0 if getattr(old, "x0_from", None) == start
                   else _trial(start, store, results_root, "optimizer.x0")[1].params)
-        update["optimizer"] = space.optimizer.model_copy(update={"x0": params})
+        update["optimizer"] = space.optimizer.model_copy(update={"x0": params, "x0_from": start})
     return space.model_copy(update=update)
 
 

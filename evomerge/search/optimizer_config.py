@@ -50,6 +50,9 @@ class CmaConfig(_Optimizer):
     # the study starts (search.chain); checked against the genome before the study exists.
     x0: (Literal["center", "uniform", "random"] | dict[str, float | bool | str]
          | Annotated[str, Field(pattern=r"^study:")]) = "uniform"
+    # The study point a pinned ``x0`` was resolved from (set when it is pinned): a resume
+    # naming the same point keeps the stored values, another point is another search.
+    x0_from: str | None = None
     # Separable CMA-ES (pycma ``CMA_diagonal``): per-gene step sizes only.
     diagonal: bool = False
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from evomerge.engine.config_io import brief
 from evomerge.errors import ConfigError
 from evomerge.registry import Registry
 from evomerge.search.cma_state import es_state, load_es_state
@@ -225,7 +226,7 @@ def given_point(genome: Genome, params: dict[str, Any]) -> np.ndarray:
     missing = [n for n in genes if n not in params]
     unknown = [n for n in params if n not in genes]
     if unknown or missing:
-        what = (f"names gene {unknown[0]!r}, which this space's genome lacks" if unknown
+        what = (f"names gene {brief(unknown[0])}, which this space's genome lacks" if unknown
                 else f"lacks gene {missing[0]!r}")
         raise ConfigError(f"optimizer.x0 {what}: a given start names each of the "
                           f"{len(genes)} genes once ({', '.join(list(genes)[:3])}, ...).")
@@ -236,7 +237,7 @@ def given_point(genome: Genome, params: dict[str, Any]) -> np.ndarray:
         if not ok:
             want = ("true or false" if g.flag else f"one of {list(g.choices)}" if g.choices
                     else f"a number in [{g.low:g}, {g.high:g}]")
-            raise ConfigError(f"optimizer.x0.{name} {v!r} must be {want}.")
+            raise ConfigError(f"optimizer.x0.{name} {brief(v)} must be {want}.")
     return genome.to_unit(params)
 
 

@@ -67,6 +67,11 @@ def test_a_study_point_as_start_is_pinned_and_kept_on_resume(mini_zoo, tmp_path)
     assert _first(mini_zoo, tmp_path, trials=12) != params  # first has moved on
     assert run_search(_next(mini_zoo, "study:first#best"), results_root=tmp_path).evaluations == 10
     assert _cands(tmp_path) == _cands(tmp_path / "given")
+    # another point under the same study name is another search: refused, not continued
+    with pytest.raises(ConfigError, match=r"Study 'next' exists with a different search space"):
+        run_search(_next(mini_zoo, "study:first#trial=0"), results_root=tmp_path)
+    with pytest.raises(ConfigError, match=r"optimizer\.x0 'study:first#trial=99': "):
+        run_search(_next(mini_zoo, "study:first#trial=99"), results_root=tmp_path)
 
 
 def test_a_missing_study_point_is_refused(mini_zoo, tmp_path):
