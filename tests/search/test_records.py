@@ -46,7 +46,7 @@ def test_legacy_studies_open_with_their_optimizer_settings_migrated(legacy):
                                                     "n_startup_trials": 10}
     assert space_of(cma).optimizer.model_dump() == {
         "seed": 0, "name": "cma", "popsize": 4, "sigma0": 0.12, "x0": "uniform",
-        "diagonal": False}
+        "x0_from": None, "diagonal": False}
     record = StudyRecord(cma)
     assert (record.num_layers, record.budget, record.driver["state"]) == (2, 6, "budget")
     assert summary(cma)["evaluations"] == 6
