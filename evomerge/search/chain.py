@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from evomerge.engine.config_io import yaml_mapping
+from evomerge.engine.config_io import brief, yaml_mapping
 from evomerge.engine.derived import STUDY_REF, rename_models
 from evomerge.engine.recipe import load_recipe
 from evomerge.errors import ConfigError
@@ -113,7 +113,7 @@ def pin_sources(space: SearchSpace, storage: str, study: str,
     if not refs and start is None:
         return space
     if start is not None and not STUDY_REF.match(start):
-        raise ConfigError(f"optimizer.x0 {start!r} must name a study's point: "
+        raise ConfigError(f"optimizer.x0 {brief(start)} must name a study's point: "
                           f"study:NAME#best, #trial=N or #pareto=I.")
     store = _existing(storage)
     stored = _stored(store, study)
