@@ -11,7 +11,14 @@ from evomerge.errors import ConfigError
 from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
-from evomerge.search.ledger import default_storage, load_study, open_storage, space_of, summary
+from evomerge.search.ledger import (
+    default_storage,
+    load_study,
+    open_storage,
+    space_of,
+    storage_file,
+    summary,
+)
 from evomerge.search.records import StudyRecord
 from evomerge.search.space import SearchSpace, load_space
 
@@ -31,7 +38,7 @@ def found_storage(name: str, results: str = "results") -> str:
     searches) or ``results/<name>/journal.log`` (Slurm jobs)."""
     check_name(name, "study name")
     sqlite_url = default_storage(name, results)
-    if Path(sqlite_url.removeprefix("sqlite:///")).is_file():
+    if storage_file(sqlite_url).is_file():
         return sqlite_url
     journal = Path(results) / name / "journal.log"
     if journal.is_file():

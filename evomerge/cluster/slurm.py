@@ -194,12 +194,12 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
     url = storage or journal_storage(name, results)
     undo.note(results, name, storage)
     space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
-    num_layers = space.check_models()
+    genome = genome_of_models(space)  # the models checked, their depth
     build_evaluators(space)  # a bad evaluator fails here, not in the queued job,
-    make_optimizer(space.optimizer, genome_of_models(space), space.objectives)  # and x0 too
+    make_optimizer(space.optimizer, genome, space.objectives)  # and a bad x0 too
     store = open_storage(url)
     undo.created = name not in {s.study_name for s in optuna.get_all_study_summaries(store)}
-    undo.study = create_or_load(store, name, space, None, num_layers)
+    undo.study = create_or_load(store, name, space, None, genome.num_layers)
     return undo.study, name, url
 
 

@@ -76,13 +76,10 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
 def _existing(url: str) -> Any:
     """The storage at ``url``; None for a SQLite or journal file that does not exist (it
     holds no study, and opening it would create it: a refused command changes nothing)."""
-    from sqlalchemy.engine import make_url
+    from evomerge.search.ledger import open_storage, storage_file
 
-    from evomerge.search.ledger import open_storage
-
-    path = (url.removeprefix("journal:").removeprefix("//") if url.startswith("journal:")
-            else make_url(url).database if url.startswith("sqlite:///") else None)
-    if path is not None and not Path(path).is_file():
+    path = storage_file(url)
+    if path is not None and not path.is_file():
         return None
     return open_storage(url)
 

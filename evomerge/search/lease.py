@@ -220,9 +220,10 @@ class _FileLeases(_Backend):
 
 
 def _backend(url: str) -> _Backend:
+    from evomerge.search.ledger import sql_url, storage_file
+
     if url.startswith("journal:"):
-        return _FileLeases(Path(url.removeprefix("journal:").removeprefix("//")))
-    from evomerge.search.ledger import sql_url
+        return _FileLeases(storage_file(url))
 
     return _SqlLeases(sql_url(url))
 

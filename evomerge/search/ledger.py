@@ -21,7 +21,8 @@ from evomerge.search.space import SearchSpace
 
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
-           "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages"]
+           "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
+           "storage_file"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -48,6 +49,18 @@ def default_storage(study: str, root: str | Path = "results") -> str:
     return f"sqlite:///{path}"
 
 
+def storage_file(url: str) -> Path | None:
+    """The file behind a journal or SQLite storage URL (a SQLite URL's options, ``?timeout=30``,
+    left out); None for a database server."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//"))
+    if url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        return Path(make_url(url).database)
+    return None
+
+
 def open_storage(url: str):
     """An Optuna storage from a URL: ``sqlite:///file.db``, ``postgresql://...``, or
     ``journal:///path/file.log`` (JournalFileStorage, safe on NFS / for Slurm jobs).
@@ -58,14 +71,14 @@ def open_storage(url: str):
     import optuna
 
     try:
+        path = storage_file(url)
         if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:").removeprefix("//"))
             path.parent.mkdir(parents=True, exist_ok=True)
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             _fast_sqlite()
         rdb = _postgres_url(url) if url.startswith(("postgresql", "postgres:")) else url
         return _rdb_storage(rdb)
