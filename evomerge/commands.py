@@ -12,7 +12,7 @@ from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import (
-    default_storage,
+    default_storages,
     load_study,
     open_storage,
     space_of,
@@ -37,14 +37,13 @@ def found_storage(name: str, results: str = "results") -> str:
     """The storage of a study in the default layout: ``results/<name>/study.db`` (local
     searches) or ``results/<name>/journal.log`` (Slurm jobs)."""
     check_name(name, "study name")
-    sqlite_url = default_storage(name, results)
-    if storage_file(sqlite_url).is_file():
-        return sqlite_url
-    journal = Path(results) / name / "journal.log"
-    if journal.is_file():
-        return f"journal://{journal.resolve()}"
-    raise ConfigError(f"No study {name!r} under {results}/ (looked for {sqlite_url} and "
-                      f"{journal}); pass --storage if it lives elsewhere.")
+    urls = default_storages(name, results)
+    for url in urls:
+        if storage_file(url).is_file():
+            return url
+    raise ConfigError(f"No study {name!r} under {results}/ (looked for "
+                      f"{' and '.join(str(storage_file(u)) for u in urls)}); pass --storage if it "
+                      "lives elsewhere.")
 
 
 def executor_factory(workers: int, overlap: bool = False, **ray_options: Any

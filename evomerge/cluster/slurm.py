@@ -93,7 +93,9 @@ class SlurmJob:
 
 def journal_storage(study: str, results: str | Path = "results") -> str:
     """The default storage of a Slurm study: a journal file under ``results/<study>/``."""
-    return f"journal://{(Path(results) / study / 'journal.log').resolve()}"
+    from evomerge.search.ledger import default_journal
+
+    return default_journal(study, results)
 
 
 class _Template(string.Template):

@@ -35,17 +35,18 @@ __all__ = ["pin_sources", "stage_name", "chained_docs"]
 
 def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[str, Any]:
     """(study name, trial) of study point ``ref``, looked up in ``store`` first, then in the
-    referenced study's default storage under ``results_root``; ``what`` names the field in
-    the error."""
+    referenced study's default storages under ``results_root`` (a local search's SQLite
+    file, a Slurm job's journal); ``what`` names the field in the error."""
     import optuna
 
     from evomerge.search.front import select_trial
-    from evomerge.search.ledger import default_storage, space_of
+    from evomerge.search.ledger import default_storages, space_of, storage_file
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
     study = None
-    for storage in (store, default_storage(name, results_root)):
+    defaults = default_storages(name, results_root)
+    for storage in (store, *defaults):
         try:
             storage = _existing(storage) if isinstance(storage, str) else storage
             if storage is not None:
@@ -55,7 +56,8 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
             continue
     if study is None:
         raise ConfigError(f"{what} {ref!r}: no study {name!r} in this storage or in "
-                          f"{default_storage(name, results_root)}; run that search first.")
+                          f"{' or '.join(str(storage_file(u)) for u in defaults)}; run that "
+                          "search first.")
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
     try:

@@ -22,7 +22,7 @@ from evomerge.search.space import SearchSpace
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
-           "storage_file"]
+           "storage_file", "default_journal", "default_storages"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -47,6 +47,18 @@ def default_storage(study: str, root: str | Path = "results") -> str:
     """SQLite file under ``results/<study>/`` (use a journal file on NFS, see ``open_storage``)."""
     path = results_dir(study, root) / "study.db"
     return f"sqlite:///{path}"
+
+
+def default_journal(study: str, root: str | Path = "results") -> str:
+    """The journal file under ``results/<study>/`` that a Slurm job's study lives in (an
+    absolute URL: the job's nodes read it from another working directory)."""
+    return f"journal://{(results_dir(study, root) / 'journal.log').resolve()}"
+
+
+def default_storages(study: str, root: str | Path = "results") -> list[str]:
+    """Where the default layout keeps ``study``: a local search's SQLite file, then a Slurm
+    job's journal file (:func:`default_storage`, :func:`default_journal`)."""
+    return [default_storage(study, root), default_journal(study, root)]
 
 
 def storage_file(url: str) -> Path | None:

@@ -9,7 +9,7 @@ from evomerge.errors import ConfigError
 from evomerge.search.driver import run_search
 from evomerge.search.front import completed
 from evomerge.search.genome import genome_of_models
-from evomerge.search.ledger import default_storage, load_study, open_storage
+from evomerge.search.ledger import default_journal, default_storage, load_study, open_storage
 from evomerge.search.objectives import weighted_loss
 from evomerge.search.optimizers import make_optimizer
 from evomerge.search.space import load_space
@@ -74,6 +74,19 @@ def test_a_study_point_as_start_is_pinned_and_kept_on_resume(mini_zoo, tmp_path)
         run_search(_next(mini_zoo, "study:first#trial=99"), results_root=tmp_path)
 
 
+def test_a_slurm_study_in_its_journal_is_found(mini_zoo, tmp_path):
+    """A study a Slurm job ran lives in ``results/NAME/journal.log``, not ``study.db``: a
+    ``study:`` start finds it there."""
+    space = load_space(space_dict(mini_zoo, name="first", budget={"trials": 4}))
+    journal = default_journal("first", tmp_path)
+    run_search(space, storage=journal, results_root=tmp_path)
+    study = load_study(open_storage(journal), "first")
+    best = min(completed(study), key=lambda t: weighted_loss(t.values, space.objectives))
+    assert not (tmp_path / "first" / "study.db").exists()
+    run_search(_next(mini_zoo, "study:first#best"), trials=1, results_root=tmp_path)
+    assert _study("next", tmp_path).user_attrs["evomerge_space"]["optimizer"]["x0"] == best.params
+
+
 def test_a_missing_study_point_is_refused(mini_zoo, tmp_path):
     with pytest.raises(ConfigError, match=r"optimizer\.x0 'study:gone#best': no study 'gone'"):
         run_search(_next(mini_zoo, "study:gone#best"), results_root=tmp_path)
@@ -81,7 +94,7 @@ def test_a_missing_study_point_is_refused(mini_zoo, tmp_path):
                                           r"study's point: study:NAME#best, #trial=N or "
                                           r"#pareto=I\.$"):
         run_search(_next(mini_zoo, "study:gone#worst"), results_root=tmp_path)
-    assert not list(tmp_path.rglob("*.db"))
+    assert not list(tmp_path.rglob("*.db")) and not list(tmp_path.rglob("journal.log*"))
 
 
 @pytest.mark.parametrize("change, message", [
