@@ -48,7 +48,9 @@ class CmaConfig(_Optimizer):
     # ... or a given point: every gene by name, in its own units (a trial's ``params``), or
     # another study's point (``study:NAME#best``, ``#trial=N``), pinned to its gene values when
     # the study starts (search.chain); checked against the genome before the study exists.
-    x0: (Literal["center", "uniform", "random"] | dict[str, float | bool | str]
+    # (a NaN or infinite gene value passes here so that given_point names the gene)
+    x0: (Literal["center", "uniform", "random"]
+         | dict[str, Annotated[float, Field(allow_inf_nan=True)] | bool | str]
          | Annotated[str, Field(pattern=r"^study:")]) = "uniform"
     # The study point a pinned ``x0`` was resolved from (set when it is pinned): a resume
     # naming the same point keeps the stored values, another point is another search.
