@@ -12,6 +12,7 @@ from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import (
+    default_files,
     default_storages,
     load_study,
     open_storage,
@@ -42,8 +43,7 @@ def found_storage(name: str, results: str = "results") -> str:
         if storage_file(url).is_file():
             return url
     raise ConfigError(f"No study {name!r} under {results}/ (looked for "
-                      f"{' and '.join(str(storage_file(u)) for u in urls)}); pass --storage if it "
-                      "lives elsewhere.")
+                      f"{default_files(name, results)}); pass --storage if it lives elsewhere.")
 
 
 def executor_factory(workers: int, overlap: bool = False, **ray_options: Any

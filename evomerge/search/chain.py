@@ -40,7 +40,7 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
     import optuna
 
     from evomerge.search.front import select_trial
-    from evomerge.search.ledger import default_storages, space_of, storage_file
+    from evomerge.search.ledger import default_files, default_storages, space_of
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
@@ -56,8 +56,7 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
             continue
     if study is None:
         raise ConfigError(f"{what} {ref!r}: no study {name!r} in this storage or in "
-                          f"{' or '.join(str(storage_file(u)) for u in defaults)}; run that "
-                          "search first.")
+                          f"{default_files(name, results_root)}; run that search first.")
     key, _, value = sel.partition("=")
     choice = {"best": True} if key == "best" else {key: int(value)}
     try:

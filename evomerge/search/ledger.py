@@ -22,7 +22,8 @@ from evomerge.search.space import SearchSpace
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
-           "storage_file", "default_journal", "default_storages"]
+           "storage_file", "default_journal", "default_storages",
+           "default_files"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -59,6 +60,12 @@ def default_storages(study: str, root: str | Path = "results") -> list[str]:
     """Where the default layout keeps ``study``: a local search's SQLite file, then a Slurm
     job's journal file (:func:`default_storage`, :func:`default_journal`)."""
     return [default_storage(study, root), default_journal(study, root)]
+
+
+def default_files(study: str, root: str | Path = "results") -> str:
+    """The files of :func:`default_storages`, as an error names them: ``results/NAME/study.db
+    or results/NAME/journal.log``."""
+    return f"{results_dir(study, root) / 'study.db'} or {results_dir(study, root) / 'journal.log'}"
 
 
 def storage_file(url: str) -> Path | None:

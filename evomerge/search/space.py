@@ -356,7 +356,7 @@ def _optimizer_error(exc: ValidationError, source: str) -> str | None:
         takes = ", ".join(f for f in OPTIMIZER_CONFIGS[loc[1]].model_fields if f != "name")
         return (f"{source}: field 'optimizer.{loc[2]}' does not apply to optimizer "
                 f"{loc[1]!r} (its settings: {takes}).")
-    if loc[:3] == ["optimizer", "cma", "x0"] and first["type"] != "finite_number":
+    if loc[:3] == ["optimizer", "cma", "x0"]:
         return (f"{source}: field 'optimizer.x0' must be center, uniform, random, each "
                 f"gene's value by name or a study's point, study:NAME#best (got "
                 f"{brief(first.get('input'))}).")

@@ -107,6 +107,8 @@ def test_a_missing_study_point_is_refused(mini_zoo, tmp_path):
     (lambda p: p.update({next(iter(p)): "big"}), r"optimizer\.x0\.\S+ 'big' must be a number"),
     (lambda p: p.update({next(iter(p)): float("nan")}), r"optimizer\.x0\.\S+ nan must be a "
                                                         r"number in \[0, 1\]\."),
+    (lambda p: p.update({next(iter(p)): float("-inf")}), r"optimizer\.x0\.\S+ -inf must be a "
+                                                         r"number in \[0, 1\]\."),
 ])
 def test_a_bad_start_is_refused_before_the_study_exists(mini_zoo, tmp_path, change, message):
     params = _first(mini_zoo, tmp_path / "a")

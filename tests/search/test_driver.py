@@ -249,3 +249,7 @@ def test_resume_cli_and_status(mini_zoo, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6/6 evaluations" in out and "Resume:  evomerge resume t" in out
     assert main(["resume", "nope", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (f"No study 'nope' under {tmp_path}/ (looked for {tmp_path}/nope/study.db or "
+            f"{tmp_path}/nope/journal.log); pass --storage if it lives elsewhere.") in err
+    assert not (tmp_path / "nope").exists()
