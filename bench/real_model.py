@@ -15,6 +15,8 @@ evaluations; ``--minutes`` optionally caps wall time too):
   ps      per-layer DARE-TIES, CMA-ES, 2 x evals: "ps" is its best after evals, "ps (2x)"
           after all of them (the budget PS+DFS spends in all); ``--ps-factor 3`` continues the
           study to 3 x evals, row "ps (3x)"
+  psta    PS's search with task arithmetic in place of DARE-TIES (per-group weights only, no
+          random drop: PS's best points drive DARE's density to ~1), 2 x evals; row "psta"
   psem    PS on validation answers (generation on): maximize ``both`` exact match with each
           skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals; rows as swap's
   psemps  psem's CMA-ES started at PS's best of its first evals (optimizer x0, the gene
@@ -69,8 +71,8 @@ FULL = {"sizes": {"train": 4000, "validation": 60, "test": 100}, "front": 2, "le
         "outputs": 3}
 MINI = {"sizes": {"train": 64, "validation": 4, "test": 6}, "front": 1, "levels": 2,
         "outputs": 1}
-SPACES = ("ps", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice", "psdfs",
-          "pslocal", "qd")
+SPACES = ("ps", "psta", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix",
+          "pathsplice", "psdfs", "pslocal", "qd")
 PS_STARTED = ("psdfs", "pslocal", "psemps")  # searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
 
@@ -126,6 +128,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
            "operators": ["resource", "shift", "scale"]}
     return {
         "ps": make("ps", 2 * trials, **ps),
+        "psta": make("psta", 2 * trials, **{**ps, "method": "task_arithmetic",
+                                            "parameters": {"weight": ps["parameters"]["weight"]}}),
         "psem": make("ps", 2 * trials, **ps),  # completed by real_answers.psem_space in run()
         "psemps": make(f"psemps{split}", 2 * trials - first, **ps),  # and from PS's best
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},

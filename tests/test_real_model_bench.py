@@ -147,10 +147,10 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
     for key in SPACES:
-        assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psem") else 4)
+        assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psta", "psem") else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
+    assert {"ps", "ps (2x)", "psta", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
             "psdfs", "pslocal", "qd both", "qd balanced"} <= roles
     # psem: PS on validation answers, each skill's target 0.8 x its expert's validation EM
     assert set(doc["expert_validation_em"]) == {"add", "words"}
@@ -181,6 +181,10 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     assert from_ps.study_name == "real_e4_psemps_s0"
     assert from_space.optimizer.x0 == _best(ps_study, ps_space, 4).params
     assert from_space.objectives == em_space.objectives
+    # psta: PS's space and budget with task arithmetic, weights only (no density genes)
+    ta_space = load_space(study(doc["searches"]["psta"]["study"]).user_attrs["evomerge_space"])
+    assert ta_space.method == "task_arithmetic" and set(ta_space.parameters) == {"weight"}
+    assert ta_space.budget.trials == ps_space.budget.trials == 8
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]
