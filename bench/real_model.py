@@ -10,8 +10,8 @@ expert was trained on. Skills and fine-tuning: bench/real_skills.py.
 Stages (each cached under ``--build``, so a rerun resumes): tasks -> experts (full fine-tune
 of the decoder layers, ``--steps`` AdamW steps each) -> searches through ``run_search`` on the
 validation split, each ``--evals`` evaluations (``--minutes`` optionally caps wall time
-too): the spaces of bench/real_spaces.py, which says what each searches (ps, psta, psem,
-psemps, swap, dfs, path, pathlocal, pathmix, pathsplice, psdfs, pslocal, qd) -> the test
+too): the spaces of bench/real_spaces.py, which says what each searches (ps, psta, psties,
+psem, psemps, swap, dfs, path, pathlocal, pathmix, pathsplice, psdfs, pslocal, qd) -> the test
 split: base, experts, the best uniform TIES and task-arithmetic recipes (by validation), and
 every search's chosen points, by greedy exact match (with Wilson 95% intervals) and answer
 NLL, with the greedy outputs of the first test examples. Writes

@@ -8,6 +8,9 @@ time too):
           study to 3 x evals, row "ps (3x)"
   psta    PS's search with task arithmetic in place of DARE-TIES (per-group weights only, no
           random drop: PS's best points drive DARE's density to ~1), 2 x evals; row "psta"
+  psties  PS's search with TIES (normalize off) in place of DARE-TIES: the same genes, the
+          random drop and its 1/density rescale replaced by keeping the largest-magnitude
+          entries, sign election kept; 2 x evals; row "psties"
   psem    PS on validation answers (generation on): maximize ``both`` exact match with each
           skill kept to 80% of its expert's (bench/real_answers.py), 2 x evals; rows as swap's
   psemps  psem's CMA-ES started at PS's best of its first evals (optimizer x0, the gene
@@ -38,7 +41,7 @@ from typing import Any
 
 from real_skills import pair_tag
 
-SPACES = ("ps", "psta", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix",
+SPACES = ("ps", "psta", "psties", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix",
           "pathsplice", "psdfs", "pslocal", "qd")
 PS_STARTED = ("psdfs", "pslocal", "psemps")  # searches from the PS study's point
 DFS_SIGMA0 = 0.2  # the DFS search's CMA-ES step as first run (README table)
@@ -88,6 +91,8 @@ def spaces(base: str, experts: dict[str, str], files: dict, sizes: dict, minutes
         "ps": make("ps", 2 * trials, **ps),
         "psta": make("psta", 2 * trials, **{**ps, "method": "task_arithmetic",
                                             "parameters": {"weight": ps["parameters"]["weight"]}}),
+        "psties": make("psties", 2 * trials, **{**ps, "method": "ties", "parameters": {
+            **ps["parameters"], "normalize": False}}),  # DARE-TIES's sum, without its drop
         "psem": make("ps", 2 * trials, **ps),  # completed by real_answers.psem_space in run()
         "psemps": make(f"psemps{split}", 2 * trials - first, **ps),  # and from PS's best
         "swap": make("swap", layer_swap={"choices": ["base", *experts]},

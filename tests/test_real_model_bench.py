@@ -147,10 +147,11 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
     assert {"base", "add", "words", "uniform ties", "uniform task_arithmetic"} <= set(doc["rows"])
     for key in SPACES:
-        assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psta", "psem") else 4)
+        assert doc["searches"][key]["evaluations"] == (8 if key in ("ps", "psta", "psties", "psem")
+                                                        else 4)
         assert any(label.startswith(f"{key} trial") for label in doc["rows"])
     roles = {r["role"] for r in doc["rows"].values()}
-    assert {"ps", "ps (2x)", "psta", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
+    assert {"ps", "ps (2x)", "psta", "psties", "psem", "psemps", "swap", "dfs", "path", "pathlocal", "pathmix", "pathsplice",
             "psdfs", "pslocal", "qd both", "qd balanced"} <= roles
     # psem: PS on validation answers, each skill's target 0.8 x its expert's validation EM
     assert set(doc["expert_validation_em"]) == {"add", "words"}
@@ -185,6 +186,10 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     ta_space = load_space(study(doc["searches"]["psta"]["study"]).user_attrs["evomerge_space"])
     assert ta_space.method == "task_arithmetic" and set(ta_space.parameters) == {"weight"}
     assert ta_space.budget.trials == ps_space.budget.trials == 8
+    # psties: PS's genes with TIES's magnitude trim in place of DARE's drop, no normalization
+    ties = load_space(study(doc["searches"]["psties"]["study"]).user_attrs["evomerge_space"])
+    assert (ties.method, ties.parameters) == ("ties", {**ps_space.parameters, "normalize": False})
+    assert ps_space.method == "dare_ties"
     # PS+DFS: the PS search's merge is a source of the path (layers "ps[i:j]")
     for role in ("psdfs", "pslocal"):
         assert "ps[" in next(r for r in doc["rows"].values() if r["role"] == role)["path"]
