@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.names import check_name
+from evomerge.search.ledger import default_journal, storage_file
 from evomerge.search.records import StudyRecord
 
 __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
@@ -93,8 +94,6 @@ class SlurmJob:
 
 def journal_storage(study: str, results: str | Path = "results") -> str:
     """The default storage of a Slurm study: a journal file under ``results/<study>/``."""
-    from evomerge.search.ledger import default_journal
-
     return default_journal(study, results)
 
 
@@ -220,7 +219,8 @@ class _Undo:
     def note(self, results: Path, name: str, storage: str | None) -> None:
         paths = [results, results / name, results / name / "slurm"]
         if storage is None:  # the default journal file (and its lock) under results/<name>/
-            paths += [results / name / "journal.log", results / name / "journal.log.lock"]
+            journal = storage_file(journal_storage(name, results))
+            paths += [journal, journal.with_name(journal.name + ".lock")]
         self.before = {p: p.exists() for p in paths}
 
     def run(self) -> None:

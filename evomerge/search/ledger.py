@@ -22,8 +22,7 @@ from evomerge.search.space import SearchSpace
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
-           "storage_file", "default_journal", "default_storages",
-           "default_files"]
+           "storage_file", "default_journal", "default_storages", "default_files"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -46,14 +45,13 @@ def last_heartbeat(storage: Any, name: str) -> float | None:
 
 def default_storage(study: str, root: str | Path = "results") -> str:
     """SQLite file under ``results/<study>/`` (use a journal file on NFS, see ``open_storage``)."""
-    path = results_dir(study, root) / "study.db"
-    return f"sqlite:///{path}"
+    return f"sqlite:///{_layout(study, root)[0]}"
 
 
 def default_journal(study: str, root: str | Path = "results") -> str:
     """The journal file under ``results/<study>/`` that a Slurm job's study lives in (an
     absolute URL: the job's nodes read it from another working directory)."""
-    return f"journal://{(results_dir(study, root) / 'journal.log').resolve()}"
+    return f"journal://{_layout(study, root)[1].resolve()}"
 
 
 def default_storages(study: str, root: str | Path = "results") -> list[str]:
@@ -65,7 +63,14 @@ def default_storages(study: str, root: str | Path = "results") -> list[str]:
 def default_files(study: str, root: str | Path = "results") -> str:
     """The files of :func:`default_storages`, as an error names them: ``results/NAME/study.db
     or results/NAME/journal.log``."""
-    return f"{results_dir(study, root) / 'study.db'} or {results_dir(study, root) / 'journal.log'}"
+    return " or ".join(map(str, _layout(study, root)))
+
+
+def _layout(study: str, root: str | Path) -> tuple[Path, Path]:
+    """The default layout's two files of ``study``: a local search's SQLite database and a
+    Slurm job's journal, both in ``results/<study>/``."""
+    folder = results_dir(study, root)
+    return folder / "study.db", folder / "journal.log"
 
 
 def storage_file(url: str) -> Path | None:
