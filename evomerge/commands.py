@@ -13,11 +13,10 @@ from evomerge.search.driver import SearchOutcome, run_search
 from evomerge.search.executors import Executor
 from evomerge.search.ledger import (
     default_files,
-    default_storages,
+    existing_default,
     load_study,
     open_storage,
     space_of,
-    storage_file,
     summary,
 )
 from evomerge.search.records import StudyRecord
@@ -36,12 +35,12 @@ def open_study(name: str, storage: str | None = None, results: str = "results") 
 
 def found_storage(name: str, results: str = "results") -> str:
     """The storage of a study in the default layout: ``results/<name>/study.db`` (local
-    searches) or ``results/<name>/journal.log`` (Slurm jobs)."""
+    searches) or ``results/<name>/journal.log`` (Slurm jobs); both is refused
+    (:func:`~evomerge.search.ledger.existing_default`)."""
     check_name(name, "study name")
-    urls = default_storages(name, results)
-    for url in urls:
-        if storage_file(url).is_file():
-            return url
+    url = existing_default(name, results)
+    if url is not None:
+        return url
     raise ConfigError(f"No study {name!r} under {results}/ (looked for "
                       f"{default_files(name, results)}); pass --storage if it lives elsewhere.")
 

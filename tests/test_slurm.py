@@ -241,3 +241,38 @@ def test_a_bad_cma_start_is_refused_before_the_study_is_made(mini_zoo, tmp_path,
     assert "optimizer.x0 names gene 'nope', which this space's genome lacks" in \
         capsys.readouterr().err
     assert not (tmp_path / "r").exists() or list((tmp_path / "r").rglob("*")) == []
+
+
+def test_a_local_study_is_not_started_again_in_a_journal(mini_zoo, tmp_path, capsys):
+    """A study a local search keeps in ``results/NAME/study.db`` is not submitted into a new
+    ``journal.log`` beside it (two studies under one name): exit 2 before sbatch runs, one
+    sentence naming both files, nothing written."""
+    from evomerge.search.driver import run_search
+    from evomerge.search.space import load_space
+
+    results = tmp_path / "r"
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 2})))
+    run_search(load_space(str(path)), results_root=results)
+    def files():  # SQLite's -wal and -shm come and go with its connections
+        return sorted(p.relative_to(results) for p in results.rglob("*")
+                      if not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-ran\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    env_path = os.environ["PATH"]
+    try:
+        os.environ["PATH"] = f"{fake}:{env_path}"
+        for args in (["submit", str(path)], ["resume", "t"]):
+            assert main(["slurm", *args, "--results", str(results)]) == 2
+            err = capsys.readouterr().err
+            assert (f"Study 't' is a local search's, in {results}/t/study.db; a Slurm job keeps "
+                    f"its study in {results}/t/journal.log and would start a second one: pass "
+                    f"--storage sqlite:///{results}/t/study.db to continue it") in err
+    finally:
+        os.environ["PATH"] = env_path
+    assert files() == before
+    assert not (tmp_path / "sbatch-ran").exists()

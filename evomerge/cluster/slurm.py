@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.names import check_name
-from evomerge.search.ledger import default_journal, storage_file
+from evomerge.search.ledger import default_journal, existing_default, storage_file
 from evomerge.search.records import StudyRecord
 
 __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slurm_status",
@@ -95,6 +95,19 @@ class SlurmJob:
 def journal_storage(study: str, results: str | Path = "results") -> str:
     """The default storage of a Slurm study: a journal file under ``results/<study>/``."""
     return default_journal(study, results)
+
+
+def _submit_journal(study: str, results: str | Path) -> str:
+    """The journal a submit without ``--storage`` uses: :func:`journal_storage`, refused where
+    a local search keeps a study of that name in ``results/<study>/study.db`` (the job would
+    start a second study beside it, not continue that one)."""
+    url = existing_default(study, results)
+    if url is not None and not url.startswith("journal:"):
+        raise ConfigError(f"Study {study!r} is a local search's, in {storage_file(url)}; a Slurm "
+                          f"job keeps its study in {storage_file(journal_storage(study, results))}"
+                          f" and would start a second one: pass --storage {url} to continue it "
+                          "(every node must reach that file), or choose another study name.")
+    return journal_storage(study, results)
 
 
 class _Template(string.Template):
@@ -187,12 +200,13 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
     if space_path is None:
         if study is None:
             raise ConfigError("Name the study to resume.")
-        name, url = check_name(study, "study name"), storage or journal_storage(study, results)
+        name = check_name(study, "study name")
+        url = storage or _submit_journal(name, results)
         undo.note(results, name, storage)
         return load_study(open_storage(url), name), name, url
     space = load_space(space_path)
     name = check_name(space.name if study is None else study, "study name")
-    url = storage or journal_storage(name, results)
+    url = storage or _submit_journal(name, results)
     undo.note(results, name, storage)
     space = pin_sources(space, url, name, results)  # study:NAME#best, pinned now
     genome = genome_of_models(space)  # the models checked, their depth

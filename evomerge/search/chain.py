@@ -40,20 +40,23 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
     import optuna
 
     from evomerge.search.front import select_trial
-    from evomerge.search.ledger import default_files, default_storages, space_of
+    from evomerge.search.ledger import default_files, existing_default, space_of
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
     study = None
-    defaults = default_storages(name, results_root)
-    for storage in (store, *defaults):
-        try:
+    try:  # a file that exists but cannot be read is named, not taken for a missing study
+        for where in (lambda: store, lambda: existing_default(name, results_root)):
+            storage = where()  # the default files only looked at when this storage lacks it
             storage = _existing(storage) if isinstance(storage, str) else storage
-            if storage is not None:
-                study = optuna.load_study(study_name=name, storage=storage)
-                break
-        except (KeyError, ConfigError):
-            continue
+            try:
+                if storage is not None:
+                    study = optuna.load_study(study_name=name, storage=storage)
+                    break
+            except KeyError:
+                continue
+    except ConfigError as exc:
+        raise ConfigError(f"{what} {ref!r}: {exc}") from None
     if study is None:
         raise ConfigError(f"{what} {ref!r}: no study {name!r} in this storage or in "
                           f"{default_files(name, results_root)}; run that search first.")

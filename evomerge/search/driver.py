@@ -29,6 +29,7 @@ from evomerge.search.lease import Lease, take_lease
 from evomerge.search.ledger import (
     create_or_load,
     default_storage,
+    existing_default,
     fail_interrupted,
     last_heartbeat,
     open_storage,
@@ -218,7 +219,9 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     name = check_name(space.name if study is None else study, "study name")
     if trials is not None and (isinstance(trials, bool) or trials < 1):
         raise ConfigError(f"The budget {trials!r} must be at least 1 evaluation.")
-    url = storage or default_storage(name, results_root)
+    # The study's existing file (a Slurm job's journal included), so that a search under a
+    # name continues that study rather than starting a second one beside it.
+    url = storage or existing_default(name, results_root) or default_storage(name, results_root)
     space = pin_sources(space, url, name, results_root)  # study:NAME#best -> its recipe
     genome = genome_of_models(space)
     evaluators = build_evaluators(space)  # a bad evaluator, objective or fidelity fails here,

@@ -22,7 +22,7 @@ from evomerge.search.space import SearchSpace
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
-           "storage_file", "default_journal", "default_storages", "default_files"]
+           "storage_file", "default_journal", "default_storages", "default_files", "existing_default"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -64,6 +64,23 @@ def default_files(study: str, root: str | Path = "results") -> str:
     """The files of :func:`default_storages`, as an error names them: ``results/NAME/study.db
     or results/NAME/journal.log``."""
     return " or ".join(map(str, _layout(study, root)))
+
+
+def existing_default(study: str, root: str | Path = "results") -> str | None:
+    """The storage URL of ``study``'s file in the default layout, the SQLite database or the
+    journal, whichever exists; None when neither does.
+
+    Raises:
+        ConfigError: both exist (a local search and a Slurm job run under one name): two
+            studies, and which one is meant is the user's to say, not this lookup's.
+    """
+    found = [url for url in default_storages(study, root) if storage_file(url).is_file()]
+    if len(found) > 1:
+        db, journal = _layout(study, root)
+        raise ConfigError(f"Study {study!r} has two files, {db} (a local search) and {journal} "
+                          "(a Slurm job); pass --storage with the one to use, or move the "
+                          "other aside.")
+    return found[0] if found else None
 
 
 def _layout(study: str, root: str | Path) -> tuple[Path, Path]:

@@ -126,3 +126,26 @@ def test_a_start_that_is_no_mapping_is_one_sentence(mini_zoo):
                                           r"random, each gene's value by name or a study's "
                                           r"point, study:NAME#best \(got \[0\.5, 0\.5\]\)\.$"):
         load_space(space_dict(mini_zoo, optimizer={"name": "cma", "x0": [0.5, 0.5]}))
+
+
+def test_a_study_in_both_default_files_or_an_unreadable_one_is_named(mini_zoo, tmp_path):
+    """``study:first#best`` where ``first`` has both a local SQLite file and a Slurm journal is
+    refused naming both (which one is meant is the user's to say); a study file that exists
+    but cannot be read is named with its reason, not reported as a search never run."""
+    space = load_space(space_dict(mini_zoo, name="first", budget={"trials": 2}))
+    run_search(space, results_root=tmp_path)
+    run_search(space, storage=default_journal("first", tmp_path), results_root=tmp_path)
+    with pytest.raises(ConfigError, match=(
+            rf"^optimizer\.x0 'study:first#best': Study 'first' has two files, "
+            rf"{tmp_path}/first/study\.db \(a local search\) and {tmp_path}/first/journal\.log "
+            rf"\(a Slurm job\); pass --storage with the one to use, or move the other aside\.$")):
+        run_search(_next(mini_zoo, "study:first#best"), results_root=tmp_path)
+    assert not (tmp_path / "next").exists()
+    other = tmp_path / "other"
+    (other / "first").mkdir(parents=True)
+    (other / "first" / "study.db").write_bytes(b"not a database")
+    with pytest.raises(ConfigError, match=r"^optimizer\.x0 'study:first#best': Cannot open "
+                                          r"storage 'sqlite:///.*other/first/study\.db': "
+                                          r"DatabaseError"):
+        run_search(_next(mini_zoo, "study:first#best"), results_root=other)
+    assert sorted(p.name for p in other.rglob("*")) == ["first", "study.db"]

@@ -253,3 +253,35 @@ def test_resume_cli_and_status(mini_zoo, tmp_path, capsys):
     assert (f"No study 'nope' under {tmp_path}/ (looked for {tmp_path}/nope/study.db or "
             f"{tmp_path}/nope/journal.log); pass --storage if it lives elsewhere.") in err
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_search_continues_its_slurm_journal_and_two_files_are_refused(mini_zoo, tmp_path,
+                                                                         capsys):
+    """``evomerge search`` under the name of a study a Slurm job ran continues it in its
+    journal (no second study in a new study.db); with both files present, ``resume`` and
+    ``search`` say so and change nothing."""
+    from evomerge.cli import main
+    from evomerge.search.ledger import default_journal
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 2})))
+    journal = default_journal("t", tmp_path)
+    run_search(load_space(str(space_file)), storage=journal, results_root=tmp_path)
+    assert main(["search", str(space_file), "--results", str(tmp_path), "--trials", "3",
+                 "-q"]) == 0
+    assert not (tmp_path / "t" / "study.db").exists()
+    trials = load_study(open_storage(journal), "t").get_trials()
+    assert len([t for t in trials if counted(t)]) == 3
+    run_search(load_space(str(space_file)), results_root=tmp_path, storage=default_storage(
+        "t", tmp_path))  # a second study under the name, forced with --storage
+    def trials_in_each():
+        return [len(load_study(open_storage(url), "t").get_trials())
+                for url in (journal, default_storage("t", tmp_path))]
+
+    before = trials_in_each()
+    for args in (["resume", "t"], ["search", str(space_file)], ["status", "t"]):
+        assert main([*args, "--results", str(tmp_path)]) == 2
+        assert (f"Study 't' has two files, {tmp_path}/t/study.db (a local search) and "
+                f"{tmp_path}/t/journal.log (a Slurm job); pass --storage with the one to use, "
+                "or move the other aside.") in capsys.readouterr().err
+    assert trials_in_each() == before == [3, 2]
