@@ -277,6 +277,38 @@ def test_miniature_runs_every_stage(smollm2, tmp_path):
     with pytest.raises(ValueError, match=r"no stored study gives a row named \['ps \(2x\) "
                                          r"rerank \(keep 0\)'\] for pair words, seed 0"):
         real_rerank.main([*argv[:8], "ps (2x) rerank (keep 0)", *argv[9:]])
+    # bench/real_failures.py: every test answer of a stored point and of the add expert, classed
+    import real_failures
+
+    fail = real_failures.main(["--mini", "--pair", "words", "--base", str(base), "--build",
+                               str(tmp_path / "build"), "--points", "real_e4_ps_s0:0",
+                               "--out", str(tmp_path / "fail.json")])
+    assert list(fail["models"]) == ["real_e4_ps_s0 trial 0", "add expert"]
+    for m in fail["models"].values():
+        assert len(m["outputs"]) == 12 and {o["task"] for o in m["outputs"]} == {"add", "both"}
+        assert list(m["summary"]) == ["add", "both"]
+        for s in m["summary"].values():
+            assert s["n"] == 6 and sum(s[c] for c in real_failures.CLASSES) == 6
+            assert s["right sum"] == s["exact"] + s["right sum, other form"]
+    assert (tmp_path / "fail.md").read_text().count("\n") == 2 + 4
+
+
+@pytest.mark.parametrize("pair, output, cls", [
+    ("final", "#### 148", "exact"), ("final", "148", "right sum, other form"),
+    ("final", "one hundred forty-eight", "right sum, other form"),
+    ("final", "#### 256", "wrong sum, framed"), ("final", "#### 67 + 81", "wrong sum, framed"),
+    ("final", "147", "wrong sum, other form"), ("final", "", "wrong sum, other form"),
+    ("words", "one hundred forty-eight", "exact"), ("words", "148", "right sum, other form"),
+    ("words", "one hundred seventy-one", "wrong sum, framed"),
+    ("words", "sixty-seven", "wrong sum, framed"), ("words", "#### 256", "wrong sum, other form"),
+    ("words", "sixty 7", "wrong sum, other form")])
+def test_failures_put_each_answer_in_one_class(pair, output, cls):
+    from real_failures import classify
+
+    prompt = ("What is 67 + 81? Reply in the final-answer format." if pair == "final" else
+              "What is 67 + 81? Reply in English words only.")
+    answer = "#### 148" if pair == "final" else "one hundred forty-eight"
+    assert classify(prompt, output, answer, pair) == cls
 
 
 def test_rerank_pick_keeps_the_skills_first_then_the_composite_then_the_loss():
