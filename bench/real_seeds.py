@@ -23,7 +23,9 @@ def seed_docs(folder: Path, pair: str) -> list[dict[str, Any]]:
     files: dict[int, list[tuple[str, Path]]] = {}
     for p in folder.glob("real_model*_s*.json"):
         m = pat.fullmatch(p.name)
-        if m and m.group(1) not in PAIRS:  # real_model_final_s0 is no file of the words pair
+        # real_model_final_s0 is no file of the words pair; real_failures.py's answer classes
+        # (real_model_final_failures_s2) hold no rows
+        if m and m.group(1) not in (*PAIRS, "failures"):
             files.setdefault(int(m.group(2)), []).append((m.group(1) or "", p))
     docs = []
     for seed in sorted(files):

@@ -44,6 +44,8 @@ def test_seed_docs_add_later_runs_and_refuse_two_scores_of_one_row(tmp_path):
     write("real_model_final_s1_mini.json", 1, [("ps", 0.9)])
     write("real_model_s0.json", 0, [("ps", 0.7)], pair="words")
     write("real_model_local_s0.json", 0, [("pathmix", 0.0)], pair="words")
+    (tmp_path / "real_model_final_failures_s0.json").write_text(json.dumps(
+        {"pair": "final", "seed": 0, "models": {}}))  # real_failures.py's: no rows
     docs = seed_docs(tmp_path, "final")
     assert [d["seed"] for d in docs] == [0, 1]
     assert docs[0]["files"] == ["real_model_final_s0.json", "real_model_final_splice_s0.json"]
