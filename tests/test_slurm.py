@@ -246,7 +246,8 @@ def test_a_bad_cma_start_is_refused_before_the_study_is_made(mini_zoo, tmp_path,
 def test_a_local_study_is_not_started_again_in_a_journal(mini_zoo, tmp_path, capsys):
     """A study a local search keeps in ``results/NAME/study.db`` is not submitted into a new
     ``journal.log`` beside it (two studies under one name): exit 2 before sbatch runs, one
-    sentence naming both files, nothing written."""
+    sentence naming both files, nothing written. ``slurm status`` reads it (or refuses an
+    unknown name) without creating a journal either."""
     from evomerge.search.driver import run_search
     from evomerge.search.space import load_space
 
@@ -274,5 +275,9 @@ def test_a_local_study_is_not_started_again_in_a_journal(mini_zoo, tmp_path, cap
                     f"--storage sqlite:///{results}/t/study.db to continue it") in err
     finally:
         os.environ["PATH"] = env_path
+    assert main(["slurm", "status", "t", "--results", str(results)]) == 0
+    assert "2/2 evaluations" in capsys.readouterr().out
+    assert main(["slurm", "status", "nope", "--results", str(results)]) == 2
+    assert "No study 'nope'" in capsys.readouterr().err
     assert files() == before
     assert not (tmp_path / "sbatch-ran").exists()

@@ -231,8 +231,9 @@ def _add_dashboard_command(sub) -> None:
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name")
     p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default sqlite:///results/STUDY/study.db; "
-                        "journal:///path/file.log for NFS)")
+                   help="Optuna storage URL (default: results/STUDY/study.db or, for a "
+                        "Slurm study, results/STUDY/journal.log; journal:///path/file.log "
+                        "for NFS)")
     p.add_argument("--results", default="results", help="results root (default ./results)")
 
 

@@ -106,7 +106,8 @@ def _submit_journal(study: str, results: str | Path) -> str:
         raise ConfigError(f"Study {study!r} is a local search's, in {storage_file(url)}; a Slurm "
                           f"job keeps its study in {storage_file(journal_storage(study, results))}"
                           f" and would start a second one: pass --storage {url} to continue it "
-                          "(every node must reach that file), or choose another study name.")
+                          "(the job's first node must reach that file), or choose another "
+                          "study name.")
     return journal_storage(study, results)
 
 
@@ -323,7 +324,8 @@ def slurm_status(study: str, storage: str | None = None,
     """The study's Slurm jobs and their states, with the study's progress."""
     from evomerge.commands import status
 
-    info = status(study, storage or journal_storage(study, results), str(results))
+    # the default layout's lookup: opening a journal that does not exist would create it
+    info = status(study, storage, str(results))
     launch = info["launch"]
     jobs = launch.get("jobs", []) if launch.get("via") == "slurm" else []
     info["jobs"] = [{"job_id": j, **{k: v for k, v in job_state(j).items() if k in (

@@ -46,7 +46,8 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
     name, sel = m["name"], m["sel"]
     study = None
     try:  # a file that exists but cannot be read is named, not taken for a missing study
-        for where in (lambda: store, lambda: existing_default(name, results_root)):
+        # --storage names the new study's storage, not this one's: no --storage hint
+        for where in (lambda: store, lambda: existing_default(name, results_root, False)):
             storage = where()  # the default files only looked at when this storage lacks it
             storage = _existing(storage) if isinstance(storage, str) else storage
             try:

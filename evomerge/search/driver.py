@@ -201,7 +201,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     Args:
         space: validated search space.
         study: study name (default: the space's name).
-        storage: Optuna storage URL (default: SQLite under ``results/<study>/``).
+        storage: Optuna storage URL (default: the study's existing file under
+            ``results/<study>/``, SQLite or a Slurm job's journal; SQLite for a new study).
         trials: evaluation budget overriding ``space.budget.trials`` (counts finished
             evaluations across resumes, duplicates excluded).
         executor_factory: builds the executor (default: in-process, ``--workers 0``).

@@ -66,20 +66,23 @@ def default_files(study: str, root: str | Path = "results") -> str:
     return " or ".join(map(str, _layout(study, root)))
 
 
-def existing_default(study: str, root: str | Path = "results") -> str | None:
+def existing_default(study: str, root: str | Path = "results", choose: bool = True
+                     ) -> str | None:
     """The storage URL of ``study``'s file in the default layout, the SQLite database or the
     journal, whichever exists; None when neither does.
 
     Raises:
         ConfigError: both exist (a local search and a Slurm job run under one name): two
-            studies, and which one is meant is the user's to say, not this lookup's.
+            studies, and which one is meant is the user's to say, not this lookup's; with
+            ``choose`` the message offers ``--storage`` (the command's own study is meant).
     """
     found = [url for url in default_storages(study, root) if storage_file(url).is_file()]
     if len(found) > 1:
         db, journal = _layout(study, root)
+        how = f"pass --storage {found[0]} or --storage {found[1]}, or move one aside" \
+            if choose else "move one of them aside"
         raise ConfigError(f"Study {study!r} has two files, {db} (a local search) and {journal} "
-                          "(a Slurm job); pass --storage with the one to use, or move the "
-                          "other aside.")
+                          f"(a Slurm job); {how}.")
     return found[0] if found else None
 
 

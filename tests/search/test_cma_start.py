@@ -138,7 +138,7 @@ def test_a_study_in_both_default_files_or_an_unreadable_one_is_named(mini_zoo, t
     with pytest.raises(ConfigError, match=(
             rf"^optimizer\.x0 'study:first#best': Study 'first' has two files, "
             rf"{tmp_path}/first/study\.db \(a local search\) and {tmp_path}/first/journal\.log "
-            rf"\(a Slurm job\); pass --storage with the one to use, or move the other aside\.$")):
+            rf"\(a Slurm job\); move one of them aside\.$")):
         run_search(_next(mini_zoo, "study:first#best"), results_root=tmp_path)
     assert not (tmp_path / "next").exists()
     other = tmp_path / "other"

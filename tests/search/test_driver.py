@@ -282,6 +282,6 @@ def test_a_search_continues_its_slurm_journal_and_two_files_are_refused(mini_zoo
     for args in (["resume", "t"], ["search", str(space_file)], ["status", "t"]):
         assert main([*args, "--results", str(tmp_path)]) == 2
         assert (f"Study 't' has two files, {tmp_path}/t/study.db (a local search) and "
-                f"{tmp_path}/t/journal.log (a Slurm job); pass --storage with the one to use, "
-                "or move the other aside.") in capsys.readouterr().err
+                f"{tmp_path}/t/journal.log (a Slurm job); pass --storage sqlite:///{tmp_path}/"
+                f"t/study.db or --storage {journal}, or move one aside.") in capsys.readouterr().err
     assert trials_in_each() == before == [3, 2]
