@@ -18,7 +18,6 @@ Writes results/bench/real_model{tag}_failures_s{seed}.json (every answer kept) a
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -134,11 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc["models"] = {k: {"summary": summary(v, args.pair), "outputs": v}
                      for k, v in doc["models"].items()}
     doc["total_seconds"] = round(time.time() - t0, 1)
-    out = Path(args.out) if args.out else real_model.OUT / \
-        f"real_model{pair_tag(args.pair)}_failures_s{args.seed}{'_mini' if args.mini else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    out.with_suffix(".md").write_text(markdown(doc) + "\n")
+    _, save = real_model.doc_writer(args.out, f"real_model{pair_tag(args.pair)}_failures_s"
+                                    f"{args.seed}", args.mini, markdown)
+    save(doc)
     print(markdown(doc))
     return doc
 

@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,19 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     return last
 
 
+def doc_writer(out: str | None, stem: str, mini: bool, md: Callable[[dict[str, Any]], str]
+               ) -> tuple[Path, Callable[[dict[str, Any]], None]]:
+    """(path, save) of a bench document: ``out``, or results/bench/{stem}[_mini].json, its
+    folder made; ``save(doc)`` writes the JSON there and ``md(doc)`` beside it as .md."""
+    path = Path(out) if out else OUT / f"{stem}{'_mini' if mini else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(d: dict[str, Any]) -> None:
+        path.write_text(json.dumps(d, indent=2))
+        path.with_suffix(".md").write_text(md(d) + "\n")
+    return path, save
+
+
 def markdown(doc: dict[str, Any]) -> str:
     skills = doc.get("skills", PAIRS["words"])
     lines = ["| model | " + " | ".join(f"{s} exact match [95% CI]" for s in skills)
@@ -360,13 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (OUT / f"real_model{tag}_seeds.json").write_text(json.dumps(doc, indent=2))
         print(doc["markdown"])
         return doc
-    out = Path(args.out) if args.out else OUT / f"real_model{tag}_s{args.seed}" \
-        f"{'_mini' if args.mini else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(d: dict[str, Any]) -> None:
-        out.write_text(json.dumps(d, indent=2))
-        out.with_suffix(".md").write_text(markdown(d) + "\n")
+    out, save = doc_writer(args.out, f"real_model{tag}_s{args.seed}", args.mini, markdown)
     doc = run(args, save)
     print(markdown(doc))
     print(f"total {doc['total_seconds']} s -> {out}")

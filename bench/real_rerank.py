@@ -224,14 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error(f"--top {args.top} must be at least 1")
     if not 0 <= args.keep <= 1:
         ap.error(f"--keep {args.keep} must be between 0 and 1")
-    out = Path(args.out) if args.out else \
-        real_model.OUT / f"real_model{pair_tag(args.pair)}_rerank_s{args.seed}" \
-        f"{'_mini' if args.mini else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(d: dict[str, Any]) -> None:
-        out.write_text(json.dumps(d, indent=2))
-        out.with_suffix(".md").write_text(real_model.markdown(d) + "\n")
+    _, save = real_model.doc_writer(args.out, f"real_model{pair_tag(args.pair)}_rerank_s"
+                                    f"{args.seed}", args.mini, real_model.markdown)
     doc = run(args, save)
     print(real_model.markdown(doc))
     return doc
