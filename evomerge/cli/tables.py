@@ -40,8 +40,11 @@ def print_outcome(outcome) -> None:
             f"({outcome.failed} failed); stopped: {why.get(outcome.stopped, outcome.stopped)}.")
     c.print(f"Pareto front: {outcome.results_dir}/pareto.json, pareto.csv, pareto.png, "
             "pareto.html")
-    storage = "" if outcome.storage.endswith((f"{outcome.study}/study.db",  # found by name
-                                               f"{outcome.study}/journal.log")) else \
+    from evomerge.search.ledger import default_storages
+
+    # a default file is found by the study's name; any other storage must be named
+    storage = "" if outcome.storage in default_storages(outcome.study,
+                                                        outcome.results_dir.parent) else \
         f" --storage {outcome.storage}"
     c.print(f"Resume:  evomerge resume {outcome.study}{storage}")
     c.print(f"Inspect: evomerge front {outcome.study}{storage}   |   "

@@ -44,18 +44,18 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
-    study = None
+    def load(storage: Any) -> Any:
+        storage = _existing(storage) if isinstance(storage, str) else storage
+        try:
+            return None if storage is None else optuna.load_study(study_name=name,
+                                                                  storage=storage)
+        except KeyError:
+            return None
+
     try:  # a file that exists but cannot be read is named, not taken for a missing study
-        # --storage names the new study's storage, not this one's: no --storage hint
-        for where in (lambda: store, lambda: existing_default(name, results_root, False)):
-            storage = where()  # the default files only looked at when this storage lacks it
-            storage = _existing(storage) if isinstance(storage, str) else storage
-            try:
-                if storage is not None:
-                    study = optuna.load_study(study_name=name, storage=storage)
-                    break
-            except KeyError:
-                continue
+        study = load(store)
+        if study is None:  # --storage names the new study's storage: no --storage hint here
+            study = load(existing_default(name, results_root, False))
     except ConfigError as exc:
         raise ConfigError(f"{what} {ref!r}: {exc}") from None
     if study is None:
