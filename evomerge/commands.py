@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evomerge.cluster.slurm_info import refuse_active_jobs
 from evomerge.errors import ConfigError
 from evomerge.names import check_name
 from evomerge.search.driver import SearchOutcome, run_search
@@ -82,7 +83,8 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
-                      launch=local_launch(results, workers, ray_options))
+                      launch=local_launch(results, workers, ray_options),
+                      admit=refuse_active_jobs)
 
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
@@ -97,7 +99,8 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
                       trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
-                      launch=local_launch(results, workers, ray_options))
+                      launch=local_launch(results, workers, ray_options),
+                      admit=refuse_active_jobs)
 
 
 def _check_overlap(space: SearchSpace, overlap: bool) -> None:

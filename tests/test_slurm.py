@@ -127,8 +127,8 @@ def _wait(job: str, states: set[str], seconds: float = 300) -> dict:
     raise AssertionError(f"job {job} did not reach {states}: {job_state(job)}")
 
 
-def _study(name: str, results: Path):
-    return load_study(open_storage(journal_storage(name, results)), name)
+def _study(name: str, results: Path, url: str | None = None):
+    return load_study(open_storage(url or journal_storage(name, results)), name)
 
 
 def _no_ray_left(job: str) -> bool:
@@ -281,3 +281,53 @@ def test_a_local_study_is_not_started_again_in_a_journal(mini_zoo, tmp_path, cap
     assert "No study 'nope'" in capsys.readouterr().err
     assert files() == before
     assert not (tmp_path / "sbatch-ran").exists()
+
+
+def test_a_study_with_a_queued_job_is_not_driven_here_too(mini_zoo, tmp_path, capsys,
+                                                           monkeypatch):
+    """While a study's Slurm job is queued or running, `evomerge search` / `resume` here is
+    refused (the job would start on a study another driver holds, or the two would take turns
+    on one budget): exit 2, one sentence naming the job, the study unchanged. The job's own
+    driver (``SLURM_JOB_ID``) and a study whose jobs have ended are let through."""
+    from evomerge.search.driver import run_search
+    from evomerge.search.records import StudyRecord
+    from evomerge.search.space import load_space
+
+    results = tmp_path / "r"
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 2})))
+    run_search(load_space(str(path)), results_root=results)
+    url = f"sqlite:///{results}/t/study.db"
+    launch = {"via": "slurm", "jobs": ["4241", "4242"], "storage": url}
+    StudyRecord(_study("t", results, url)).set_launch(launch)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    state = tmp_path / "state"
+    # `scontrol --json` fails (an old Slurm), so the text form is read: job 4242 in `state`
+    (fake / "scontrol").write_text(
+        '#!/bin/sh\n[ "$1" = --json ] && exit 1\n'
+        f'[ "$4" = 4242 ] && echo "JobId=4242 JobName=evomerge-t JobState=$(cat {state}) '
+        'Reason=Priority" && exit 0\necho "JobId=$4 JobState=COMPLETED Reason=None"\n')
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    state.write_text("PENDING")
+
+    def trials():
+        study = _study("t", results, url)
+        return len(study.get_trials(deepcopy=False)), StudyRecord(study).budget
+
+    before = trials()
+    for args in (["search", str(path), "--trials", "4"], ["resume", "t", "--trials", "4"]):
+        assert main([*args, "--results", str(results)]) == 2
+        assert ("Study 't' already has Slurm job 4242 (PENDING); wait for it or "
+                "`scancel 4242` first.") in capsys.readouterr().err
+    assert trials() == before == (2, 2)
+    assert StudyRecord(_study("t", results, url)).launch == launch
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the job's own driver
+    assert main(["resume", "t", "--results", str(results), "--trials", "3"]) == 0
+    assert trials() == (3, 3)
+    monkeypatch.delenv("SLURM_JOB_ID")
+    state.write_text("COMPLETED")
+    assert main(["resume", "t", "--results", str(results), "--trials", "4"]) == 0
+    assert trials() == (4, 4)

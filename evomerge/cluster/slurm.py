@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from evomerge.cluster.slurm_info import ACTIVE_STATES, refuse_active_jobs
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.names import check_name
 from evomerge.search.ledger import default_journal, existing_default, storage_file
@@ -40,8 +41,6 @@ __all__ = ["SlurmOptions", "SlurmJob", "submit", "render_job", "job_state", "slu
            "journal_storage", "ACTIVE_STATES"]
 
 TEMPLATE = Path(__file__).parent / "templates" / "search.sbatch"
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
 class SlurmOptions(BaseModel):
@@ -285,11 +284,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         undo.study = st
         record = StudyRecord(st)
         launch = dict(record.launch)
-        for job_id in launch.get("jobs", []) if launch.get("via") == "slurm" else []:
-            state = job_state(job_id)["JobState"]
-            if state in ACTIVE_STATES:
-                raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
-                                  f"wait for it or `scancel {job_id}` first.")
+        refuse_active_jobs(name, launch)
         if trials is not None:
             undo.trials = (record.budget is not None, record.budget)
             record.set_budget(trials)

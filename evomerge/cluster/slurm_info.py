@@ -5,12 +5,20 @@ values may contain spaces (a job name, a working directory, a drain reason)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 from typing import Any
 
-__all__ = ["parse_fields", "scontrol_show", "node_address", "job_fields"]
+from evomerge.errors import ConfigError
+
+__all__ = ["parse_fields", "scontrol_show", "node_address", "job_fields", "active_jobs",
+           "refuse_active_jobs", "ACTIVE_STATES"]
+
+# the states of a job Slurm may still start or is running: its driver is yet to come or alive
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                 "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 # a field starts where "Key=" follows whitespace (keys are CamelCase words, maybe with "/")
 _KEY = re.compile(r"(?:(?<=\s)|^)([A-Z][A-Za-z0-9_/:]*)=")
@@ -87,3 +95,31 @@ def job_fields(job_id: str) -> dict[str, str]:
         return {"JobState": "UNKNOWN", "Reason": "scontrol not found"}
     recs = [r for r in scontrol_show("job", str(job_id)) if "JobState" in r]
     return recs[0] if recs else {"JobState": "UNKNOWN", "Reason": "not known to Slurm"}
+
+
+def active_jobs(launch: dict[str, Any]) -> list[tuple[str, str]]:
+    """(job id, state) of the Slurm jobs a study's launch record names that Slurm may still
+    start or is running, less the job this process runs in (``SLURM_JOB_ID``: a job's own
+    driver, requeued or not, is not its rival). Without ``scontrol`` none is known."""
+    if launch.get("via") != "slurm":
+        return []
+    here = os.environ.get("SLURM_JOB_ID")
+    out = []
+    for job_id in launch.get("jobs", []):
+        if str(job_id) == here:
+            continue
+        state = job_fields(str(job_id))["JobState"]
+        if state in ACTIVE_STATES:
+            out.append((str(job_id), state))
+    return out
+
+
+def refuse_active_jobs(name: str, launch: dict[str, Any]) -> None:
+    """Refuse a second driver for study ``name`` while one of its Slurm jobs is queued or
+    running: the job would start on a study another driver holds (and be refused there after
+    waiting in the queue), or the two would take turns on one budget."""
+    jobs = active_jobs(launch)
+    if jobs:
+        job_id, state = jobs[0]
+        raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "
+                          f"wait for it or `scancel {job_id}` first.")

@@ -195,7 +195,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
                executor_factory: Callable[[SearchSpace], Executor] | None = None,
                results_root: str | Path = "results",
                progress: Callable[[dict], None] | None = None,
-               launch: dict[str, Any] | None = None) -> SearchOutcome:
+               launch: dict[str, Any] | None = None,
+               admit: Callable[[str, dict[str, Any]], None] | None = None) -> SearchOutcome:
     """Run (or continue) the search described by ``space``.
 
     Args:
@@ -210,6 +211,9 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         progress: called after every result with ``{"done", "budget", "failed", "elapsed"}``.
         launch: how to start this study again (kept in the study for the dashboard's resume
             button); a Slurm launch already recorded there is kept.
+        admit: called with the study's name and recorded launch once this driver holds the
+            lease, before it writes anything; what it raises refuses the run (the commands
+            refuse a study whose Slurm job is queued or running).
 
     Raises:
         ConfigError, ModelError: bad space, storage, or models; nothing is created.
@@ -236,7 +240,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
     try:
         return _run(space, name, url, store, genome, optimizer, ladder, trials,
-                    executor_factory, results_root, progress, launch, lease)
+                    executor_factory, results_root, progress, launch, lease, admit)
     finally:
         lease.release()
 
@@ -245,13 +249,16 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
          optimizer: Optimizer, ladder: Any,
          trials: int | None, executor_factory: Callable[[SearchSpace], Executor] | None,
          results_root: str | Path, progress: Callable[[dict], None] | None,
-         launch: dict[str, Any] | None, lease: Lease) -> SearchOutcome:
+         launch: dict[str, Any] | None, lease: Lease,
+         admit: Callable[[str, dict[str, Any]], None] | None) -> SearchOutcome:
     """:func:`run_search` once this driver holds the study's lease."""
     from evomerge.search.front import write_front
 
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, optimizer, budget, ladder, progress)
     loop.heart.lease = lease
+    if admit is not None:
+        admit(name, loop.record.launch)
     loop.record.set_budget(budget)  # what `evomerge resume` continues to
     if launch is not None and loop.record.launch.get("via") != "slurm":
         loop.record.set_launch({**launch, "storage": url})
