@@ -124,9 +124,6 @@ _REFUSED = {
     "trust_remote_code": "loads only built-in transformers architectures (model directories "
                          "never pick code to run)",
     "allow_crimes": "merges models of one architecture only",
-    "wandb": "keeps every evaluation in its Optuna study; browse it with `evomerge dashboard`",
-    "wandb_project": "has no Weights & Biases logging (see --wandb)",
-    "wandb_entity": "has no Weights & Biases logging (see --wandb)",
     "load_in_8bit": "evaluates the merged model in its merge dtype; quantized evaluation is "
                     "not supported",
     "load_in_4bit": "evaluates the merged model in its merge dtype; quantized evaluation is "
@@ -204,6 +201,9 @@ def import_evolve(source: str | Path | dict[str, Any], flags: EvolveFlags | None
         "seed": seed,
         "dtype": "bfloat16", "out_dtype": "bfloat16",  # mergekit-evolve merges and scores in bf16
     }
+    if flags.wandb:  # its run: project `wandb_project or "mergekit-evolve"`, entity as given
+        doc["tracking"] = {"type": "wandb", "project": flags.wandb_project or "mergekit-evolve",
+                           **({"entity": flags.wandb_entity} if flags.wandb_entity else {})}
     space = load_space(doc)
     genes = (depth // (g.layer_granularity or depth)) * len(g.models) * \
         (len(g.filters or []) + 1) * len(params)
@@ -358,6 +358,12 @@ def _flag_notes(flags: EvolveFlags, cfg: EvolveConfig) -> tuple[list[str], list[
     if flags.allow_benchmark_tasks:
         notes.append("--i-understand-the-depths-of-the-evils-i-am-unleashing: benchmark tasks "
                      "are a warning in evomerge, never a refusal.")
+    if flags.wandb:
+        notes.append("--wandb: the space's tracking block logs the search to Weights & Biases "
+                     "(one run per study, every trial; pip install 'evomerge[wandb]').")
+    elif flags.wandb_project or flags.wandb_entity:
+        notes.append("--wandb-project / --wandb-entity: no effect without --wandb (as in "
+                     "mergekit-evolve).")
     if cfg.shuffle:
         notes.append("shuffle: every candidate is scored on the same random documents (seed "
                      f"{flags.random_seed}); mergekit-evolve drew new ones for each.")

@@ -167,6 +167,28 @@ def test_flags_become_space_settings(deep):
     assert imported.search_args == ["--results", "runs", "--workers", "2", "--num-gpus", "1"]
 
 
+def test_wandb_flags_become_the_spaces_tracker(deep, tmp_path, capsys):
+    """--wandb logs to Weights & Biases as in mergekit-evolve (project `--wandb-project` or
+    "mergekit-evolve", entity as given), through the space's tracking block; without --wandb
+    the project and entity do nothing there either, and a note says so."""
+    cfg = _configs(deep)["docs"]
+    space = import_evolve(cfg, EvolveFlags(wandb=True)).space
+    assert space.tracking.model_dump(exclude_defaults=True) == {
+        "type": "wandb", "project": "mergekit-evolve"}
+    space = import_evolve(cfg, EvolveFlags(wandb=True, wandb_project="p", wandb_entity="e")).space
+    assert (space.tracking.type, space.tracking.project, space.tracking.entity) == ("wandb", "p", "e")
+    imported = import_evolve(cfg, EvolveFlags(wandb_project="p"))
+    assert imported.space.tracking is None
+    assert any("no effect without --wandb" in n for n in imported.notes)
+    src = tmp_path / "evolve.yml"
+    src.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "space.yaml"
+    assert main(["import-evolve", str(src), "-o", str(out), "--wandb", "--wandb-project",
+                 "merges"]) == 0
+    assert "note: --wandb:" in capsys.readouterr().out
+    assert yaml.safe_load(out.read_text())["tracking"] == {"type": "wandb", "project": "merges"}
+
+
 @pytest.mark.parametrize("change, words", [
     ({"genome": {"merge_method": "slerp"}}, "genome.merge_method 'slerp' cannot be honoured"),
     ({"genome": {"merge_method": "della"}}, "not one of mergekit-evolve's"),
