@@ -16,8 +16,9 @@ from evomerge.search.ledger import (
     default_files,
     existing_default,
     load_study,
-    open_storage,
+    open_existing,
     space_of,
+    storage_file,
     summary,
 )
 from evomerge.search.records import StudyRecord
@@ -30,7 +31,11 @@ __all__ = ["open_study", "found_storage", "local_launch", "search", "resume", "s
 def open_study(name: str, storage: str | None = None, results: str = "results") -> tuple[Any, SearchSpace]:
     """An existing study and its search space."""
     check_name(name, "study name")
-    study = load_study(open_storage(storage or found_storage(name, results)), name)
+    url = storage or found_storage(name, results)
+    store = open_existing(url)
+    if store is None:  # opening it would create an empty file for nothing
+        raise ConfigError(f"No study file at {storage_file(url)} (--storage {url}).")
+    study = load_study(store, name)
     return study, space_of(study)
 
 

@@ -20,14 +20,14 @@ from evomerge.errors import ConfigError
 
 __all__ = ["SAFE_NAME", "check_name", "is_safe_name"]
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # whole string (fullmatch)
 _RULE = ("letters, digits, '_', '.' and '-' only, starting with a letter or digit, at most "
          "100 characters")
 
 
 def is_safe_name(value: Any) -> bool:
     """Whether ``value`` is a string in the safe alphabet."""
-    return isinstance(value, str) and SAFE_NAME.match(value) is not None
+    return isinstance(value, str) and SAFE_NAME.fullmatch(value) is not None
 
 
 def check_name(value: Any, what: str) -> str:

@@ -231,9 +231,15 @@ def test_a_bad_tracker_is_refused_before_the_study_is_made(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_bad_cma_start_is_refused_before_the_study_is_made(mini_zoo, tmp_path, capsys):
+def test_a_bad_cma_start_is_refused_before_the_study_is_made(mini_zoo, tmp_path, capsys,
+                                                             monkeypatch):
     """The optimizer is built against the genome before the journal is opened (optimizer.x0
     naming no gene of this space): exit 2, one sentence, nothing written."""
+    fake = tmp_path / "bin"  # an sbatch to find (never run), where Slurm is not installed
+    fake.mkdir()
+    (fake / "sbatch").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space_dict(mini_zoo, optimizer={
         "name": "cma", "x0": {"nope": 0.5}})))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evomerge.cli.evolve_commands import add_import_command
-from evomerge.cli.run_args import track_arg
+from evomerge.cli.run_args import amount, track_arg, whole
 from evomerge.cli.slurm_commands import add_slurm_commands
 from evomerge.errors import ConfigError, EvomergeError
 
@@ -30,12 +30,22 @@ __all__ = ["main"]
 
 
 def _size(text: str) -> int:
+    """A byte size such as 500MB or 2GB: at least 1 byte, finite."""
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
     upper = text.strip().upper()
-    for suffix, factor in units.items():
+    number, factor = upper, 1
+    for suffix, f in units.items():
         if upper.endswith(suffix):
-            return int(float(upper[: -len(suffix)]) * factor)
-    return int(upper)
+            number, factor = upper[: -len(suffix)], f
+            break
+    try:
+        value = float(number) * factor
+        size = int(value)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 500MB or 2GB") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
+    return size
 
 
 def _card_args(p: argparse.ArgumentParser) -> None:
@@ -221,7 +231,7 @@ def _add_dashboard_command(sub) -> None:
                    help="Optuna storage URL (repeatable; default: every study under --results)")
     d.add_argument("--results", default="results", help="results root (default ./results)")
     d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=whole(1, 65535), default=8080)
     d.add_argument("--token", default=None,
                    help="access token required on every request (default $EVOMERGE_DASHBOARD_"
                         "TOKEN; generated and printed when --host is not loopback)")
@@ -239,13 +249,15 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=None, help="evaluation budget (total)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=whole(0), default=0,
                    help="Ray actors evaluating in parallel; 0 = in this process (default)")
     p.add_argument("--ray-address", default=None, help="join a Ray cluster: auto or HOST:PORT")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (fractional ok)")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per actor")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per candidate")
-    p.add_argument("--max-retries", type=int, default=None,
+    p.add_argument("--num-gpus", type=amount(), default=None,
+                   help="GPUs per actor (fractional ok)")
+    p.add_argument("--num-cpus", type=amount(), default=None, help="CPUs per actor")
+    p.add_argument("--timeout", type=amount(positive=True), default=None,
+                   help="seconds per candidate")
+    p.add_argument("--max-retries", type=whole(0), default=None,
                    help="re-dispatches of a candidate whose actor died")
     p.add_argument("--offload", action="store_true",
                    help="keep source models in host memory, stream them to the device per "

@@ -232,13 +232,18 @@ class _Undo:
 
     def note(self, results: Path, name: str, storage: str | None) -> None:
         paths = [results, results / name, results / name / "slurm"]
-        if storage is None:  # the default journal file (and its lock) under results/<name>/
-            journal = storage_file(journal_storage(name, results))
-            paths += [journal, journal.with_name(journal.name + ".lock")]
+        # the study's file (the default journal, or the one --storage names), its lock and
+        # SQLite's side files, and the folder it would be made in
+        file = storage_file(journal_storage(name, results) if storage is None else storage)
+        if file is not None:
+            paths += [file.parent, file, *(file.with_name(file.name + s)
+                                           for s in (".lock", "-wal", "-shm", "-journal"))]
         self.before = {p: p.exists() for p in paths}
 
     def run(self) -> None:
         import optuna
+
+        from evomerge.search.ledger import close_storages
 
         if self.script is not None:
             self.script.unlink(missing_ok=True)
@@ -246,6 +251,7 @@ class _Undo:
             optuna.delete_study(study_name=self.study.study_name, storage=self.study._storage)
         elif self.study is not None and self.trials is not None and self.trials[0]:
             StudyRecord(self.study).set_budget(self.trials[1])
+        close_storages()  # a file this submit made is removed below, its connections first
         for p in sorted(self.before, key=lambda p: len(p.parts), reverse=True):
             if self.before[p]:
                 continue
@@ -277,6 +283,9 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     if shutil.which("sbatch") is None:
         raise ConfigError("sbatch was not found on PATH: run `evomerge slurm submit` on a Slurm "
                           "login node (or install slurm-client).")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "study created" line is noise
     results = Path(results).resolve()
     undo = _Undo()
     try:

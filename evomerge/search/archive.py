@@ -19,6 +19,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.search.objectives import weighted_loss
+from evomerge.search.optimizer_config import MAX_CELLS
 from evomerge.search.records import T
 
 __all__ = ["Grid", "Cell", "grid_of", "archive_cells", "archive_trial"]
@@ -40,12 +41,19 @@ class Grid:
         out = []
         for i, mini in zip(self.index, self.minimize):
             v = float(values[i])
-            out.append(math.exp(-v) if self.transform and mini else v)
+            # exp(-v) overflows below v = -709; any value that far is at the grid's top
+            out.append(math.exp(min(-v, 700.0)) if self.transform and mini else v)
         return out
 
     def cell(self, measures: Sequence[float]) -> tuple[int, ...]:
-        return tuple(min(self.bins - 1, max(0, int(math.floor((m - lo) / (hi - lo) * self.bins))))
-                     for m, (lo, hi) in zip(measures, self.ranges))
+        """The grid cell of ``measures``; a value outside a range (or infinite) is clamped
+        into its first or last bin, NaN into the first."""
+        out = []
+        for m, (lo, hi) in zip(measures, self.ranges):
+            x = (m - lo) / (hi - lo) * self.bins
+            b = 0 if math.isnan(x) or x < 0 else self.bins - 1 if x >= self.bins else int(x)
+            out.append(b)
+        return tuple(out)
 
 
 def grid_of(space: Any) -> Grid:
@@ -61,6 +69,10 @@ def grid_of(space: Any) -> Grid:
         if name not in keys:
             raise ConfigError(f"optimizer.descriptors {name!r} is not an objective "
                               f"({', '.join(keys)}).")
+    if cfg.bins ** len(names) > MAX_CELLS:
+        raise ConfigError(f"optimizer.bins {cfg.bins} over {len(names)} descriptors makes "
+                          f"{cfg.bins ** len(names)} cells; the archive holds at most "
+                          f"{MAX_CELLS}.")
     index = tuple(keys.index(n) for n in names)
     ranges = tuple(tuple(r) for r in cfg.ranges) if cfg.ranges else ((0.0, 1.0),) * len(names)
     return Grid(tuple(names), index, ranges, cfg.bins, cfg.ranges is None,

@@ -40,12 +40,12 @@ def _trial(ref: str, store: Any, results_root: str | Path, what: str) -> tuple[s
     import optuna
 
     from evomerge.search.front import select_trial
-    from evomerge.search.ledger import default_files, existing_default, space_of
+    from evomerge.search.ledger import default_files, existing_default, open_existing, space_of
 
     m = STUDY_REF.match(ref)
     name, sel = m["name"], m["sel"]
     def load(storage: Any) -> Any:
-        storage = _existing(storage) if isinstance(storage, str) else storage
+        storage = open_existing(storage) if isinstance(storage, str) else storage
         try:
             return None if storage is None else optuna.load_study(study_name=name,
                                                                   storage=storage)
@@ -78,17 +78,6 @@ def _point(ref: str, store: Any, results_root: str | Path) -> str:
     return yaml.safe_dump(recipe, sort_keys=False)
 
 
-def _existing(url: str) -> Any:
-    """The storage at ``url``; None for a SQLite or journal file that does not exist (it
-    holds no study, and opening it would create it: a refused command changes nothing)."""
-    from evomerge.search.ledger import open_storage, storage_file
-
-    path = storage_file(url)
-    if path is not None and not path.is_file():
-        return None
-    return open_storage(url)
-
-
 def _stored(store: Any, study: str) -> SearchSpace | None:
     """The space stored with ``study`` in ``store``, None when there is no such study yet."""
     import optuna
@@ -117,7 +106,9 @@ def pin_sources(space: SearchSpace, storage: str, study: str,
     if start is not None and not STUDY_REF.match(start):
         raise ConfigError(f"optimizer.x0 {brief(start)} must name a study's point: "
                           f"study:NAME#best, #trial=N or #pareto=I.")
-    store = _existing(storage)
+    from evomerge.search.ledger import open_existing
+
+    store = open_existing(storage)
     stored = _stored(store, study)
     update: dict[str, Any] = {}
     if refs:

@@ -33,6 +33,7 @@ from evomerge.search.ledger import (
     fail_interrupted,
     last_heartbeat,
     open_storage,
+    refuse_other_space,
     results_dir,
 )
 from evomerge.search.ledger_writer import LedgerWriter
@@ -235,6 +236,7 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     # and a setting the genome refuses (path_ga's starts, cma's x0), before any file is opened
     optimizer = make_optimizer(space.optimizer, genome, space.objectives)
     store = open_storage(url)
+    refuse_other_space(store, name, space)  # read only, before the lease is taken
     # One driver per study, decided before anything is written: a refused command changes
     # nothing (its budget and launch never reach the study).
     lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
@@ -259,10 +261,14 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
     loop.heart.lease = lease
     if admit is not None:
         admit(name, loop.record.launch)
+    try:  # the study is data: a damaged record refuses the resume before budget or launch change
+        loop.restore()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        raise ConfigError(f"Study {name!r} cannot be resumed: its stored search state is "
+                          f"damaged ({type(exc).__name__}: {str(exc)[:200]}).") from None
     loop.record.set_budget(budget)  # what `evomerge resume` continues to
     if launch is not None and loop.record.launch.get("via") != "slurm":
         loop.record.set_launch({**launch, "storage": url})
-    loop.restore()
     annotate_study(loop.study, space, genome)
     loop.heart.beat(force=True)
     out_dir = results_dir(name, results_root)

@@ -38,13 +38,7 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, overwrite: bo
         ConfigError: no such trial, ``out`` is a directory or exists (without ``overwrite``).
         OutputError: the disk is full; nothing was written.
     """
-    out = Path(out)
-    if out.is_dir():
-        raise ConfigError(f"Output {str(out)!r} is a directory; give the recipe file to write, "
-                          f"e.g. {str(out / 'recipe.yaml')!r}.")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"Output {str(out)!r} exists; choose another path, or add --force to "
-                          "replace it.")
+    out = _recipe_path(out, overwrite)
     t = select_trial(study, space, **choice)
     recipe = load_recipe(yaml_mapping(TrialRecord(t).recipe, f"The recipe of trial {t.number}"))
     docs = chained_docs(recipe.to_yaml(), space.pinned)
@@ -59,6 +53,18 @@ def export_recipe(study: Any, space: SearchSpace, out: str | Path, overwrite: bo
         load_recipe(doc)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, text)
+    return out
+
+
+def _recipe_path(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as a recipe file that may be written (ConfigError otherwise)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"Output {str(out)!r} is a directory; give the recipe file to write, "
+                          f"e.g. {str(out / 'recipe.yaml')!r}.")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"Output {str(out)!r} exists; choose another path, or add --force to "
+                          "replace it.")
     return out
 
 
@@ -86,15 +92,20 @@ def export_model(study: Any, space: SearchSpace, model_dir: str | Path,
                  overwrite: bool = False, **choice: Any) -> Path:
     """Build the chosen trial into ``model_dir`` (as ``evomerge merge`` does), its model card
     naming the study, the trial, its objective values and the front plot; the recipe is also
-    written to ``recipe_out`` when given (replaced only with ``overwrite``). Returns
-    ``model_dir``."""
+    written to ``recipe_out`` when given (replaced only with ``overwrite``), once the model
+    is built: a refused or failed build writes no recipe either. Returns ``model_dir``."""
     from evomerge.engine.merge import merge_stages
 
+    if recipe_out is not None:
+        recipe_out = _recipe_path(recipe_out, overwrite)
     trial = select_trial(study, space, **choice)
     card = provenance(study, space, trial, results_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = export_recipe(study, space, recipe_out or Path(tmp) / "recipe.yaml",
-                               overwrite=overwrite, trial=trial.number)
+        name = recipe_out.name if recipe_out is not None else "recipe.yaml"
+        recipe = export_recipe(study, space, Path(tmp) / name, trial=trial.number)
         merge_stages(recipe, model_dir, provenance=card, base_model_ids=base_model_ids,
                      device=device)
+        if recipe_out is not None:
+            recipe_out.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(recipe_out, recipe.read_text())
     return Path(model_dir)

@@ -22,7 +22,8 @@ from evomerge.search.space import SearchSpace
 __all__ = ["results_dir", "default_storage", "open_storage", "create_or_load", "load_study",
            "counted", "fail_interrupted", "space_of", "INTERRUPTED", "driver_state",
            "shown", "STALE_SECONDS", "told_values", "sql_url", "last_heartbeat", "close_storages",
-           "storage_file", "default_journal", "default_storages", "default_files", "existing_default"]
+           "storage_file", "default_journal", "default_storages", "default_files", "existing_default",
+           "open_existing", "refuse_other_space"]
 
 def results_dir(study: str, root: str | Path = "results") -> Path:
     """``root/<study>``; the study name is a safe name (:mod:`evomerge.names`), so this is
@@ -103,6 +104,15 @@ def storage_file(url: str) -> Path | None:
 
         return Path(make_url(url).database)
     return None
+
+
+def open_existing(url: str):
+    """The storage at ``url``; None for a SQLite or journal file that does not exist (it
+    holds no study, and opening it would create it: a refused command changes nothing)."""
+    path = storage_file(url)
+    if path is not None and not path.is_file():
+        return None
+    return open_storage(url)
 
 
 def open_storage(url: str):
@@ -256,10 +266,30 @@ def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_lay
     record = StudyRecord(study)
     if not record.is_evomerge:
         record.set_space(space, num_layers)
-    elif not record.space.same_search(space):
+    else:
+        _same_space(record, name, space)
+    return study
+
+
+def refuse_other_space(storage, name: str, space: SearchSpace) -> None:
+    """Refuse ``space`` for an existing study ``name`` that searches another one, reading
+    only (a driver checks this before it takes the study's lease: a refused command changes
+    nothing)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return
+    record = StudyRecord(study)
+    if record.is_evomerge:
+        _same_space(record, name, space)
+
+
+def _same_space(record: StudyRecord, name: str, space: SearchSpace) -> None:
+    if not record.space.same_search(space):
         raise ConfigError(f"Study {name!r} exists with a different search space; resume it with "
                           f"`evomerge resume {name}` or choose another --study name.")
-    return study
 
 
 def load_study(storage, name: str, sampler: Any = None):

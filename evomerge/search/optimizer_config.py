@@ -21,13 +21,19 @@ from evomerge.search.path_ops import Operator
 
 __all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Nsga2Config",
            "GpConfig", "RandomConfig", "PathGaConfig", "MapElitesConfig",
-           "OPTIMIZER_CONFIGS", "optimizer_config_input"]
+           "OPTIMIZER_CONFIGS", "optimizer_config_input", "MAX_POPSIZE", "MAX_CELLS"]
+
+# Bounds on what a space file may ask for (spaces are data: no setting may demand unbounded
+# memory). A generation is held in memory as gene vectors; an archive as cells x genes.
+MAX_POPSIZE = 10_000
+MAX_LAYERS = 10_000
+MAX_CELLS = 65_536  # a MAP-Elites grid: bins ** descriptors
 
 
 class _Optimizer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     objectives: ClassVar[Literal["pareto", "weighted_sum", "one"]] = "pareto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # every sampler's seed range (numpy, Optuna)
 
     @property
     def multi_objective(self) -> bool:
@@ -40,7 +46,7 @@ class CmaConfig(_Optimizer):
 
     objectives: ClassVar = "weighted_sum"
     name: Literal["cma"] = "cma"
-    popsize: int | None = Field(None, ge=2)  # default 4 + 3 ln(dim)
+    popsize: int | None = Field(None, ge=2, le=MAX_POPSIZE)  # default 4 + 3 ln(dim)
     # Initial step in unit-cube coordinates; where it starts: the uniform soup (weight 1/n),
     # the box centre, or a uniform random point drawn with ``seed`` (mergekit-evolve's
     # ``random_init``). Chosen with bench/search_efficiency.py (docs/benchmarks.md).
@@ -71,7 +77,7 @@ class OptunaCmaesConfig(_Optimizer):
 
     objectives: ClassVar = "one"
     name: Literal["cmaes"]
-    popsize: int | None = Field(None, ge=2)
+    popsize: int | None = Field(None, ge=2, le=MAX_POPSIZE)
     sigma0: float | None = Field(None, gt=0)  # in the genes' own units; None: Optuna's default
 
 
@@ -79,7 +85,7 @@ class Nsga2Config(_Optimizer):
     """Optuna's NSGA-II."""
 
     name: Literal["nsga2"]
-    popsize: int = Field(16, ge=2)
+    popsize: int = Field(16, ge=2, le=MAX_POPSIZE)
 
 
 class GpConfig(_Optimizer):
@@ -101,17 +107,17 @@ class PathGaConfig(_Optimizer):
 
     objectives: ClassVar = "weighted_sum"
     name: Literal["path_ga"]
-    popsize: int = Field(8, ge=2)           # candidates per generation
-    parents: int = Field(4, ge=1)           # best paths so far that breed (elitist)
+    popsize: int = Field(8, ge=2, le=MAX_POPSIZE)  # candidates per generation
+    parents: int = Field(4, ge=1, le=MAX_POPSIZE)  # best paths so far that breed (elitist)
     crossover: float = Field(0.3, ge=0, le=1)  # share of children made by crossover
     # Where generation 0 starts: these models' own paths and their mutants (default:
     # dfs.start, else every model; a PS merge named as a model gives PS+DFS).
     starts: list[str] | None = None
     scale_sigma: float = Field(0.15, gt=0)  # log-normal step of a transition's scale
-    max_shift: int = Field(3, ge=1)         # layers a boundary moves / a new segment spans
+    max_shift: int = Field(3, ge=1, le=MAX_LAYERS)  # layers a boundary moves / a new segment spans
     # Most layers one re-source, delete, duplicate or insert touches (default: up to a whole
     # segment); 1 or 2 keep the search near its start (a PS merge's path, say).
-    reach: int | None = Field(None, ge=1)
+    reach: int | None = Field(None, ge=1, le=MAX_LAYERS)
     # Mutations of each generation-0 mutant of a start (default: one, a second with
     # probability 0.3, as later); more spread the first generation around the starts.
     init_mutations: int | None = Field(None, ge=1, le=64)
@@ -131,11 +137,11 @@ class MapElitesConfig(_Optimizer):
     # Objective keys (task/metric) whose values place a candidate in the grid; default: the
     # first two objectives.
     descriptors: list[str] | None = Field(None, min_length=1)
-    bins: int = Field(8, ge=2)              # cells per descriptor
+    bins: int = Field(8, ge=2, le=1024)     # cells per descriptor (MAX_CELLS in all)
     # [low, high] per descriptor; default: [0, 1] on exp(-v) of a minimized objective (an
     # answer NLL becomes a per-token probability) and on v of a maximized one
     ranges: list[tuple[float, float]] | None = None
-    popsize: int = Field(8, ge=1)           # candidates per generation
+    popsize: int = Field(8, ge=1, le=MAX_POPSIZE)  # candidates per generation
     # Variation (pyribs' iso+line operator; merging as crossover): a child is an elite plus
     # iso_sigma * N(0, I) plus line_sigma * N(0, 1) * (another elite - it), in the unit cube.
     # Data-flow spaces: path crossover between two elites and path mutations instead.
@@ -144,6 +150,9 @@ class MapElitesConfig(_Optimizer):
 
     @model_validator(mode="after")
     def _check(self) -> MapElitesConfig:
+        if self.descriptors is not None and len(set(self.descriptors)) < len(self.descriptors):
+            raise ValueError(f"optimizer.descriptors {self.descriptors} names an objective "
+                             "twice (a diagonal grid whose other cells stay empty)")
         if self.ranges is not None:
             if self.descriptors is None or len(self.ranges) != len(self.descriptors):
                 raise ValueError("optimizer.ranges needs one [low, high] per descriptor "
@@ -151,6 +160,10 @@ class MapElitesConfig(_Optimizer):
             for lo, hi in self.ranges:
                 if not lo < hi:
                     raise ValueError(f"optimizer.ranges [{lo}, {hi}] must have low < high")
+        if self.descriptors is not None and self.bins ** len(self.descriptors) > MAX_CELLS:
+            raise ValueError(f"optimizer.bins {self.bins} over {len(self.descriptors)} "
+                             f"descriptors makes {self.bins ** len(self.descriptors)} cells; "
+                             f"the archive holds at most {MAX_CELLS}")
         return self
 
 

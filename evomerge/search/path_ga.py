@@ -60,7 +60,8 @@ class PathGaOptimizer(Optimizer):
         if getattr(genome, "dfs", None) is None:
             raise ConfigError("optimizer 'path_ga' searches data-flow paths: the space needs a "
                               "'dfs' block.")
-        self.codec, self.objectives, self.config = PathCodec(genome), list(objectives), config
+        self.codec = PathCodec(genome).require_own_paths()
+        self.objectives, self.config = list(objectives), config
         aliases = self.codec.aliases
         starts = config.starts or ([genome.dfs.start] if genome.dfs.start else aliases)
         bad = [s for s in starts if s not in aliases]

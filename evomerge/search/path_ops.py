@@ -30,6 +30,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from evomerge.errors import ConfigError
+
 __all__ = ["Segment", "PathCodec", "mutate", "crossover", "describe", "OPERATORS", "Operator"]
 
 
@@ -86,6 +88,15 @@ class PathCodec:
         self.num_layers = genome.num_layers
         self.blocks = [(r, a) for r in range(self.dfs.repeats) for a in self.aliases]
         self.low, self.high = self.dfs.scale
+
+    def require_own_paths(self) -> PathCodec:
+        """This codec, once the models' own paths fit its slots: the path searches start from
+        them (and splice them); ConfigError otherwise, before any study exists."""
+        if self.dfs.max_length is not None and self.dfs.max_length < self.num_layers:
+            raise ConfigError(f"dfs.max_length {self.dfs.max_length} is shorter than a model's "
+                              f"own path ({self.num_layers} layers), where path searches start: "
+                              f"give at least {self.num_layers}, or search it with cma.")
+        return self
 
     def own(self, alias: str) -> Path:
         """A model's own path: its layers once, in order."""

@@ -53,7 +53,8 @@ class MapElitesOptimizer(Optimizer):
                  config: MapElitesConfig) -> None:
         self.genome, self.objectives, self.config = genome, list(objectives), config
         self.grid = grid_of(genome.space)
-        self.codec = PathCodec(genome) if getattr(genome, "dfs", None) is not None else None
+        self.codec = (PathCodec(genome).require_own_paths()
+                      if getattr(genome, "dfs", None) is not None else None)
         self.sampler = FixedSampler()  # the study samples what ask() proposed
         self._reset()
 

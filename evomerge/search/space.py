@@ -76,7 +76,7 @@ class SearchSpace(_Strict):
     budget: Budget
     fidelity: Fidelity | None = None
     optimizer: OptimizerConfig = Field(default_factory=CmaConfig)
-    seed: int = 0                 # seeds DARE/DELLA drops in every candidate recipe
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds DARE/DELLA drops in every candidate recipe
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # merges + evaluation
     # The dtype merges compute in (mergekit's ``dtype``); default: float32 for bf16/fp16
     # sources, else as stored. ``out_dtype``: the resident model's and the exported recipe's

@@ -29,8 +29,8 @@ class DataFlow(_Strict):
     layers meet: Sakana's W) or ``slot`` (one scalar per slot) in ``scale`` bounds.
     ``start``: the model whose own layer sequence CMA-ES starts from (default: the first)."""
 
-    repeats: int = Field(2, ge=1)
-    max_length: int | None = Field(None, ge=1)
+    repeats: int = Field(2, ge=1, le=16)  # Sakana used 3; T = M*L*r flags and slots
+    max_length: int | None = Field(None, ge=1, le=100_000)
     scaling: Literal["none", "pair", "slot"] = "pair"
     scale: tuple[float, float] = (0.5, 2.0)
     start: str | None = None
@@ -91,8 +91,8 @@ class Fidelity(_Strict):
     rungs: list[float] = Field([1.0], min_length=1)
     eta: float = Field(3.0, gt=1)
     estimator: Literal["subset", "anchors", "pirt", "gpirt"] = "subset"
-    warmup: int = Field(0, ge=0)
-    seed: int = 0
+    warmup: int = Field(0, ge=0, le=100_000)
+    seed: int = Field(0, ge=0, lt=2**32)
 
     @model_validator(mode="after")
     def _check(self) -> Fidelity:

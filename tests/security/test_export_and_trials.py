@@ -28,6 +28,20 @@ def test_export_refuses_existing_files_and_directories(study_root, tiny, tmp_pat
     out.write_text("old")
     assert _export(study_root, out, "--force")[0] == 0 and "merge_method" in out.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "r.yaml"]  # no temp left
+    # a model build refused for its output directory writes no recipe either
+    (tmp_path / "md").mkdir()
+    (tmp_path / "md" / "x").write_text("")
+    for extra in ([], ["--force"]):
+        code, err = _export(study_root, tmp_path / "new.yaml", "--model-dir",
+                            str(tmp_path / "md"), *extra)
+        assert code == 2 and "exists" in err, err
+        assert not (tmp_path / "new.yaml").exists()
+    out.write_text("mine")
+    code, err = _export(study_root, out, "--model-dir", str(tmp_path / "md"), "--force")
+    assert code == 2 and out.read_text() == "mine"
+    code, err = _export(study_root, out, "--model-dir", str(tmp_path / "m2"))
+    assert code == 2 and "--force" in err and not (tmp_path / "m2").exists()
+    assert out.read_text() == "mine"
 
 
 @pytest.mark.parametrize("trials", ["0", "-3"])

@@ -46,18 +46,24 @@ def test_a_hostile_study_name_is_refused_before_anything_is_written(study, mini_
     assert not results.exists()
 
 
+@pytest.mark.parametrize("storage", [None, "sqlite", "journal"])
 @pytest.mark.parametrize("sbatch", ["none", "refuses"])
-def test_a_failed_submit_leaves_no_study_or_script(sbatch, mini_zoo, tmp_path, path_env):
+def test_a_failed_submit_leaves_no_study_or_script(sbatch, storage, mini_zoo, tmp_path,
+                                                    path_env):
     if sbatch == "none":
         os.environ["PATH"] = str(tmp_path / "empty")
     else:
         _fake_sbatch(tmp_path, 'echo "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
     results = tmp_path / "results"
     results.mkdir()
+    other = tmp_path / "other"  # a --storage file elsewhere: neither it nor its folder stays
+    url = {None: [], "sqlite": ["--storage", f"sqlite:///{other}/s.db"],
+           "journal": ["--storage", f"journal:///{other}/j.log"]}[storage]
     code, err = run_cli(["slurm", "submit", str(_space(mini_zoo, tmp_path)), "--results",
-                         str(results)])
+                         str(results), *url])
     assert code == 2 and "\n" not in err and ("sbatch" in err), err
     assert list(results.iterdir()) == []  # no study folder, journal or job script left
+    assert not other.exists()
 
 
 @pytest.mark.slow

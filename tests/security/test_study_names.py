@@ -9,7 +9,8 @@ import yaml
 from fuzz_inputs import run_cli
 from search.spaces import space_dict
 
-BAD = ["..", ".", "/tmp/evomerge-abs", "../escaped", "a/b", "x --output=/tmp/y", "-rf", ""]
+BAD = ["..", ".", "/tmp/evomerge-abs", "../escaped", "a/b", "x --output=/tmp/y", "-rf", "",
+       "t\n"]
 
 
 @pytest.mark.parametrize("name", BAD)
