@@ -20,7 +20,9 @@ from evomerge.errors import ConfigError
 
 __all__ = ["SAFE_NAME", "check_name", "is_safe_name"]
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # whole string (fullmatch)
+# anchored for pydantic's ``pattern=`` (which searches); checked with fullmatch here, since
+# ``$`` alone also matches before a final newline
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _RULE = ("letters, digits, '_', '.' and '-' only, starting with a letter or digit, at most "
          "100 characters")
 

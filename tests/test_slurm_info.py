@@ -33,3 +33,29 @@ def test_json_records_use_the_text_names():
     [n] = from_json("node", {"nodes": [{"name": "node1", "address": "10.77.0.11",
                                         "hostname": "node1", "state": ["IDLE"]}]})
     assert (n["NodeName"], n["NodeAddr"], n["State"]) == ("node1", "10.77.0.11", "IDLE")
+
+
+def test_a_job_state_with_flags_is_active_and_a_launch_record_is_data(monkeypatch):
+    """Slurm 24.11+ reports a base state and its flags ("PENDING,REQUEUED" from JSON
+    ``["PENDING", "REQUEUED"]``): still an active job. A launch record that is not a list of
+    job ids names no job (no scontrol call per character of a string)."""
+    from evomerge.cluster import slurm_info
+    from evomerge.cluster.slurm_info import active_jobs, from_json
+
+    doc = {"jobs": [{"job_id": 7, "job_state": ["PENDING", "REQUEUED"]}]}
+    state = from_json("job", doc)[0]["JobState"]
+    assert state == "PENDING,REQUEUED"
+    asked = []
+
+    def fields(job_id):
+        asked.append(job_id)
+        return {"JobState": state}
+    monkeypatch.setattr(slurm_info, "job_fields", fields)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    launch = {"via": "slurm", "jobs": ["7", "8_1"]}
+    assert active_jobs(launch) == [("7", state), ("8_1", state)]
+    assert active_jobs(launch, skip_own=True) == [("8_1", state)]
+    for bad in ("abc", ["x"], {"via": "slurm", "jobs": 5}, {"via": "slurm", "jobs": "1234"},
+                {"via": "slurm", "jobs": ["1; rm -rf /", 3, None]}):
+        assert active_jobs(bad) == []
+    assert asked == ["7", "8_1", "8_1"]

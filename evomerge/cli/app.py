@@ -395,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminate_like_interrupt():
             return args.func(args)
     except EvomergeError as exc:
+        if getattr(args, "verbose", False) and exc.__cause__ is not None:
+            import traceback  # -v: what an error raised from another one came from
+
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"evomerge: error: {exc}", file=sys.stderr)
         return 2
     except Terminated as exc:

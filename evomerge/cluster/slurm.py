@@ -220,8 +220,9 @@ def _prepare_study(space_path: str | None, study: str | None, storage: str | Non
 
 class _Undo:
     """What a submit created, removed again when it fails (no sbatch, sbatch refused, an
-    active job): the study if it was new, the journal file and folders it made, the job
-    script; and the budget it changed, put back."""
+    active job): the study if it was new, the study file (the default journal or the
+    ``--storage`` file) with its side files and the folders it made, the job script; and the
+    budget it changed, put back."""
 
     def __init__(self) -> None:
         self.before: dict[Path, bool] = {}  # path -> existed before the submit
@@ -234,11 +235,12 @@ class _Undo:
         paths = [results, results / name, results / name / "slurm"]
         # the study's file (the default journal, or the one --storage names), its lock and
         # SQLite's side files, and the folder it would be made in
+        # (only when the file is new: an existing one's side files may be another process's)
         file = storage_file(journal_storage(name, results) if storage is None else storage)
-        if file is not None:
+        if file is not None and not os.path.lexists(file):
             paths += [file.parent, file, *(file.with_name(file.name + s)
                                            for s in (".lock", "-wal", "-shm", "-journal"))]
-        self.before = {p: p.exists() for p in paths}
+        self.before = {p: os.path.lexists(p) for p in paths}
 
     def run(self) -> None:
         import optuna
@@ -293,7 +295,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         undo.study = st
         record = StudyRecord(st)
         launch = dict(record.launch)
-        refuse_active_jobs(name, launch)
+        refuse_active_jobs(name, launch, skip_own=False)
         if trials is not None:
             undo.trials = (record.budget is not None, record.budget)
             record.set_budget(trials)

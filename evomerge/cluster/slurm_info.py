@@ -97,28 +97,35 @@ def job_fields(job_id: str) -> dict[str, str]:
     return recs[0] if recs else {"JobState": "UNKNOWN", "Reason": "not known to Slurm"}
 
 
-def active_jobs(launch: dict[str, Any]) -> list[tuple[str, str]]:
+_JOB_ID = re.compile(r"[0-9]{1,20}(_[0-9]{1,20})?")
+
+
+def active_jobs(launch: Any, skip_own: bool = False) -> list[tuple[str, str]]:
     """(job id, state) of the Slurm jobs a study's launch record names that Slurm may still
-    start or is running, less the job this process runs in (``SLURM_JOB_ID``: a job's own
-    driver, requeued or not, is not its rival). Without ``scontrol`` none is known."""
-    if launch.get("via") != "slurm":
+    start or is running; with ``skip_own``, less the job this process runs in
+    (``SLURM_JOB_ID``: a job's own driver, requeued or not, is not its rival). The record is
+    data: anything but a list of job ids names no job. Without ``scontrol`` none is known."""
+    if not isinstance(launch, dict) or launch.get("via") != "slurm":
         return []
-    here = os.environ.get("SLURM_JOB_ID")
+    jobs = launch.get("jobs")
+    here = os.environ.get("SLURM_JOB_ID") if skip_own else None
     out = []
-    for job_id in launch.get("jobs", []):
-        if str(job_id) == here:
+    for job_id in jobs if isinstance(jobs, list) else []:
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or job_id == here:
             continue
-        state = job_fields(str(job_id))["JobState"]
-        if state in ACTIVE_STATES:
-            out.append((str(job_id), state))
+        # Slurm 24.11+ (JSON) gives a base state and its flags: "PENDING,REQUEUED"
+        state = job_fields(job_id)["JobState"]
+        if set(state.split(",")) & ACTIVE_STATES:
+            out.append((job_id, state))
     return out
 
 
-def refuse_active_jobs(name: str, launch: dict[str, Any]) -> None:
+def refuse_active_jobs(name: str, launch: Any, skip_own: bool = True) -> None:
     """Refuse a second driver for study ``name`` while one of its Slurm jobs is queued or
     running: the job would start on a study another driver holds (and be refused there after
-    waiting in the queue), or the two would take turns on one budget."""
-    jobs = active_jobs(launch)
+    waiting in the queue), or the two would take turns on one budget. A job's own driver
+    (``skip_own``) passes; a submit never does (it would queue a second job beside it)."""
+    jobs = active_jobs(launch, skip_own)
     if jobs:
         job_id, state = jobs[0]
         raise ConfigError(f"Study {name!r} already has Slurm job {job_id} ({state}); "

@@ -212,9 +212,9 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         progress: called after every result with ``{"done", "budget", "failed", "elapsed"}``.
         launch: how to start this study again (kept in the study for the dashboard's resume
             button); a Slurm launch already recorded there is kept.
-        admit: called with the study's name and recorded launch once this driver holds the
-            lease, before it writes anything; what it raises refuses the run (the commands
-            refuse a study whose Slurm job is queued or running).
+        admit: called with an existing study's name and recorded launch before the lease is
+            taken or anything written; what it raises refuses the run (the commands refuse a
+            study whose Slurm job is queued or running).
 
     Raises:
         ConfigError, ModelError: bad space, storage, or models; nothing is created.
@@ -236,13 +236,15 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     # and a setting the genome refuses (path_ga's starts, cma's x0), before any file is opened
     optimizer = make_optimizer(space.optimizer, genome, space.objectives)
     store = open_storage(url)
-    refuse_other_space(store, name, space)  # read only, before the lease is taken
+    existing = refuse_other_space(store, name, space)  # read only, before the lease is taken
+    if admit is not None and existing is not None:
+        admit(name, StudyRecord(existing).launch)
     # One driver per study, decided before anything is written: a refused command changes
     # nothing (its budget and launch never reach the study).
     lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
     try:
         return _run(space, name, url, store, genome, optimizer, ladder, trials,
-                    executor_factory, results_root, progress, launch, lease, admit)
+                    executor_factory, results_root, progress, launch, lease)
     finally:
         lease.release()
 
@@ -251,21 +253,20 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
          optimizer: Optimizer, ladder: Any,
          trials: int | None, executor_factory: Callable[[SearchSpace], Executor] | None,
          results_root: str | Path, progress: Callable[[dict], None] | None,
-         launch: dict[str, Any] | None, lease: Lease,
-         admit: Callable[[str, dict[str, Any]], None] | None) -> SearchOutcome:
+         launch: dict[str, Any] | None, lease: Lease) -> SearchOutcome:
     """:func:`run_search` once this driver holds the study's lease."""
     from evomerge.search.front import write_front
 
     budget = trials or space.budget.trials
     loop = _Loop(space, name, store, genome, optimizer, budget, ladder, progress)
     loop.heart.lease = lease
-    if admit is not None:
-        admit(name, loop.record.launch)
     try:  # the study is data: a damaged record refuses the resume before budget or launch change
         loop.restore()
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
-        raise ConfigError(f"Study {name!r} cannot be resumed: its stored search state is "
-                          f"damaged ({type(exc).__name__}: {str(exc)[:200]}).") from None
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise ConfigError(f"Study {name!r} could not be restored from its stored search state "
+                          f"({why}); if its file was not edited, report this with the "
+                          f"traceback that -v prints.") from exc
     loop.record.set_budget(budget)  # what `evomerge resume` continues to
     if launch is not None and loop.record.launch.get("via") != "slurm":
         loop.record.set_launch({**launch, "storage": url})

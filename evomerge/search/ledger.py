@@ -271,19 +271,20 @@ def create_or_load(storage, name: str, space: SearchSpace, sampler: Any, num_lay
     return study
 
 
-def refuse_other_space(storage, name: str, space: SearchSpace) -> None:
-    """Refuse ``space`` for an existing study ``name`` that searches another one, reading
-    only (a driver checks this before it takes the study's lease: a refused command changes
-    nothing)."""
+def refuse_other_space(storage, name: str, space: SearchSpace):
+    """The existing study ``name`` (None when there is none yet), after refusing ``space``
+    if that study searches another one; reading only (a driver checks this before it takes
+    the study's lease: a refused command changes nothing)."""
     import optuna
 
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        return
+        return None
     record = StudyRecord(study)
     if record.is_evomerge:
         _same_space(record, name, space)
+    return study
 
 
 def _same_space(record: StudyRecord, name: str, space: SearchSpace) -> None:

@@ -118,8 +118,21 @@ def test_a_damaged_study_is_not_resumed_and_keeps_its_budget(mini_zoo, tmp_path)
         before = con.execute("SELECT key, value_json FROM study_user_attributes").fetchall()
         assert con.total_changes > 0
     code, err = run_cli(["resume", "t", "--results", str(results), "--trials", "9", "-q"])
-    assert code == 2 and "Study 't' cannot be resumed: its stored search state is damaged" in err
+    assert code == 2 and ("Study 't' could not be restored from its stored search state "
+                          "(ValueError: could not convert string to float: 'a'); if its file "
+                          "was not edited, report this with the traceback that -v prints.") in err
     assert "\n" not in err, err
     with sqlite3.connect(db) as con:
         after = con.execute("SELECT key, value_json FROM study_user_attributes").fetchall()
     assert sorted(after) == sorted(before)
+
+
+def test_a_space_file_naming_a_study_outside_results_is_refused_by_the_schema(mini_zoo):
+    """The space's own ``name`` check (pydantic's pattern searches: the safe-name pattern
+    must be anchored), whoever loads the space."""
+    from evomerge.errors import ConfigError
+    from evomerge.search.space import load_space
+
+    for name in ("../x", "a/b", "-x", "x y", "ab\n"):
+        with pytest.raises(ConfigError, match="name"):
+            load_space(space_dict(mini_zoo, name=name))
