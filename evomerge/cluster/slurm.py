@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evomerge.cluster.slurm_info import ACTIVE_STATES, refuse_active_jobs
+from evomerge.cluster.slurm_info import ACTIVE_STATES, launch_jobs, refuse_active_jobs
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.names import check_name
 from evomerge.search.ledger import default_journal, existing_default, storage_file
@@ -294,7 +294,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         st, name, url = _prepare_study(space_path, study, storage, results, undo)
         undo.study = st
         record = StudyRecord(st)
-        launch = dict(record.launch)
+        launch = record.launch  # data: launch_jobs reads only a list of job ids from it
         refuse_active_jobs(name, launch, skip_own=False)
         if trials is not None:
             undo.trials = (record.budget is not None, record.budget)
@@ -310,7 +310,7 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
     except BaseException:
         undo.run()
         raise
-    jobs = [*launch.get("jobs", []), job_id] if launch.get("via") == "slurm" else [job_id]
+    jobs = [*launch_jobs(launch), job_id]
     record.set_launch({
         "via": "slurm", "jobs": jobs, "script": str(script), "results": str(results),
         "storage": url, "options": opts.model_dump(mode="json"), "submitted": time.time()})
@@ -332,8 +332,7 @@ def slurm_status(study: str, storage: str | None = None,
 
     # the default layout's lookup: opening a journal that does not exist would create it
     info = status(study, storage, str(results))
-    launch = info["launch"]
-    jobs = launch.get("jobs", []) if launch.get("via") == "slurm" else []
     info["jobs"] = [{"job_id": j, **{k: v for k, v in job_state(j).items() if k in (
-        "JobState", "Reason", "RunTime", "Restarts", "NodeList", "ExitCode")}} for j in jobs]
+        "JobState", "Reason", "RunTime", "Restarts", "NodeList", "ExitCode")}}
+        for j in launch_jobs(info["launch"])]
     return info

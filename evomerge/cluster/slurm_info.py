@@ -13,8 +13,8 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 
-__all__ = ["parse_fields", "scontrol_show", "node_address", "job_fields", "active_jobs",
-           "refuse_active_jobs", "ACTIVE_STATES"]
+__all__ = ["parse_fields", "scontrol_show", "node_address", "job_fields", "launch_jobs",
+           "active_jobs", "refuse_active_jobs", "ACTIVE_STATES"]
 
 # the states of a job Slurm may still start or is running: its driver is yet to come or alive
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
@@ -100,18 +100,24 @@ def job_fields(job_id: str) -> dict[str, str]:
 _JOB_ID = re.compile(r"[0-9]{1,20}(_[0-9]{1,20})?")
 
 
-def active_jobs(launch: Any, skip_own: bool = False) -> list[tuple[str, str]]:
-    """(job id, state) of the Slurm jobs a study's launch record names that Slurm may still
-    start or is running; with ``skip_own``, less the job this process runs in
-    (``SLURM_JOB_ID``: a job's own driver, requeued or not, is not its rival). The record is
-    data: anything but a list of job ids names no job. Without ``scontrol`` none is known."""
+def launch_jobs(launch: Any) -> list[str]:
+    """The Slurm job ids a study's launch record names (``evomerge_launch``, via slurm). The
+    record is data: anything but a list of job ids names no job."""
     if not isinstance(launch, dict) or launch.get("via") != "slurm":
         return []
     jobs = launch.get("jobs")
+    return [j for j in jobs if isinstance(j, str) and _JOB_ID.fullmatch(j)] \
+        if isinstance(jobs, list) else []
+
+
+def active_jobs(launch: Any, skip_own: bool = False) -> list[tuple[str, str]]:
+    """(job id, state) of the :func:`launch_jobs` that Slurm may still start or is running;
+    with ``skip_own``, less the job this process runs in (``SLURM_JOB_ID``: a job's own
+    driver, requeued or not, is not its rival). Without ``scontrol`` none is known."""
     here = os.environ.get("SLURM_JOB_ID") if skip_own else None
     out = []
-    for job_id in jobs if isinstance(jobs, list) else []:
-        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or job_id == here:
+    for job_id in launch_jobs(launch):
+        if job_id == here:
             continue
         # Slurm 24.11+ (JSON) gives a base state and its flags: "PENDING,REQUEUED"
         state = job_fields(job_id)["JobState"]
