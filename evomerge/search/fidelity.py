@@ -137,8 +137,26 @@ class Ladder:
                     self.history.setdefault(r["rung"], []).append(self._key(r["values"]))
 
     def load_anchors(self, stored: dict[str, Any]) -> None:
-        self.anchors = {int(r): {e: {t: (v[0], v[1]) for t, v in tasks.items()}
+        """Anchors as :meth:`fit` stored them. They are read back from the study, i.e. data:
+        a rung, evaluator or task this ladder lacks, or an index outside its task (a negative
+        one would wrap around), is a ValueError, which refuses the resume."""
+        rungs = {str(k) for k, f in enumerate(self.config.rungs) if f < 1.0}
+        if not isinstance(stored, dict) or set(stored) != rungs:
+            raise ValueError(f"anchors name rungs {sorted(stored)!r}, not {sorted(rungs)!r}")
+        self.anchors = {int(r): {e: {t: self._anchor(e, t, v) for t, v in tasks.items()}
                                  for e, tasks in evs.items()} for r, evs in stored.items()}
+
+    def _anchor(self, evaluator: str, task: str, value: Any) -> tuple[list[int], list[float]]:
+        n = self.sizes.get(evaluator, {}).get(task)
+        if n is None:
+            raise ValueError(f"anchors name task {evaluator}/{task}, which the space lacks")
+        idx, w = value
+        if (len(idx) != len(w) or not all(type(i) is int and 0 <= i < n for i in idx)
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+                           for x in w)):
+            raise ValueError(f"anchors of {evaluator}/{task} are not indices below {n} "
+                             f"with finite weights")
+        return list(idx), [float(x) for x in w]
 
     def fit(self, stats: Sequence[dict[str, dict[str, list]]]) -> dict[str, Any]:
         """Choose the anchors from the warmup candidates' per-example ``stats``; returns them

@@ -136,3 +136,36 @@ def test_a_space_file_naming_a_study_outside_results_is_refused_by_the_schema(mi
     for name in ("../x", "a/b", "-x", "x y", "ab\n"):
         with pytest.raises(ConfigError, match="name"):
             load_space(space_dict(mini_zoo, name=name))
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda a: a["0"]["zoo"]["add_l1"][0].__setitem__(0, -5), "not indices below 16"),
+    (lambda a: a["0"]["zoo"]["add_l1"][0].__setitem__(0, 16), "not indices below 16"),
+    (lambda a: a["0"]["zoo"]["add_l1"][1].__setitem__(0, float("nan")), "finite weights"),
+    (lambda a: a["0"]["zoo"].__setitem__("nope", [[0], [1.0]]), "task zoo/nope"),
+    (lambda a: a.__setitem__("7", a["0"]), "anchors name rungs"),
+], ids=["negative", "past-the-end", "nan-weight", "unknown-task", "unknown-rung"])
+def test_stored_anchors_are_data(mini_zoo, tmp_path, edit, words):
+    """The anchors a study stores are read back as data: an index outside its task (a
+    negative one used to wrap around silently) refuses the resume and writes nothing."""
+    import json
+
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 6}, fidelity={
+        "rungs": [0.25], "estimator": "anchors", "warmup": 4})))
+    results = tmp_path / "r"
+    assert run_cli(["search", str(space), "--results", str(results), "-q"])[0] == 0
+    db = results / "t" / "study.db"
+    with sqlite3.connect(db) as con:
+        (raw,) = con.execute("SELECT value_json FROM study_user_attributes "
+                             "WHERE key = 'evomerge_anchors'").fetchone()
+        anchors = json.loads(raw)
+        edit(anchors)
+        con.execute("UPDATE study_user_attributes SET value_json = ? WHERE key = "
+                    "'evomerge_anchors'", (json.dumps(anchors),))
+        before = con.execute("SELECT key, value_json FROM study_user_attributes").fetchall()
+    code, err = run_cli(["resume", "t", "--results", str(results), "--trials", "9", "-q"])
+    assert code == 2 and "could not be restored" in err and words in err, err
+    with sqlite3.connect(db) as con:
+        after = con.execute("SELECT key, value_json FROM study_user_attributes").fetchall()
+    assert sorted(after) == sorted(before)
