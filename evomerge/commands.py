@@ -71,8 +71,11 @@ def executor_factory(workers: int, overlap: bool = False, **ray_options: Any
 
             return OverlapExecutor
         return None
-    from evomerge.search.ray_executor import RayExecutor
+    from evomerge.search.ray_executor import RayExecutor, check_capacity, local_capacity
 
+    if not ray_options.get("ray_address"):  # Ray starts here: refused before the study exists
+        check_capacity(workers, ray_options.get("num_cpus"), ray_options.get("num_gpus"),
+                       *local_capacity(workers), "this machine")
     return lambda space: RayExecutor(space, workers=workers, **ray_options)
 
 

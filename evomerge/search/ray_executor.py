@@ -14,6 +14,8 @@ dashboard, no auth; ``ray_address`` ("auto" or "HOST:PORT") joins an existing cl
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tempfile
 import time
@@ -21,10 +23,47 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from evomerge.errors import ConfigError
 from evomerge.search.space import SearchSpace
 from evomerge.search.worker import CandidateResult
 
-__all__ = ["RayExecutor"]
+__all__ = ["RayExecutor", "check_capacity", "local_capacity"]
+
+log = logging.getLogger(__name__)
+
+
+def _fits(have: float, each: float, whole: bool) -> int:
+    """How many actors asking ``each`` of a resource ``have`` holds. GPUs are packed per
+    device: a fraction shares one GPU (0.6 twice does not fit on one), more than 1 takes
+    whole ones (Ray's rule)."""
+    if each <= 0:
+        return 1 << 30
+    if whole and each < 1:
+        return int(have + 1e-9) * math.floor(1 / each + 1e-9)
+    return math.floor(have / each + 1e-9)
+
+
+def check_capacity(workers: int, num_cpus: float | None, num_gpus: float | None,
+                   cpus: float, gpus: float, where: str) -> None:
+    """Refuse a worker count and per-worker resources that ``cpus`` and ``gpus`` cannot hold:
+    Ray would wait for the missing actors forever (before this check, ``--num-gpus 1`` on a
+    machine without a GPU hung with 0 evaluations)."""
+    asks = (("GPU", num_gpus or 0.0, gpus, "--num-gpus", True),
+            ("CPU", 1.0 if num_cpus is None else num_cpus, cpus, "--num-cpus", False))
+    for what, each, have, flag, whole in asks:
+        if _fits(have, each, whole) < workers:
+            raise ConfigError(f"--workers {workers} with {flag} {each:g} each do not fit on "
+                              f"{where}, which has {have:g} {what}{'s' * (have != 1)}; "
+                              + (f"drop {flag}." if have == 0 else
+                                 f"ask for fewer workers or a smaller {flag}."))
+
+
+def local_capacity(workers: int) -> tuple[float, float]:
+    """(CPUs, GPUs) of the Ray instance :class:`RayExecutor` starts on this machine: as many
+    CPUs as cores (at least ``workers``), the GPUs CUDA sees."""
+    import torch
+
+    return float(max(os.cpu_count() or 1, workers)), float(torch.cuda.device_count())
 
 
 class _Actor:
@@ -96,6 +135,19 @@ class RayExecutor:
                 self.temp_dir = _temp_dir(Path(temp_dir) if temp_dir else None)
                 ray.init(num_cpus=max(os.cpu_count() or 1, workers), _temp_dir=self.temp_dir,
                          **common)
+        have = ray.cluster_resources()
+        cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+        if self._owns_ray and not ray_address:
+            try:
+                check_capacity(workers, num_cpus, num_gpus, cpus, gpus, "this machine's Ray")
+            except ConfigError:
+                ray.shutdown()
+                raise
+        else:  # a cluster's autoscaler may add the nodes: say why the start may wait
+            try:
+                check_capacity(workers, num_cpus, num_gpus, cpus, gpus, "the Ray cluster")
+            except ConfigError as exc:
+                log.warning("%s The workers wait until the cluster has room.", exc)
         self._cpus = num_cpus if num_cpus is not None else 1.0
         self._gpus = num_gpus or 0.0
         # SPREAD: actors go to different nodes first (one node's loss costs the fewest actors)

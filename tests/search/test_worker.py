@@ -48,6 +48,46 @@ def test_ray_options_without_workers_are_refused(mini_zoo, tmp_path, capsys, fla
     assert not (tmp_path / "r").exists()  # refused before any study or model
 
 
+@pytest.mark.parametrize("flags,named", [
+    (["--workers", "1", "--num-gpus", "64"], "--workers 1 with --num-gpus 64 each do not fit"),
+    (["--workers", "1", "--num-cpus", "100000"], "--num-cpus 100000 each do not fit on this "
+     "machine"),
+])
+def test_workers_no_machine_resource_can_hold_are_refused(mini_zoo, tmp_path, capsys, flags,
+                                                           named):
+    """Ray waits forever for an actor nothing can hold (``--num-gpus 1`` without a GPU hung
+    with 0 evaluations): refused in one sentence before the study exists."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
+    code = main(["search", str(path), "--results", str(tmp_path / "r"), "-q", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("workers,cpus,gpus,have,fits", [
+    (2, None, 1, (16, 2), True),
+    (3, None, 1, (16, 2), False),
+    (2, None, 0.5, (16, 1), True),     # two halves share one GPU
+    (2, None, 0.6, (16, 1), False),    # 0.6 twice does not fit on one GPU
+    (3, None, 0.6, (16, 2), False),    # nor three on two, though 1.8 < 2
+    (3, None, 1 / 3, (16, 1), True),
+    (1, None, 2, (16, 1), False),
+    (4, 0.5, None, (2, 0), True),
+    (5, 0.5, None, (2, 0), False),
+    (1, None, None, (1, 0), True),
+])
+def test_capacity_packs_like_ray(workers, cpus, gpus, have, fits):
+    from evomerge.errors import ConfigError
+    from evomerge.search.ray_executor import check_capacity
+
+    if fits:
+        check_capacity(workers, cpus, gpus, *have, "here")
+    else:
+        with pytest.raises(ConfigError, match="do not fit on here"):
+            check_capacity(workers, cpus, gpus, *have, "here")
+
+
 def test_overlap_executor_scores_what_the_inline_one_scores(mini_zoo):
     """Two output models: the next candidate is merged by a second thread while one is
     scored; every result equals the one-at-a-time executor's, in submission order."""
