@@ -71,9 +71,18 @@ def executor_factory(workers: int, overlap: bool = False, **ray_options: Any
 
             return OverlapExecutor
         return None
-    from evomerge.search.ray_executor import RayExecutor, check_capacity, local_capacity
+    from evomerge.search.ray_executor import (
+        RayExecutor,
+        check_capacity,
+        join_cluster,
+        local_capacity,
+    )
 
-    if not ray_options.get("ray_address"):  # Ray starts here: refused before the study exists
+    # Refused before the study exists: a cluster that cannot be joined, workers that cannot
+    # all start on this machine.
+    if ray_options.get("ray_address"):
+        join_cluster(ray_options["ray_address"])
+    else:
         check_capacity(workers, ray_options.get("num_cpus"), ray_options.get("num_gpus"),
                        *local_capacity(workers), "this machine")
     return lambda space: RayExecutor(space, workers=workers, **ray_options)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from collections import deque
@@ -27,7 +28,7 @@ from evomerge.errors import ConfigError
 from evomerge.search.space import SearchSpace
 from evomerge.search.worker import CandidateResult
 
-__all__ = ["RayExecutor", "check_capacity", "local_capacity"]
+__all__ = ["RayExecutor", "check_capacity", "join_cluster", "local_capacity"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,32 @@ def check_capacity(workers: int, num_cpus: float | None, num_gpus: float | None,
                               f"{where}, which has {have:g} {what}{'s' * (have != 1)}; "
                               + (f"drop {flag}." if have == 0 else
                                  f"ask for fewer workers or a smaller {flag}."))
+
+
+def join_cluster(address: str) -> None:
+    """Join the Ray cluster at ``address`` ("auto", "HOST:PORT", "ray://HOST:PORT") now, so
+    that a wrong address is one sentence before the study exists, not a traceback after it
+    (an unanswered HOST:PORT made Ray retry for over 5 minutes). :class:`RayExecutor` then
+    uses this connection."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    host, _, port = address.rpartition("://")[2].rpartition(":")
+    if address != "auto" and host and port.isdigit():
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as exc:
+            raise ConfigError(f"--ray-address {address}: no Ray cluster answers there "
+                              f"({exc.strerror or exc}).") from None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        why = " ".join(str(exc).split(". ")[0].split())
+        raise ConfigError(f"--ray-address {address}: could not join a Ray cluster "
+                          f"({why}).") from None
 
 
 def local_capacity(workers: int) -> tuple[float, float]:

@@ -52,11 +52,17 @@ def test_ray_options_without_workers_are_refused(mini_zoo, tmp_path, capsys, fla
     (["--workers", "1", "--num-gpus", "64"], "--workers 1 with --num-gpus 64 each do not fit"),
     (["--workers", "1", "--num-cpus", "100000"], "--num-cpus 100000 each do not fit on this "
      "machine"),
+    # no cluster there: Ray retried for over 5 minutes, after the study was made
+    (["--workers", "1", "--ray-address", "127.0.0.1:1"], "--ray-address 127.0.0.1:1: no Ray "
+     "cluster answers there"),
+    (["--workers", "1", "--ray-address", "bad"], "--ray-address bad: could not join a Ray "
+     "cluster (Invalid address format: bad)."),
 ])
-def test_workers_no_machine_resource_can_hold_are_refused(mini_zoo, tmp_path, capsys, flags,
+def test_workers_that_cannot_start_are_refused(mini_zoo, tmp_path, capsys, flags,
                                                            named):
     """Ray waits forever for an actor nothing can hold (``--num-gpus 1`` without a GPU hung
-    with 0 evaluations): refused in one sentence before the study exists."""
+    with 0 evaluations), and a cluster that cannot be joined was a traceback after the study
+    was made: both are one sentence before the study exists."""
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
     code = main(["search", str(path), "--results", str(tmp_path / "r"), "-q", *flags])
