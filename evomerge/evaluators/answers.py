@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, ModelError
 from evomerge.evaluators.base import Metric, SubsetEvaluator, register_evaluator
+from evomerge.evaluators.chat_render import render_chat_prompts
 from evomerge.evaluators.decode import BACKENDS, DecodeOptions
 from evomerge.evaluators.extract import extraction
 from evomerge.evaluators.generative import Decoder, GenerativeScorer, LmEvalGeneration
@@ -141,6 +142,7 @@ class AnswerEvaluator(SubsetEvaluator):
                          for t in self._examples} if generate else {}
         self._encoded: dict[str, Any] | None = None
         self._tok_id: int | None = None
+        self._refused: tuple[int, ModelError] | None = None  # (tokenizer id, its error)
 
     def sizes(self) -> dict[str, int]:
         return {t: len(exs) for t, exs in self._examples.items()}
@@ -160,19 +162,30 @@ class AnswerEvaluator(SubsetEvaluator):
         return tuple(Metric(f"{t}/{m}", d) for t in self._examples
                      for m, d in self._metric_names(t))
 
-    def _prompt(self, tokenizer: Any, prompt: str) -> str:
+    def _prompts(self, tokenizer: Any) -> dict[str, list[str]]:
+        """Each task's prompts, through the tokenizer's chat template with ``chat_template``
+        (rendered at once, by a bounded child process: the template is data)."""
         if not self._chat:
-            return prompt
-        turns = ([{"role": "system", "content": self._system}] if self._system else []) + [
-            {"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            return {t: [ex["prompt"] for ex in exs] for t, exs in self._examples.items()}
+        system = [{"role": "system", "content": self._system}] if self._system else []
+        turns = [system + [{"role": "user", "content": ex["prompt"]}]
+                 for exs in self._examples.values() for ex in exs]
+        rendered = iter(render_chat_prompts(tokenizer, turns))
+        return {t: [next(rendered) for _ in exs] for t, exs in self._examples.items()}
 
     def _encode(self, tokenizer: Any) -> dict[str, Any]:
         """Token ids per task, built once per tokenizer (the resident model's never changes)."""
         if self._encoded is None or self._tok_id != id(tokenizer):
+            if self._refused is not None and self._refused[0] == id(tokenizer):
+                raise self._refused[1]  # a template that failed is not rendered again
+            try:
+                prompts_of = self._prompts(tokenizer)
+            except ModelError as exc:
+                self._refused = (id(tokenizer), exc)
+                raise
             self._encoded = {}
-            for task, exs in self._examples.items():
-                prompts = [self._prompt(tokenizer, ex["prompt"]) for ex in exs]
+            for task, prompts in prompts_of.items():
+                exs = self._examples[task]
                 keep = self._chat  # the template's closing newline is not the answer's
                 answers = [encode_pair(tokenizer, p, ex["answer"] + self._end, keep)
                            for p, ex in zip(prompts, exs)]

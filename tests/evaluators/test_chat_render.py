@@ -1,0 +1,100 @@
+"""Chat templates are data: the prompts are rendered by a bounded child process, and equal what
+``apply_chat_template`` renders (the oracle) for real templates."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+from fuzz_inputs import run_cli
+from search.spaces import space_dict
+
+from evomerge.errors import ModelError
+from evomerge.evaluators import chat_render
+from evomerge.evaluators.chat_render import render_chat_prompts
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2 + 3?"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Cat?"}],
+    [{"role": "user", "content": "quotes \" and {{ braces }} and <|im_end|>"}],
+]
+
+# a template using the tokenizer's special tokens, a loop, a filter and raise_exception
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user', 'system'] %}"
+            "{{ raise_exception('bad role') }}{% endif %}[{{ m['role'] | upper }}] "
+            "{{ m['content'] | trim }}{{ eos_token }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[ASSISTANT]{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2["base"])
+
+
+@pytest.mark.parametrize("template", [None, TEMPLATE], ids=["smollm2", "special-tokens"])
+def test_prompts_equal_apply_chat_template(tok, template):
+    if template is not None:
+        tok = tok.__class__.from_pretrained(tok.name_or_path)
+        tok.chat_template = template
+    ours = render_chat_prompts(tok, CONVERSATIONS)
+    theirs = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+              for c in CONVERSATIONS]
+    assert ours == theirs
+    assert len(set(ours)) == 3 and all(p.endswith(("assistant\n", "[ASSISTANT]")) for p in ours)
+
+
+@pytest.mark.parametrize("template, words", [
+    ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x",
+     "did not render 3 prompts within 2 s"),
+    ("{% set s = namespace(t='x' * 1000000) %}{% for i in range(40) %}"
+     "{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t | length }}", "more than 2048 MiB"),
+    ("{{ raise_exception('no system role') }}", "TemplateError: no system role"),
+    ("{{ messages[0].__class__.__mro__ }}", "could not be rendered (SecurityError"),
+], ids=["endless-loops", "doubling-string", "raises", "sandbox"])
+def test_a_hostile_template_is_one_sentence(tok, monkeypatch, template, words):
+    monkeypatch.setattr(chat_render, "time_limit", lambda n: 2.0)
+    tok = tok.__class__.from_pretrained(tok.name_or_path)
+    tok.chat_template = template
+    start = time.monotonic()
+    with pytest.raises(ModelError, match="chat template") as err:
+        render_chat_prompts(tok, CONVERSATIONS)
+    assert words in str(err.value) and "\n" not in str(err.value), err.value
+    assert time.monotonic() - start < 30
+
+
+def test_a_models_endless_template_fails_the_trials_not_the_search(mini_zoo, tmp_path,
+                                                                    monkeypatch):
+    """The probe's case: a base model whose tokenizer_config.json carries two nested
+    100000-step loops ran a search for ever (SIGTERM ignored); now each candidate fails with
+    the reason, once per worker, and the search ends on its budget."""
+    monkeypatch.setattr(chat_render, "time_limit", lambda n: 2.0)
+    base = tmp_path / "base"
+    shutil.copytree(mini_zoo / "base", base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for a in range(100000) %}{% for b in range(100000) %}"
+                               "{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    task = tmp_path / "t.jsonl"
+    task.write_text("".join(json.dumps({"prompt": f"{a}+{a}=", "answer": str(2 * a)}) + "\n"
+                            for a in range(3)))
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(space_dict(
+        mini_zoo, base_model=str(base), budget={"trials": 3},
+        evaluators={"ans": {"type": "answers", "files": {"t": str(task)},
+                            "chat_template": True}},
+        objectives=[{"evaluator": "ans", "task": "t", "metric": "answer_nll",
+                     "direction": "minimize"}])))
+    start = time.monotonic()
+    code, err = run_cli(["search", str(space), "--results", str(tmp_path / "r")])
+    assert time.monotonic() - start < 120
+    from evomerge.search.ledger import load_study, open_storage
+
+    study = load_study(open_storage(f"sqlite:///{tmp_path / 'r' / 't' / 'study.db'}"), "t")
+    reasons = [t.user_attrs.get("fail_reason", "") for t in study.get_trials()]
+    assert len(reasons) >= 3 and all("did not render 3 prompts within 2 s" in r
+                                     for r in reasons), reasons
