@@ -29,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 
 from evomerge.dashboard.catalog import Catalog, layer_view, study_overview, trial_rows
 from evomerge.errors import ConfigError, EvomergeError
+from evomerge.names import is_safe_name
 from evomerge.search.records import StudyRecord
 
 __all__ = ["create_app", "serve"]
@@ -188,7 +189,10 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1", token: str | None = No
 
     @app.get("/api/study")
     def study_api():
-        return jsonify(study_payload(find()[1]))
+        try:
+            return jsonify(study_payload(find()[1]))
+        except EvomergeError as exc:  # a study record that is not what evomerge writes
+            abort(404, str(exc))
 
     @app.get("/api/layers")
     def layers_api():
@@ -207,7 +211,9 @@ def create_app(catalog: Catalog, host: str = "127.0.0.1", token: str | None = No
             text = export_yaml(study, number)
         except (EvomergeError, ValueError) as exc:
             abort(400, str(exc))
-        name = f"{study.study_name}-trial{number}.yaml".replace('"', "")
+        # the study's name is data: only a safe one goes into the header (a newline made a 500)
+        safe = is_safe_name(study.study_name)
+        name = f"{study.study_name}-trial{number}.yaml" if safe else f"trial{number}.yaml"
         return Response(text, mimetype="application/x-yaml",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 

@@ -90,7 +90,7 @@ class TokenizerConfig(_Strict):
 
     source: str = Field("union", min_length=1)
     tokens: dict[str, TokenEmbedding] | None = None
-    pad_to_multiple_of: int | None = Field(None, gt=0)
+    pad_to_multiple_of: int | None = Field(None, gt=0, le=65536)  # rows padded: bounded
 
     @field_validator("source")
     @classmethod

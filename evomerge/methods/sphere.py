@@ -152,7 +152,8 @@ def nearswap(tensors: Sequence[torch.Tensor], base: torch.Tensor, *, t: float) -
 
 register(MergeMethod(
     "karcher", karcher, (
-        ParamSpec("max_iter", False, 10.0, low=1.0, doc="most fixed-point iterations"),
+        ParamSpec("max_iter", False, 10.0, low=1.0, high=1000.0,  # data: bounded work
+                  doc="most fixed-point iterations"),
         ParamSpec("tol", False, 1e-5, low=0.0, doc="stop when the tangent step is shorter"),
     ), "https://arxiv.org/abs/2603.04972", base="input", min_inputs=1))
 register(MergeMethod(

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from evomerge.errors import ConfigError
+from evomerge.search.optimizer_config import MAX_LAYERS
 from evomerge.search.space import SearchSpace, load_space
 
 __all__ = ["S", "T", "TrialRecord", "StudyRecord", "INTERRUPTED", "counted", "told_values",
@@ -177,7 +178,16 @@ class StudyRecord:
             raise ConfigError(f"Study {self.study.study_name!r} was not created by evomerge.")
         return load_space(migrate_space(data))
 
-    num_layers = property(lambda self: int(self._get(S.NUM_LAYERS, 0)))
+    @property
+    def num_layers(self) -> int:
+        """The sources' layer count the study recorded: data, so a count that is not a whole
+        number up to :data:`MAX_LAYERS` is refused (10**8 made a page allocate per layer)."""
+        raw = self._get(S.NUM_LAYERS, 0)
+        if type(raw) is not int or not 0 <= raw <= MAX_LAYERS:
+            raise ConfigError(f"Study {self.study.study_name!r} records {str(raw)[:40]!r} "
+                              f"source layers, not a whole number from 0 to {MAX_LAYERS}.")
+        return raw
+
     budget = property(lambda self: self._get(S.TRIALS))
     launch = property(lambda self: self._get(S.LAUNCH) or {})
     driver = property(lambda self: self._get(S.DRIVER) or {})

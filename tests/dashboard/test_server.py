@@ -267,3 +267,32 @@ def test_dfs_study_shows_its_paths(mini_zoo, tmp_path):
             (alias[s.model], [s.layer, s.scale]) for s in path]
     hover = study_payload(study)["front"]["data"][1]["text"]  # the front's points
     assert hover and all("<br>path of " in h for h in hover)
+
+
+def test_study_records_are_data_for_the_pages(stopped_study):
+    """A layer count edited to 10**8 made /api/study allocate per layer (a 500 with a
+    MemoryError); a study name with a newline made /export a 500 (a header may not hold it)."""
+    import sqlite3
+
+    results, url = stopped_study
+    _, study = Catalog(results=results).studies()[0]
+    number = next(t.number for t in study.trials if t.values is not None)
+    study.set_user_attr("evomerge_num_layers", 10**8)
+    app = create_app(Catalog(results=results))
+    c, token = app.test_client(), app.config["CSRF_TOKEN"]
+    for path in ("/api/study", "/api/layers"):
+        r = c.get(path, query_string={"storage": url, "name": "dash", "trial": str(number)})
+        assert r.status_code == 404 and "records &#39;100000000&#39; source layers" in r.get_data(
+            as_text=True), (path, r.status_code)
+    assert c.get("/").status_code == 200
+    study.set_user_attr("evomerge_num_layers", 2)
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as con:
+        con.execute("UPDATE studies SET study_name = ? WHERE study_name = 'dash'",
+                    ('zm";\nSet-Cookie: a=b',))
+    app = create_app(Catalog(results=results))
+    c, token = app.test_client(), app.config["CSRF_TOKEN"]
+    r = c.post("/export", data={"storage": url, "name": 'zm";\nSet-Cookie: a=b',
+                                "trial": str(number), "csrf": token})
+    assert r.status_code == 200, r.status_code
+    assert r.headers["Content-Disposition"] == f'attachment; filename="trial{number}.yaml"'
+    assert "Set-Cookie" not in r.headers

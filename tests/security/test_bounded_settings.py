@@ -169,3 +169,23 @@ def test_stored_anchors_are_data(mini_zoo, tmp_path, edit, words):
     with sqlite3.connect(db) as con:
         after = con.execute("SELECT key, value_json FROM study_user_attributes").fetchall()
     assert sorted(after) == sorted(before)
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"merge_method": "karcher", "parameters": {"max_iter": 1e12, "tol": 0.0}},
+     "parameters.max_iter = 1000000000000.0 is above the maximum 1000.0 for 'karcher'"),
+    ({"tokenizer": {"source": "base", "pad_to_multiple_of": 20_000_000}},
+     "'tokenizer.pad_to_multiple_of' input should be less than or equal to 65536"),
+], ids=["karcher-max-iter", "pad-to-multiple-of"])
+def test_a_recipe_asks_for_bounded_work(mini_zoo, tmp_path, over, words):
+    """A recipe is data: karcher's iterations (1e12 ran past a minute; the default is 10)
+    and the embedding padding (20,000,000 allocated 10 GB) are bounded, refused in one
+    sentence before anything is built."""
+    recipe = {"merge_method": "linear", "base_model": str(mini_zoo / "base"),
+              "models": [{"model": str(mini_zoo / m), "parameters": {"weight": 0.5}}
+                         for m in ("math", "lang")], **over}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code, err = run_cli(["merge", str(path), str(tmp_path / "out")])
+    assert code == 2 and words in err, err
+    assert not (tmp_path / "out").exists()
