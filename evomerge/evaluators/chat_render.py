@@ -4,82 +4,172 @@ A chat template is text from a model directory (``tokenizer_config.json``,
 ``chat_template.jinja``): data (docs/security.md). Jinja's sandbox, which transformers renders
 templates in, stops attribute access, not work: two nested ``range(100000)`` loops ran for
 ever inside a search and ignored SIGTERM, and a string doubled in a loop takes any amount of
-memory. So the prompts are rendered by transformers' own renderer (the one
-``apply_chat_template`` calls, with the same arguments) in a child Python with an address
-space limit, under a wall-clock limit; a template that fails, overruns or exhausts its memory
-is one sentence.
+memory. So prompts are rendered by transformers' own renderer (the one
+``apply_chat_template`` calls, with the same arguments) in a child Python kept for the
+process's life, with an address-space limit; each call has a wall-clock limit, after which the
+child is killed. A template that fails, overruns or exhausts its memory is one sentence.
+
+Both scorers use it: the ``answers`` evaluator renders each task's prompts at once
+(:func:`render_chat_prompts`), lm-eval one request at a time (:func:`bounded_lm_eval_chat`
+replaces ``HFLM.apply_chat_template``).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import selectors
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from evomerge.errors import ModelError
 
-__all__ = ["MEMORY_LIMIT", "render_chat_prompts", "time_limit"]
+__all__ = ["MEMORY_LIMIT", "TemplateFailure", "bounded_lm_eval_chat", "render_chat_prompts",
+           "time_limit"]
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space for the child (it imports no torch)
 
 # The child: isolated mode (-I: nothing from the working directory is imported), its memory
-# limited before transformers is imported. Reads {template, conversations, special} as JSON.
+# limited before transformers is imported; one JSON request per line in, one answer per line
+# out. After a MemoryError it answers and exits (its heap may be in any state).
 _CHILD = """
 import json, resource, sys
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 from transformers.utils.chat_template_utils import render_jinja_template
-data = json.load(sys.stdin)
-try:
-    out, _ = render_jinja_template(conversations=data["conversations"],
-                                   chat_template=data["template"],
-                                   add_generation_prompt=True, **data["special"])
-except MemoryError:
-    sys.exit("it needed more than %d MiB" % (limit >> 20))
-except Exception as exc:
-    sys.exit(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
-json.dump(out, sys.stdout)
+for line in sys.stdin:
+    data = json.loads(line)
+    try:
+        out, _ = render_jinja_template(chat_template=data.pop("template"), **data)
+        answer = {"ok": out}
+    except MemoryError:
+        answer = {"error": "it needed more than %d MiB" % (limit >> 20), "fatal": True}
+    except Exception as exc:
+        answer = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300],
+                  "template": "jinja2" in type(exc).__module__}
+    sys.stdout.write(json.dumps(answer) + "\\n")
+    sys.stdout.flush()
+    if answer.get("fatal"):
+        break
 """
 
 
+class TemplateFailure(ModelError):
+    """The template itself raised (jinja2's errors, ``raise_exception``): lm-eval retries
+    such a chat without its system turn."""
+
+
 def time_limit(prompts: int) -> float:
-    """Seconds allowed for ``prompts`` prompts: real templates render thousands in a second,
-    so the limit is far above what one needs and far below for ever."""
+    """Seconds allowed for a call rendering ``prompts`` prompts: real templates render
+    thousands in a second, so the limit is far above what one needs and far below for ever."""
     return 30.0 + 0.01 * prompts
 
 
-def render_chat_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
-                        ) -> list[str]:
-    """``tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)`` for
-    each conversation, rendered by a bounded child process.
+class _Child:
+    """The renderer process, started on first use and again after it was killed."""
 
-    Raises:
-        ModelError: the tokenizer has no chat template, or it fails, overruns
-            :func:`time_limit` or needs more than :data:`MEMORY_LIMIT`.
-    """
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.lock = threading.Lock()  # one request at a time on the pipe
+
+    def ask(self, request: dict[str, Any], limit: float) -> dict[str, Any]:
+        with self.lock:
+            return self._ask(request, limit)
+
+    def _ask(self, request: dict[str, Any], limit: float) -> dict[str, Any]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _CHILD, str(MEMORY_LIMIT)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self._died()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout=limit):
+                self.close()
+                return {"timeout": True}
+        line = self.proc.stdout.readline()
+        answer = json.loads(line) if line else self._died()
+        if answer.get("fatal"):
+            self.close()  # the child exits after a MemoryError: the next call starts a new one
+        return answer
+
+    def _died(self) -> dict[str, Any]:
+        assert self.proc is not None
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        self.close()
+        return {"error": (err.strip().splitlines() or ["the renderer stopped"])[-1][:300]}
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+_CHILD_PROCESS = _Child()
+atexit.register(_CHILD_PROCESS.close)
+
+
+def _render(tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
+            **options: Any) -> list[str]:
     try:
         template = tokenizer.get_chat_template()
     except ValueError as exc:
         raise ModelError(f"The tokenizer has no chat template ({exc}).") from None
-    special = {k: v for k, v in tokenizer.special_tokens_map.items()}
-    payload = json.dumps({"template": template, "conversations": list(conversations),
-                          "special": special})
     limit = time_limit(len(conversations))
-    try:
-        proc = subprocess.run([sys.executable, "-I", "-c", _CHILD, str(MEMORY_LIMIT)],
-                              input=payload, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
+    start = time.monotonic()
+    answer = _CHILD_PROCESS.ask({"template": template, "conversations": list(conversations),
+                                 **dict(tokenizer.special_tokens_map), **options}, limit)
+    if answer.get("timeout"):
         raise ModelError(f"The tokenizer's chat template did not render {len(conversations)} "
-                         f"prompts within {limit:.0f} s; a model's template is data, and this "
-                         "one does too much work.") from None
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        raise ModelError(f"The tokenizer's chat template could not be rendered ({why}).")
-    out = json.loads(proc.stdout)
+                         f"prompt{'s' * (len(conversations) != 1)} within {limit:.0f} s "
+                         f"({time.monotonic() - start:.0f} s); a model's template is data, "
+                         "and this one does too much work.")
+    if "error" in answer:
+        kind = TemplateFailure if answer.get("template") else ModelError
+        raise kind(f"The tokenizer's chat template could not be rendered ({answer['error']}).")
+    out = answer["ok"]
     if not (isinstance(out, list) and len(out) == len(conversations)
             and all(isinstance(p, str) for p in out)):
         raise ModelError("The tokenizer's chat template rendered something other than one "
                          "prompt per conversation.")
     return out
+
+
+def render_chat_prompts(tokenizer: Any, conversations: Sequence[list[dict[str, str]]]
+                        ) -> list[str]:
+    """``tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)`` for
+    each conversation, rendered by the bounded child process.
+
+    Raises:
+        ModelError: the tokenizer has no chat template, or it fails, overruns
+            :func:`time_limit` or needs more than :data:`MEMORY_LIMIT`.
+    """
+    return _render(tokenizer, conversations, add_generation_prompt=True)
+
+
+def bounded_lm_eval_chat(lm: Any) -> Callable[..., str]:
+    """What ``lm_eval``'s ``HFLM.apply_chat_template`` does (the same arguments; a template
+    error retried without the system turn), rendered by the bounded child process."""
+
+    def apply_chat_template(chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        options = {"add_generation_prompt": add_generation_prompt,
+                   "continue_final_message": not add_generation_prompt,
+                   **getattr(lm, "chat_template_args", {})}
+        try:
+            return _render(lm.tokenizer, [chat_history], **options)[0]
+        except TemplateFailure:
+            chat_history = [m for m in chat_history if m["role"] != "system"]
+            return _render(lm.tokenizer, [chat_history], **options)[0]
+
+    return apply_chat_template

@@ -15,6 +15,7 @@ from typing import Any
 
 from evomerge.errors import ConfigError
 from evomerge.evaluators.base import Evaluator, Metric, register_evaluator
+from evomerge.evaluators.chat_render import bounded_lm_eval_chat
 
 __all__ = ["LmEvalEvaluator"]
 
@@ -154,6 +155,8 @@ class LmEvalEvaluator(Evaluator):
                             device=device)
             self._lm_model_id = id(model)
             _cache_encodings(self._lm)
+            # the model's chat template is data: rendered by a bounded child process
+            self._lm.apply_chat_template = bounded_lm_eval_chat(self._lm)
         return self._lm
 
     def __call__(self, model: Any, tokenizer: Any) -> dict[str, float]:

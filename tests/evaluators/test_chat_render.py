@@ -98,3 +98,65 @@ def test_a_models_endless_template_fails_the_trials_not_the_search(mini_zoo, tmp
     reasons = [t.user_attrs.get("fail_reason", "") for t in study.get_trials()]
     assert len(reasons) >= 3 and all("did not render 3 prompts within 2 s" in r
                                      for r in reasons), reasons
+
+
+class _Lm:
+    """What ``HFLM.apply_chat_template`` reads of its model: the tokenizer and the
+    template arguments."""
+
+    def __init__(self, tokenizer, **args):
+        self.tokenizer, self.chat_template_args = tokenizer, args
+
+
+@pytest.mark.parametrize("template", [None, TEMPLATE], ids=["smollm2", "no-assistant-role"])
+def test_lm_eval_chats_equal_hflm(tok, template):
+    """lm-eval's own ``apply_chat_template`` is the oracle, with and without the generation
+    prompt (the latter continues the final message), and its retry without the system turn
+    when the template raises on it (``TEMPLATE`` refuses an assistant turn: raise_exception)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evomerge.evaluators.chat_render import bounded_lm_eval_chat
+
+    if template is not None:
+        tok = tok.__class__.from_pretrained(tok.name_or_path)
+        tok.chat_template = template.replace("['user', 'system']", "['user', 'assistant']")
+    lm = _Lm(tok)
+    ours = bounded_lm_eval_chat(lm)
+    for chat in CONVERSATIONS + [CONVERSATIONS[1] + [{"role": "assistant", "content": "Chat"}]]:
+        for gen in (True, False):
+            assert ours(chat, gen) == HFLM.apply_chat_template(lm, chat, gen), (chat, gen)
+
+
+def test_lm_eval_renders_the_models_template_bounded(mini_zoo, monkeypatch):
+    """The harness with ``apply_chat_template`` scores what lm-eval's own rendering scores,
+    and a template that never ends is one sentence within the time limit."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.evaluators import make_evaluator
+    from evomerge.zoo.build import write_lm_eval_yamls
+
+    model = AutoModelForCausalLM.from_pretrained(mini_zoo / "math").eval()
+    tokenizer = AutoTokenizer.from_pretrained(mini_zoo / "math")
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}" \
+        "{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    include = str(write_lm_eval_yamls(mini_zoo))
+
+    def harness():
+        return make_evaluator("lm_eval", tasks=["zoo_add_l1_test"], include_path=include,
+                              limit=8, apply_chat_template=True)
+
+    ev = harness()
+    ours = ev(model, tokenizer)
+    assert ev._lm.apply_chat_template.__module__ == "evomerge.evaluators.chat_render"
+    with monkeypatch.context() as m:  # lm-eval rendering in process, as before
+        m.setattr("evomerge.evaluators.harness.bounded_lm_eval_chat",
+                  lambda lm: HFLM.apply_chat_template.__get__(lm))
+        assert harness()(model, tokenizer) == ours
+    monkeypatch.setattr(chat_render, "time_limit", lambda n: 2.0)
+    tokenizer.chat_template = "{% for a in range(100000) %}{% for b in range(100000) %}" \
+        "{% endfor %}{% endfor %}x"
+    start = time.monotonic()
+    with pytest.raises(ModelError, match="did not render 1 prompt within 2 s"):
+        harness()(model, tokenizer)
+    assert time.monotonic() - start < 60
