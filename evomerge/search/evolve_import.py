@@ -278,7 +278,9 @@ def _space_name(name: str | None, source: Any) -> str:
         return name
     stem = Path(source).stem if isinstance(source, (str, Path)) and "\n" not in str(source) \
         else "evolve"
-    return re.sub(r"[^\w.-]", "_", stem) or "evolve"
+    # a safe study name (evomerge/names.py): starts with a letter or digit, at most 100 long
+    return re.sub(r"^[^A-Za-z0-9]+", "", re.sub(r"[^\w.-]", "_", stem.encode("ascii", "replace")
+                                                .decode()))[:100] or "evolve"
 
 
 def _harness(cfg: EvolveConfig, flags: EvolveFlags) -> dict[str, Any]:

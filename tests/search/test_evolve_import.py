@@ -222,6 +222,16 @@ def test_cli_writes_the_space_or_refuses_with_exit_2(deep, tmp_path, capsys):
     assert main(["import-evolve", str(src), "-o", str(out)]) == 2  # no silent overwrite
 
 
+@pytest.mark.parametrize("file, name", [(".hid.yml", "hid"), ("-v.yml", "v"),
+                                        ("é x.yaml", "x"), ("....yml", "evolve")])
+def test_the_study_name_from_the_file_name_is_safe(deep, tmp_path, file, name):
+    """The space's name comes from the file's when --name is not given: a name evomerge
+    refuses (a hidden file's ``.hid``) was an error that did not say to pass --name."""
+    src = tmp_path / file
+    src.write_text(yaml.safe_dump(_configs(deep)["docs"]))
+    assert import_evolve(src).space.name == name
+
+
 def test_base_listed_among_models_keeps_its_genes(deep):
     """mergekit-evolve gives a base that is also in ``models`` genes of its own (that change
     nothing for task-vector methods); the imported genome has them too."""
