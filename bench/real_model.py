@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "when a step crosses 0.5)")
     ap.add_argument("--no-uniform", dest="uniform", action="store_false",
                     help="skip the uniform TIES / task-arithmetic grids")
-    ap.add_argument("--spaces", nargs="+", choices=list(SPACES), default=list(SPACES),
-                    help="searched spaces")
+    ap.add_argument("--spaces", nargs="*", choices=list(SPACES), default=list(SPACES),
+                    help="searched spaces (none: the sources and the uniform grids only)")
     ap.add_argument("--front", type=int, default=None,
                     help="Pareto-front points tested per search beside its best (default 2; "
                          "the miniature 1)")
