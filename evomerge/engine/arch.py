@@ -16,13 +16,17 @@ from typing import Literal
 from evomerge.errors import ModelError
 
 __all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS",
-           "is_vocab_tensor", "layer_index"]
+           "is_vocab_tensor", "layer_index", "MAX_LAYERS"]
 
-# prefix + index + rest; the prefix is kept when a tensor is renumbered for a layer swap.
+MAX_LAYERS = 10_000  # decoder depth bound; the deepest real decoders have ~200 layers
+
+# prefix + index + rest; the prefix is kept when a tensor is renumbered for a layer swap. An
+# index has at most 6 digits: names come from safetensors headers (data), and int() of a
+# 5,000-digit index raises ValueError; such a name is then simply not placed.
 _LAYER = [
-    re.compile(r"^(?P<prefix>(?:model\.)?(?:language_model\.)?(?:decoder\.)?layers\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
-    re.compile(r"^(?P<prefix>transformer\.h\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
-    re.compile(r"^(?P<prefix>gpt_neox\.layers\.)(?P<idx>\d+)\.(?P<rest>.+)$"),
+    re.compile(r"^(?P<prefix>(?:model\.)?(?:language_model\.)?(?:decoder\.)?layers\.)(?P<idx>\d{1,6})\.(?P<rest>.+)$"),
+    re.compile(r"^(?P<prefix>transformer\.h\.)(?P<idx>\d{1,6})\.(?P<rest>.+)$"),
+    re.compile(r"^(?P<prefix>gpt_neox\.layers\.)(?P<idx>\d{1,6})\.(?P<rest>.+)$"),
 ]
 _EMBED = re.compile(
     r"^(?:model\.)?(?:language_model\.)?(?:decoder\.)?(?:transformer\.|gpt_neox\.)?"
@@ -120,10 +124,19 @@ def rename_layer(name: str, new_index: int) -> str:
 
 
 def num_layers_of(config: dict, where: str = "config.json") -> int:
-    """Decoder layer count from a HF config dict."""
+    """Decoder layer count from a HF config dict: a whole number from 0 to MAX_LAYERS.
+
+    Raises:
+        ModelError: no count, or a count that is a boolean, negative or over MAX_LAYERS.
+    """
     for key in LAYER_COUNT_KEYS:
-        if isinstance(config.get(key), int):
-            return config[key]
+        value = config.get(key)
+        if isinstance(value, int):
+            if isinstance(value, bool) or not 0 <= value <= MAX_LAYERS:
+                shown = value if isinstance(value, bool) or abs(value) < 10**30 else "a huge number"
+                raise ModelError(f"{where} sets {key} = {shown}, which is not a layer count "
+                                 f"(a whole number from 0 to {MAX_LAYERS}).")
+            return value
     text = config.get("text_config")
     if isinstance(text, dict):
         return num_layers_of(text, where)

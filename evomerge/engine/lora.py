@@ -19,7 +19,6 @@ they agree within 1e-6 (tested).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from typing import Any
 
 import torch
 
+from evomerge.engine.config_io import brief
+from evomerge.engine.json_data import confined, read_json
 from evomerge.engine.lowrank import LowRank
 from evomerge.engine.sources import ModelSource, TensorEntry, read_header, read_tensor
 from evomerge.errors import ConfigError, ModelError
@@ -40,6 +41,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _FACTOR = re.compile(r"^base_model\.model\.(?P<module>[\w.]+)\.lora_(?P<side>A|B)\.weight$")
 _MAX_CONFIG = 1 << 20  # bytes; a LoRA config is a few kB
+# |alpha / r| bound: trained adapters scale by ~0.1-100; 1e6 keeps s * B @ A far from float32's
+# range (alpha 1e308 overflowed addmm mid-merge) while refusing no real adapter.
+_MAX_SCALE = 1e6
 # Keys of adapter_config.json that evomerge reads, and keys that do not change the weights
 # (training, bookkeeping, initialisation data). Any other key set to a true value is a variant
 # evomerge does not compute, and the adapter is refused naming it.
@@ -84,13 +88,8 @@ def read_adapter_config(path: Path, ref: str, field: str) -> dict[str, Any]:
         raise ModelError(f"{field} {ref!r} has no {ADAPTER_CONFIG}: it is {what}, not a "
                          "PEFT LoRA adapter." if path.is_dir() else
                          f"{field} {ref!r}: no such adapter directory.")
-    if file.stat().st_size > _MAX_CONFIG:
-        raise ModelError(f"{field} {ref!r}: {ADAPTER_CONFIG} is larger than 1 MB; not an "
-                         "adapter config.")
-    try:
-        config = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{field} {ref!r}: {ADAPTER_CONFIG} is not valid JSON ({exc}).") from None
+    what = f"{field} {ref!r}: {ADAPTER_CONFIG}"
+    config = read_json(confined(path, file, what), what, _MAX_CONFIG)
     if not isinstance(config, dict):
         raise ModelError(f"{field} {ref!r}: {ADAPTER_CONFIG} is not a JSON object.")
     return config
@@ -173,6 +172,9 @@ class LoraAdapter:
                 raise self._fail(f"{ADAPTER_CONFIG} sets {key} = {value!r}, a LoRA variant "
                                  "evomerge does not compute; it merges plain LoRA adapters.")
         for key in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(c.get(key) or {}, dict):
+                raise self._fail(f"{key} = {brief(c[key], 40)} in {ADAPTER_CONFIG} is not a "
+                                 "mapping of module names to values.")
             for pattern in (c.get(key) or {}):
                 if not _PLAIN_PATTERN.match(str(pattern)):
                     raise self._fail(f"{key} key {pattern!r} is a regular expression; "
@@ -185,18 +187,38 @@ class LoraAdapter:
             hint = (" It has only a pickle checkpoint (adapter_model.bin), which evomerge does "
                     "not load; save it with safe_serialization=True." if pickles else "")
             raise self._fail(f"no {ADAPTER_WEIGHTS}.{hint}")
-        return read_header(file)
+        return read_header(confined(self.path, file, f"{self.field} {self.ref!r}: "
+                                                     f"{ADAPTER_WEIGHTS}"))
 
     def _scale(self, module: str, rank: int) -> float:
+        """s = alpha / r (alpha / sqrt(r) with rsLoRA) of ``module``, whose factors have rank
+        ``rank``: r a whole number >= 1 equal to that rank (r = 0 divided by zero), alpha a
+        number whose scale is finite and at most _MAX_SCALE in size.
+
+        Raises:
+            ModelError: naming the adapter field (``r``, ``lora_alpha`` or its pattern) and value.
+        """
         c = self.config
-        r = _pattern_value(c.get("rank_pattern") or {}, module, c.get("r", 8))
-        alpha = _pattern_value(c.get("alpha_pattern") or {}, module, c.get("lora_alpha", 8))
-        if not isinstance(r, int) or isinstance(r, bool) or r != rank:
-            raise self._fail(f"module {module} has rank {rank} in its weights but r = {r!r} in "
-                             f"{ADAPTER_CONFIG}.")
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-            raise self._fail(f"lora_alpha {alpha!r} is not a number.")
-        return float(alpha) / (math.sqrt(rank) if self.config.get("use_rslora") else rank)
+        r_key, r = _pattern_value(c.get("rank_pattern") or {}, module, "r", c.get("r", 8))
+        a_key, alpha = _pattern_value(c.get("alpha_pattern") or {}, module, "lora_alpha",
+                                      c.get("lora_alpha", 8))
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise self._fail(f"{r_key} = {brief(r, 40)} in {ADAPTER_CONFIG} is not a LoRA rank "
+                             f"(a whole number of at least 1; module {module}).")
+        if r != rank:
+            raise self._fail(f"module {module} has rank {rank} in its weights but {r_key} = "
+                             f"{brief(r, 40)} in {ADAPTER_CONFIG}.")
+        try:
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+                raise TypeError
+            scale = float(alpha) / (math.sqrt(rank) if c.get("use_rslora") else rank)
+        except (TypeError, OverflowError):  # OverflowError: an integer beyond float's range
+            scale = math.inf
+        if not math.isfinite(scale) or abs(scale) > _MAX_SCALE:
+            raise self._fail(f"{a_key} = {brief(alpha, 40)} in {ADAPTER_CONFIG} is not a "
+                             f"usable LoRA alpha (a number whose scale {a_key} / r is at most "
+                             f"1e6 in size; module {module}).")
+        return scale
 
     def _index(self, entries: dict[str, TensorEntry]
                ) -> tuple[dict[str, Factor], dict[str, TensorEntry]]:
@@ -275,10 +297,12 @@ class LoraAdapter:
                 + sum(e.nbytes for e in self.replaced.values()))
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's rank/alpha pattern lookup: the first key that is ``module`` or a dotted suffix of
-    it (keys are checked to be plain names, see LoraAdapter)."""
+def _pattern_value(patterns: dict[str, Any], module: str, field: str, default: Any
+                   ) -> tuple[str, Any]:
+    """PEFT's rank/alpha pattern lookup: (where the value came from, the value) of the first
+    key that is ``module`` or a dotted suffix of it (keys are checked to be plain names, see
+    LoraAdapter), else (``field``, ``default``)."""
     for key, value in patterns.items():
         if module == key or module.endswith("." + key):
-            return value
-    return default
+            return f"{'rank' if field == 'r' else 'alpha'}_pattern[{key!r}]", value
+    return field, default

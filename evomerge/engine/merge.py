@@ -18,6 +18,7 @@ import torch
 
 from evomerge.engine.card import Provenance, model_card
 from evomerge.engine.fused import TensorEngine
+from evomerge.engine.json_data import confined, read_json
 from evomerge.engine.lora_source import DiskFetch, LoraSource, open_source
 from evomerge.engine.outputs import (
     check_free_space,
@@ -27,18 +28,13 @@ from evomerge.engine.outputs import (
 )
 from evomerge.engine.plan import MergePlan, TensorTask, build_plan
 from evomerge.engine.recipe import Recipe
-from evomerge.engine.sources import ModelSource, torch_dtype
+from evomerge.engine.sources import TOKENIZER_FILES, ModelSource, torch_dtype
 from evomerge.engine.vocab import output_tokenizer
 from evomerge.engine.vocab_align import aligned_inputs
 from evomerge.engine.writer import ShardedWriter, TensorMeta
 from evomerge.errors import ConfigError, ModelError
 
 __all__ = ["open_sources", "merge_to_disk", "merge_stages", "TOKENIZER_FILES"]
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "generation_config.json")
-
 
 def open_sources(recipe: Recipe) -> dict[str, ModelSource | LoraSource]:
     """Open every model the recipe names (headers only; ``BASE+ADAPTER`` as an adapted
@@ -58,9 +54,16 @@ def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[T
 def _tokenizer_files(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[Path]:
     """The base's (or the first model's) tokenizer files: copied as they are when the sources
     share one tokenizer; otherwise :func:`_write_tokenizer` saves the built one (about as big)
-    and takes ``generation_config.json`` from them."""
-    donor = sources[plan.recipe.tokenizer_base].path
-    return [p for p in (donor / n for n in TOKENIZER_FILES) if p.is_file()]
+    and takes ``generation_config.json`` from them. Each must lie in the donor's directory: a
+    symlink out of it would copy any file the user can read into a model they may share.
+
+    Raises:
+        ModelError: a tokenizer file points outside the donor's directory.
+    """
+    ref = plan.recipe.tokenizer_base
+    donor = sources[ref].path
+    return [confined(donor, p, f"{ref!r}: {p.name}") for p in (donor / n for n in TOKENIZER_FILES)
+            if p.is_file()]
 
 
 def _write_tokenizer(plan: MergePlan, files: list[Path], tmp: Path) -> None:
@@ -240,8 +243,8 @@ def _stage_key(recipe: Recipe, used: list[str]) -> str:
 def _stage_key_of(target: Path) -> str | None:
     """The recipe hash a stage directory was built from, or None."""
     try:
-        return str(json.loads((target / STAGE_MARK).read_text())["recipe_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(read_json(target / STAGE_MARK, STAGE_MARK)["recipe_sha256"])
+    except (ModelError, KeyError, TypeError):
         return None
 
 

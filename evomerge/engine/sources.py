@@ -8,12 +8,19 @@ tensor's byte range must lie inside its file and match its shape and dtype, so a
 corrupt file is one :class:`ModelError` naming the file, never a traceback halfway through a
 merge. Tensors are read with plain file reads into their final storage (no memory map), so a
 loaded model costs its bytes once, not once more in mapped file pages.
+
+The directory is data (docs/security.md): every file is read only where it lies inside it
+(:func:`~evomerge.engine.json_data.confined`), JSON only through the bounded reader of
+:mod:`evomerge.engine.json_data`, and config.json's sizes must agree with the tensors, since
+a model shell is built from them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,11 +29,17 @@ from typing import Any
 
 import torch
 
-from evomerge.engine.arch import layer_index, num_layers_of
+from evomerge.engine.arch import is_vocab_tensor, layer_index, num_layers_of
+from evomerge.engine.config_io import brief
+from evomerge.engine.json_data import TOKENIZER_JSON, confined, parse_json, read_json
 from evomerge.errors import ModelError
 
 __all__ = ["ModelSource", "torch_dtype", "read_header", "read_tensor", "TensorEntry",
-           "ST_DTYPES"]
+           "ST_DTYPES", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja", "generation_config.json")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -35,6 +48,11 @@ ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+_MAX_DIMS = 64  # torch's limit on a tensor's dimensions
+# A layer's MLP input projection, (intermediate, hidden): Llama-style and GPT-NeoX names.
+_MLP_IN = re.compile(r"\.mlp\.(?:up_proj|dense_h_to_4h)\.weight$")
+# Keys under which a config gives the embedding a width other than hidden_size (OPT-350m).
+_EMBED_WIDTH = ("word_embed_proj_dim", "embedding_size")
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
@@ -72,10 +90,7 @@ def read_header(file: Path) -> dict[str, TensorEntry]:
         if n > min(_MAX_HEADER, size - 8):
             raise ModelError(f"{file}: corrupt safetensors header (it claims {n} bytes of "
                              f"header in a {size}-byte file).")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{file}: corrupt safetensors header ({exc}).") from None
+        header = parse_json(f.read(n), f"{file}: the safetensors header")
     if not isinstance(header, dict):
         raise ModelError(f"{file}: corrupt safetensors header (not a JSON object).")
     entries = {}
@@ -93,14 +108,29 @@ def _entry(file: Path, name: str, info: Any, start: int, size: int) -> TensorEnt
         lo, hi = (int(v) for v in info["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ModelError(f"{file}: tensor {name!r} has a malformed header entry.") from None
+    _check_shape(file, name, shape, dtype)
     entry = TensorEntry(file, start + lo, dtype, shape)
-    if min(shape, default=0) < 0 or not 0 <= lo <= hi or hi - lo != entry.nbytes:
+    if not 0 <= lo <= hi or hi - lo != entry.nbytes:
         raise ModelError(f"{file}: tensor {name!r} has a byte range [{lo}, {hi}) that does not "
                          f"match its shape {list(shape)} and dtype {info['dtype']}.")
     if start + hi > size:
         raise ModelError(f"{file}: truncated: tensor {name!r} ends at byte {start + hi} but the "
                          f"file has {size} bytes.")
     return entry
+
+
+def _check_shape(file: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Refuse a shape torch cannot build, even one of no elements: more than 64 dimensions, a
+    negative size, or strides (the product of the non-zero sizes, in bytes) of 2**63 or more,
+    which overflow torch's int64 sizes (a TypeError or RuntimeError mid-merge otherwise)."""
+    if len(shape) > _MAX_DIMS:
+        raise ModelError(f"{file}: tensor {name!r} has {len(shape)} dimensions; torch builds "
+                         f"tensors of at most {_MAX_DIMS}.")
+    item = torch.empty((), dtype=dtype).element_size()
+    if min(shape, default=0) < 0 or math.prod(max(d, 1) for d in shape) * item >= 2**63:
+        shown = [d if abs(d) < 10**30 else "huge" for d in shape]
+        raise ModelError(f"{file}: tensor {name!r} has shape {shown}, which no tensor can have "
+                         "(a negative size, or 2**63 bytes or more between its rows).")
 
 
 class ModelSource:
@@ -119,23 +149,36 @@ class ModelSource:
         self.path = Path(ref).expanduser()
         if not self.path.is_dir():
             raise ModelError(f"{field} {ref!r}: no such model directory.")
+        self._field = field
         config_path = self.path / "config.json"
         if not config_path.is_file():
             raise ModelError(f"{field} {ref!r}: missing config.json.")
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{field} {ref!r}: config.json is not valid JSON ({exc}).") from None
+        self.config: dict[str, Any] = read_json(self.own(config_path),
+                                                f"{field} {ref!r}: config.json")
         if not isinstance(self.config, dict):
             raise ModelError(f"{field} {ref!r}: config.json is not a JSON object.")
         self._entries = self._index(field)
+        self._check_sizes()
+        for name in TOKENIZER_FILES:  # transformers reads them later: confined now
+            if (self.path / name).is_symlink() or (self.path / name).exists():
+                self.own(self.path / name)
+
+    def own(self, file: Path, what: str | None = None) -> Path:
+        """``file`` of this directory if it lies inside it (see
+        :func:`~evomerge.engine.json_data.confined`); ModelError naming it otherwise."""
+        return confined(self.path, file, f"{self._field} {self.ref!r}: "
+                                         f"{what or self._rel(file)}")
+
+    def _rel(self, file: Path) -> str:
+        return str(file.relative_to(self.path)) if file.is_relative_to(self.path) else str(file)
 
     def _index(self, field: str) -> dict[str, TensorEntry]:
         index = self.path / "model.safetensors.index.json"
         if index.is_file():
             return self._sharded(index, field)
         single = self.path / "model.safetensors"
-        files = [single] if single.is_file() else sorted(self.path.glob("*.safetensors"))
+        files = [self.own(f) for f in ([single] if single.is_file()
+                                       else sorted(self.path.glob("*.safetensors")))]
         if not files:
             pickles = [p.name for p in self.path.glob("*") if p.suffix in (".bin", ".pt", ".pth")]
             hint = (f" It has only pickle checkpoints ({', '.join(pickles[:3])}), which evomerge "
@@ -148,12 +191,15 @@ class ModelSource:
         return entries
 
     def _sharded(self, index: Path, field: str) -> dict[str, TensorEntry]:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = {name: self.path / str(file) for name, file in weight_map.items()}
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        data = read_json(self.own(index), f"{field} {self.ref!r}: {index.name}")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str)
+                                                       for f in weight_map.values()):
             raise ModelError(f"{field} {self.ref!r}: {index.name} is not a valid shard index "
-                             "(a JSON object with a 'weight_map').") from None
+                             "(a JSON object with a 'weight_map' of tensor -> file name).")
+        # an absolute or ../ name would read weights from outside the model: refused
+        files = {name: self.own(self.path / file, f"shard {file!r} named by {index.name}")
+                 for name, file in weight_map.items()}
         headers: dict[Path, dict[str, TensorEntry]] = {}
         entries = {}
         for name, file in files.items():
@@ -167,6 +213,37 @@ class ModelSource:
                                  f"{file.name!r}, which does not hold it.")
             entries[name] = headers[file][name]
         return entries
+
+    def _check_sizes(self) -> None:
+        """config.json's ``vocab_size``, ``hidden_size`` and ``intermediate_size`` (of its
+        ``text_config`` where it has one) against the tensors that carry them: the token
+        embedding (vocab, hidden) and a layer's MLP input projection (intermediate, hidden).
+        A model shell is built from the config, so a size the tensors do not have would
+        allocate what it claims, or fail halfway through a merge. Tensors with other names
+        (other architectures) are not checked; quantized (non-float) ones neither.
+
+        Raises:
+            ModelError: a size that is not the tensor's, naming the field and the shape.
+        """
+        text = self.config.get("text_config")
+        sizes = text if isinstance(text, dict) else self.config
+        embed = next((n for n in self._entries if is_vocab_tensor(n)
+                      and not n.startswith(("lm_head", "embed_out"))), None)
+        mlp = next((n for n in self._entries if _MLP_IN.search(n)
+                    and layer_index(n) is not None), None)
+        checks = [(embed, "vocab_size", 0), (mlp, "intermediate_size", 0), (mlp, "hidden_size", 1)]
+        if not any(k in sizes for k in _EMBED_WIDTH):
+            checks.append((embed, "hidden_size", 1))
+        for name, key, axis in checks:
+            entry = self._entries.get(name) if name else None
+            if (entry is None or key not in sizes or len(entry.shape) != 2
+                    or not entry.dtype.is_floating_point):
+                continue
+            value = sizes[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value != entry.shape[axis]:
+                raise ModelError(f"{self._field} {self.ref!r}: config.json sets {key} = "
+                                 f"{brief(value, 40)} but tensor {name!r} has shape "
+                                 f"{list(entry.shape)}; config and tensors must agree.")
 
     @property
     def names(self) -> list[str]:
@@ -186,9 +263,10 @@ class ModelSource:
         """
         count = num_layers_of(self.config, f"{self.ref}/config.json")
         held = {i for i in map(layer_index, self._entries) if i is not None}
-        if held and held != set(range(count)):
+        # held == {0, ..., count-1}, without building range(count) (config data: any size)
+        if held and (len(held) != count or max(held) != count - 1):
             top = max(held) + 1
-            detail = (f"hold layers 0-{top - 1}" if held == set(range(top))
+            detail = (f"hold layers 0-{top - 1}" if len(held) == top
                       else f"hold layers {sorted(held)[:8]}{'...' if len(held) > 8 else ''}")
             raise ModelError(f"{self.ref!r}: config.json says {count} layers but its weights "
                              f"{detail}; config and tensors must agree (fix "
@@ -219,28 +297,33 @@ class ModelSource:
         """(core, added): the tokenizer model's own id -> token (``tokenizer.json``'s model
         vocabulary or ``vocab.json``) or a digest of ``tokenizer.model`` (SentencePiece), and
         the tokens added on top (``added_tokens``); (None, {}) without a tokenizer."""
-        import hashlib
-
         tj, vj, spm = (self.path / n for n in ("tokenizer.json", "vocab.json", "tokenizer.model"))
         added_json = self.path / "added_tokens.json"
         try:
             if tj.is_file():
-                data = json.loads(tj.read_text())
+                data = self._tokenizer_json(tj)
                 vocab = (data.get("model") or {}).get("vocab")
                 core = ({int(i): str(t) for t, i in vocab.items()} if isinstance(vocab, dict)
                         else {i: str(v[0]) for i, v in enumerate(vocab or [])})
                 return core, {int(tok["id"]): str(tok["content"])
                               for tok in data.get("added_tokens") or []}
-            added = ({int(i): str(t) for t, i in json.loads(added_json.read_text()).items()}
+            added = ({int(i): str(t) for t, i in self._tokenizer_json(added_json).items()}
                      if added_json.is_file() else {})
             if vj.is_file():
-                return {int(i): str(t) for t, i in json.loads(vj.read_text()).items()}, added
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-                AttributeError) as exc:
+                return {int(i): str(t) for t, i in self._tokenizer_json(vj).items()}, added
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"{self.ref!r}: unreadable tokenizer file ({exc}).") from None
         if spm.is_file():
-            return hashlib.sha256(spm.read_bytes()).hexdigest(), added
+            digest = hashlib.sha256()
+            with open(self.own(spm), "rb") as f:  # streamed: any size costs no memory
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            return digest.hexdigest(), added
         return None, {}
+
+    def _tokenizer_json(self, file: Path) -> Any:
+        return read_json(self.own(file), f"{self._field} {self.ref!r}: {file.name}",
+                         TOKENIZER_JSON)
 
     @property
     def core_vocab(self) -> dict[int, str] | str | None:
@@ -262,8 +345,6 @@ class ModelSource:
     def tokenizer_digest(self) -> str | None:
         """A digest of :attr:`tokenizer`: the resident materializer plans every candidate, so
         tokenizers are compared by digest there, not token by token."""
-        import hashlib
-
         table = self.tokenizer
         if table is None:
             return None
