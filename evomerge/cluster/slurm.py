@@ -72,9 +72,10 @@ class SlurmOptions(BaseModel):
     @field_validator("sbatch_args")
     @classmethod
     def _options_only(cls, v: list[str]) -> list[str]:
-        for arg in v:
-            if not arg.startswith("--") or "\n" in arg or "\r" in arg:
-                raise ValueError(f"each extra sbatch argument must be one --option, got {arg!r}")
+        for arg in v:  # sbatch reads every word of an #SBATCH line as an option of its own
+            if not arg.startswith("--") or any(c.isspace() for c in arg):
+                raise ValueError(f"each extra sbatch argument must be one --option without "
+                                 f"spaces, got {arg!r}")
         return v
 
     def actors(self) -> int:

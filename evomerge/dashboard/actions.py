@@ -35,7 +35,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from evomerge.dashboard.catalog import driver_state
+from evomerge.engine.config_io import format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.names import check_name
 from evomerge.search.records import StudyRecord
@@ -113,15 +116,22 @@ def code_in_space(space: Any) -> list[str]:
     out = []
     for name, ev in space.evaluators.items():
         options = ev.options()
-        if ev.type == "callable":
-            out.append(f"evaluator {name!r} calls {options.get('function')!r}")
-        if options.get("include_path"):
-            out.append(f"evaluator {name!r} reads lm-eval tasks from {options['include_path']!r}")
-    return out
+        test = options.get("test") if isinstance(options.get("test"), dict) else {}
+        for opts in (options, {**options, **test}):  # the report's options too
+            if ev.type == "callable":
+                out.append(f"evaluator {name!r} calls {opts.get('function')!r}")
+            if opts.get("include_path"):
+                out.append(f"evaluator {name!r} reads lm-eval tasks from "
+                           f"{opts['include_path']!r}")
+    return list(dict.fromkeys(out))
 
 
 def _safe_slurm_options(options: dict[str, Any]) -> dict[str, Any]:
-    extra = [a for a in options.get("sbatch_args") or []
+    if options.get("head_address") is not None:  # the study would pick the Ray cluster
+        raise ConfigError(f"The study's recorded Ray head address "
+                          f"{str(options['head_address'])[:80]!r} is not used from the "
+                          "dashboard; resume it with `evomerge slurm resume`.")
+    extra = [a for a in options.get("sbatch_args") or []  # one word each: SlurmOptions checks
              if not (isinstance(a, str) and a.split("=", 1)[0] in SAFE_SBATCH_OPTIONS)]
     if extra:
         raise ConfigError(f"The study's recorded sbatch option {str(extra[0])[:80]!r} is not "
@@ -149,7 +159,11 @@ def resume_study(study: Any, url: str, results: str | Path) -> dict[str, Any]:
     if launch.get("via") == "slurm":
         from evomerge.cluster.slurm import SlurmOptions, submit
 
-        opts = SlurmOptions(**_safe_slurm_options(dict(launch.get("options") or {})))
+        try:
+            opts = SlurmOptions(**_safe_slurm_options(dict(launch.get("options") or {})))
+        except ValidationError as exc:  # the record is data
+            raise ConfigError(format_validation_error(exc, "the study's Slurm options")
+                              ) from None
         job = submit(None, opts, study=name, storage=url, results=results)
         return {"via": "slurm", "job_id": job.job_id}
     cmd = local_resume_command(study, url, results, launch)

@@ -16,16 +16,18 @@ metrics, one score per (metric, filter) named as the ``lm_eval`` evaluator names
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from evomerge.errors import ConfigError
 from evomerge.evaluators.decode import DecodeOptions, Generation, generate
 from evomerge.evaluators.extract import Extract, Match
 
-__all__ = ["GenerativeScorer", "LmEvalGeneration", "Decoder", "COUNTS"]
+__all__ = ["GenerativeScorer", "LmEvalGeneration", "Decoder", "COUNTS", "VLLM_SETTINGS",
+           "check_vllm_settings"]
 
 # counts every generative scorer reports, with their directions
 COUNTS = (("truncated", "minimize"), ("gen_tokens", "minimize"))
@@ -41,6 +43,30 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     return [tokenizer.encode(p) for p in prompts]  # as lm-eval's HF model encodes contexts
 
 
+# The engine settings a space may give (the space is data: vLLM's other arguments include
+# trust_remote_code, which runs a model directory's code, and download_dir, a place to write).
+VLLM_SETTINGS: dict[str, Callable[[Any], bool]] = {
+    "gpu_memory_utilization": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+    "max_model_len": lambda v: type(v) is int and v >= 1,
+    "enforce_eager": lambda v: isinstance(v, bool),
+    "dtype": lambda v: v in ("auto", "float16", "bfloat16", "float32", "half", "float"),
+    "model": lambda v: isinstance(v, str) and bool(v),
+}
+
+
+def check_vllm_settings(vllm: dict[str, Any]) -> dict[str, Any]:
+    """``vllm`` if every key is one of :data:`VLLM_SETTINGS` with a fitting value; else a
+    ConfigError naming the key and value."""
+    for key, value in vllm.items():
+        ok = VLLM_SETTINGS.get(key)
+        if ok is None:
+            raise ConfigError(f"vllm.{key} is not an engine setting evomerge passes on (only "
+                              f"{', '.join(VLLM_SETTINGS)}).")
+        if not ok(value):
+            raise ConfigError(f"vllm.{key} = {repr(value)[:60]} is not a valid value.")
+    return dict(vllm)
+
+
 class Decoder:
     """Where generations come from: :func:`evomerge.evaluators.decode.generate` on the
     resident model, or (backend ``vllm``) a resident vLLM engine loaded with its weights
@@ -53,7 +79,7 @@ class Decoder:
     """
 
     def __init__(self, vllm: dict[str, Any] | None = None) -> None:
-        self._vllm, self._engine = dict(vllm or {}), None
+        self._vllm, self._engine = check_vllm_settings(vllm or {}), None
 
     def new_candidate(self) -> None:
         """The next generations are another candidate's (the engine reloads its weights)."""

@@ -89,6 +89,7 @@ class LmEvalEvaluator(Evaluator):
         if fewshot_as_multiturn and not apply_chat_template:
             raise ConfigError("fewshot_as_multiturn needs apply_chat_template (few-shot turns "
                               "are chat messages).")
+        check_gen_kwargs(gen_kwargs or {})
         self.tasks = list(tasks)
         self._task_dict = manager.load(self.tasks)
         self._chat = {"apply_chat_template": apply_chat_template,
@@ -189,6 +190,26 @@ def _indices(n: int, offset: int, limit: int | None, shuffle: bool, seed: int) -
     if len(picked) == 0:
         raise ConfigError(f"lm_eval offset {offset} leaves no document of a task with {n}.")
     return sorted(int(i) for i in picked)
+
+
+# Generation settings a space may give lm-eval (they reach ``model.generate``, whose other
+# keywords include ``custom_generate`` + ``trust_remote_code``: code from a directory).
+GEN_KWARGS = frozenset({"until", "max_gen_toks", "max_new_tokens", "min_new_tokens",
+                        "do_sample", "temperature", "top_p", "top_k", "min_p",
+                        "repetition_penalty", "num_beams", "length_penalty"})
+
+
+def check_gen_kwargs(gen_kwargs: dict[str, Any]) -> None:
+    """Refuse a key outside :data:`GEN_KWARGS`, or a value that is not a number, a bool, a
+    string or a list of strings."""
+    for key, value in gen_kwargs.items():
+        if key not in GEN_KWARGS:
+            raise ConfigError(f"gen_kwargs.{key} is not a generation setting evomerge passes "
+                              f"to lm-eval (only {', '.join(sorted(GEN_KWARGS))}).")
+        if not (isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise ConfigError(f"gen_kwargs.{key} = {repr(value)[:60]} is not a number, a "
+                              "bool, a string or a list of strings.")
 
 
 def _configure(task: Any, num_fewshot: int | None, gen_kwargs: dict[str, Any] | None,

@@ -267,3 +267,28 @@ def test_lm_eval_offset_and_shuffle_choose_documents(mini_zoo, math_model):
     assert search != set(range(20)) and docs(shuffle=True, shuffle_seed=4, limit=20) != search
     with pytest.raises(ConfigError, match="offset 40 leaves no document"):
         make_evaluator("lm_eval", tasks=[task], include_path=include, offset=40)
+
+
+@pytest.mark.parametrize("kind, options, words", [
+    ("lm_eval", {"gen_kwargs": {"custom_generate": "/tmp/evilgen", "trust_remote_code": True}},
+     "gen_kwargs.custom_generate is not a generation setting"),
+    ("lm_eval", {"gen_kwargs": {"until": [{"x": 1}]}}, "gen_kwargs.until = "),
+    ("answers", {"vllm": {"trust_remote_code": True}}, "vllm.trust_remote_code is not an "
+     "engine setting"),
+    ("answers", {"vllm": {"download_dir": "/tmp/x"}}, "vllm.download_dir is not"),
+    ("answers", {"vllm": {"gpu_memory_utilization": 7}}, "vllm.gpu_memory_utilization = 7"),
+], ids=["custom-generate", "until-dict", "vllm-remote-code", "vllm-download-dir",
+        "vllm-memory"])
+def test_settings_passed_to_third_party_code_are_allowlisted(mini_zoo, kind, options, words):
+    """A space is data: lm-eval's generation settings reach ``model.generate``, whose
+    ``custom_generate`` with ``trust_remote_code`` imports a directory's code (a probe ran
+    it), and vLLM's settings include ``trust_remote_code`` and ``download_dir``."""
+    if kind == "lm_eval":
+        common = {"tasks": ["zoo_add_l1_gen_validation"],
+                  "include_path": str(write_lm_eval_yamls(mini_zoo))}
+    else:
+        common = {"files": {"t": str(mini_zoo / "tasks" / "add_l1" / "validation.jsonl")},
+                  "generate": True, "decode_backend": "vllm"}
+    with pytest.raises(ConfigError, match="") as err:
+        make_evaluator(kind, **common, **options)
+    assert words in str(err.value), err.value

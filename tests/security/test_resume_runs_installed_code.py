@@ -103,6 +103,21 @@ def test_a_study_naming_code_or_unsafe_sbatch_options_is_not_resumed(study_root)
             "sbatch_args": ["--export=ALL,LD_PRELOAD=/tmp/evil.so"]}})
         with pytest.raises(ConfigError, match="--export=ALL,LD_PRELOAD"):
             resume_study(study, url, study_root)
+        # sbatch reads every word of an #SBATCH line: an allowed option first hid the rest
+        study.set_user_attr("evomerge_launch", {"via": "slurm", "options": {
+            "sbatch_args": ["--comment=x --export=ALL,LD_PRELOAD=/tmp/evil.so"]}})
+        with pytest.raises(ConfigError, match="one --option without spaces"):
+            resume_study(study, url, study_root)
+        study.set_user_attr("evomerge_launch", {"via": "slurm", "options": {
+            "head_address": "203.0.113.7"}})  # the study would pick the Ray cluster
+        with pytest.raises(ConfigError, match="Ray head address '203.0.113.7'"):
+            resume_study(study, url, study_root)
+        # the report's options (an evaluator's `test` block) are checked too
+        study.set_user_attr("evomerge_space", {**space, "evaluators": {
+            name: {**ev, "test": {"include_path": "/tmp/evil_tasks"}}
+            for name, ev in space["evaluators"].items()}})
+        with pytest.raises(ConfigError, match="/tmp/evil_tasks"):
+            resume_study(study, url, study_root)
     finally:
         study.set_user_attr("evomerge_space", space)
         study.set_user_attr("evomerge_launch", launch)
