@@ -93,8 +93,9 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
            progress: Callable[[dict], None] | None = None, offload: bool = False,
            track: str | None = None, overlap: bool = False,
            **ray_options: Any) -> SearchOutcome:
-    space = _with_run_options(load_space(space_path), offload, track)
-    check_name(space.name if study is None else study, "study name")
+    space = load_space(space_path)
+    name = check_name(space.name if study is None else study, "study name")
+    space = _with_run_options(space, offload, track, Path(results) / name)
     check_trials(trials)
     _check_overlap(space, overlap)
     return run_search(space, study=study, storage=storage, trials=trials,
@@ -110,7 +111,7 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
            **ray_options: Any) -> SearchOutcome:
     check_trials(trials)
     study, space = open_study(name, storage, results)
-    space = _with_run_options(space, offload, track)
+    space = _with_run_options(space, offload, track, Path(results) / name)
     _check_overlap(space, overlap)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or StudyRecord(study).budget,
@@ -137,14 +138,20 @@ def check_trials(trials: int | None) -> None:
                           "least 1 (or leave it out to keep the space's budget).")
 
 
-def _with_run_options(space: SearchSpace, offload: bool, track: str | None) -> SearchSpace:
+def _with_run_options(space: SearchSpace, offload: bool, track: str | None,
+                      place: Path) -> SearchSpace:
     """``--offload`` turns the space's ``offload`` on for this run, ``--track`` sets its
-    tracker (:func:`evomerge.tracking.parse_track`); neither changes a result."""
+    tracker (:func:`evomerge.tracking.parse_track`); neither changes a result. A tracker the
+    space (or the study) names writes only inside ``place``, the study's results folder
+    (:func:`evomerge.tracking.config.confine`)."""
     from evomerge.tracking import parse_track
+    from evomerge.tracking.config import confine
 
     update: dict[str, Any] = {"offload": True} if offload else {}
     if track is not None:
         update["tracking"] = parse_track(track)
+    elif space.tracking is not None:
+        update["tracking"] = confine(space.tracking, place)
     return space.model_copy(update=update) if update else space
 
 

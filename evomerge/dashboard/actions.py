@@ -42,6 +42,7 @@ from evomerge.engine.config_io import format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.names import check_name
 from evomerge.search.records import StudyRecord
+from evomerge.tracking.config import destinations
 
 __all__ = ["resume_study", "export_yaml", "local_resume_command", "code_in_space",
            "SAFE_SBATCH_OPTIONS"]
@@ -148,10 +149,16 @@ def resume_study(study: Any, url: str, results: str | Path) -> dict[str, Any]:
     name = check_name(study.study_name, "study name")
     if driver_state(study) == "running":
         raise ConfigError(f"Study {name!r} is running; nothing to resume.")
-    code = code_in_space(record.space)
+    space = record.space
+    code = code_in_space(space)
     if code:
         raise ConfigError(f"Study {name!r} runs code named in its space ({code[0]}); resume it "
                           f"from the command line if you trust it: evomerge resume {name}")
+    sent = destinations(space.tracking) if space.tracking is not None else []
+    if sent:
+        raise ConfigError(f"Study {name!r} sends its runs to {sent[0]} (its space's "
+                          "tracking); resume it from the command line if you mean it: "
+                          f"evomerge resume {name}")
     launch = record.launch
     if not isinstance(launch, dict):
         raise ConfigError(f"Study {name!r} has no readable launch record; resume it from the "

@@ -11,6 +11,7 @@ defaults) or such a mapping as inline YAML.
 
 from __future__ import annotations
 
+from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from evomerge.errors import ConfigError
 
 __all__ = ["MlflowTracking", "WandbTracking", "TrackioTracking", "TrackingConfig",
-           "TRACKERS", "parse_track"]
+           "TRACKERS", "parse_track", "confine", "destinations"]
 
 
 class _Strict(BaseModel):
@@ -33,6 +34,7 @@ class MlflowTracking(_Strict):
     type: Literal["mlflow"]
     tracking_uri: str | None = None
     experiment: str | None = None
+    artifact_location: str | None = None  # of a new experiment (default: MLflow's)
     run_name: str | None = None       # default: the study's name
     tags: dict[str, str] = {}
     timeout: float = Field(10.0, gt=0)  # seconds per HTTP request before a retry
@@ -90,3 +92,65 @@ def parse_track(text: str) -> Any:
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"--track: {where or 'type'}: {err['msg']} "
                           f"(got {err.get('input')!r}).") from None
+
+
+def _inside(path: str, place: Path, field: str) -> Path:
+    p = PurePath(path)
+    if p.is_absolute() and ".." not in p.parts and Path(p).is_relative_to(place):
+        return Path(p)  # as a study records it, once taken into its folder
+    if p.is_absolute() or ".." in p.parts or path.startswith("~"):
+        raise ConfigError(f"{field} {path!r} is outside the study's folder {str(place)!r}: a "
+                          "space or a study picks no place to write (a relative path is taken "
+                          "there); give another place on the command line with --track.")
+    return place / p
+
+
+def confine(config: Any, place: Path) -> Any:
+    """``config`` as read from a space or a study (data) with the files it writes on this
+    machine kept in ``place``, the study's results folder: a relative path (MLflow's
+    ``tracking_uri`` as a path, ``file:`` or ``sqlite:///`` URI; W&B's ``dir``) is taken
+    there, an absolute one or one leaving it is refused. ``--track`` (the command line) is
+    not confined. A server's URL is left as it is (docs/trackers.md)."""
+    place = Path(place).absolute()
+    if isinstance(config, WandbTracking) and config.dir:
+        return config.model_copy(update={"dir": str(_inside(config.dir, place, "tracking.dir"))})
+    if not isinstance(config, MlflowTracking):
+        return config
+    update = {}
+    if config.artifact_location:
+        update["artifact_location"] = str(_inside(config.artifact_location.removeprefix(
+            "file://"), place, "tracking.artifact_location"))
+    if not config.tracking_uri:
+        return config.model_copy(update=update)
+    uri, field = config.tracking_uri, "tracking.tracking_uri"
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri.split("/", 1)[0] else ""
+    if scheme == "":
+        local = str(_inside(uri, place, field))
+    elif scheme == "file":
+        rest = uri[5:].removeprefix("//")
+        local = str(_inside(rest or ".", place, field)) if rest else str(place)
+    elif scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"{field} {uri!r} is not an sqlite:///PATH URI.")
+        local = "sqlite:///" + str(_inside(uri[len("sqlite:///"):], place, field))
+    else:
+        return config.model_copy(update=update)
+    # a local store keeps its artifacts beside it, not in ./mlruns of the working directory
+    update.setdefault("artifact_location", str(place / "mlartifacts"))
+    return config.model_copy(update={"tracking_uri": local, **update})
+
+
+def destinations(config: Any) -> list[str]:
+    """Where a tracker's options send or write a study beyond its results folder (the
+    dashboard's Resume refuses a study whose stored tracker names any)."""
+    out = []
+    if isinstance(config, MlflowTracking) and config.tracking_uri:
+        out.append(f"MLflow at {config.tracking_uri!r}")
+    if isinstance(config, WandbTracking):
+        if config.mode not in ("offline", "disabled"):
+            out.append(f"W&B's servers (project {config.project!r})")
+        if config.dir:
+            out.append(f"W&B files in {config.dir!r}")
+    if isinstance(config, TrackioTracking) and config.space_id:
+        out.append(f"the Hugging Face Space {config.space_id!r}")
+    return out

@@ -43,7 +43,8 @@ class MlflowTracker(Tracker):
             return run_id
         experiment = self.config.experiment or name
         found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        exp_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=self.config.artifact_location)
         run = self.client.create_run(exp_id, run_name=self.config.run_name or name,
                                      tags={"evomerge.study": name, **self.config.tags})
         self.run_id = run.info.run_id

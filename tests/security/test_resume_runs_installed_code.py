@@ -118,6 +118,14 @@ def test_a_study_naming_code_or_unsafe_sbatch_options_is_not_resumed(study_root)
             for name, ev in space["evaluators"].items()}})
         with pytest.raises(ConfigError, match="/tmp/evil_tasks"):
             resume_study(study, url, study_root)
+        # a tracker the study names would send it elsewhere, or write where it says
+        for tracking, words in (({"type": "wandb", "mode": "offline", "dir": "/home/u/.ssh"},
+                                 "W&B files in '/home/u/.ssh'"),
+                                ({"type": "mlflow", "tracking_uri": "http://203.0.113.7"},
+                                 "MLflow at 'http://203.0.113.7'")):
+            study.set_user_attr("evomerge_space", {**space, "tracking": tracking})
+            with pytest.raises(ConfigError, match=words):
+                resume_study(study, url, study_root)
     finally:
         study.set_user_attr("evomerge_space", space)
         study.set_user_attr("evomerge_launch", launch)

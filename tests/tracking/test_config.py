@@ -47,3 +47,65 @@ def test_space_tracking_block_is_a_run_option(tmp_path):
     with pytest.raises(ConfigError, match="tracking.mlflow.mode"):
         load_space(space_dict(zoo, tracking={"type": "mlflow", "mode": "offline"}))
     assert set(TRACKERS) == set(TRACKER_CLASSES)
+
+
+@pytest.mark.parametrize("given, kept", [
+    ({"type": "mlflow", "tracking_uri": "sqlite:///m.db"},
+     {"tracking_uri": "sqlite:////r/t/m.db", "artifact_location": "/r/t/mlartifacts"}),
+    ({"type": "mlflow", "tracking_uri": "mlruns"},
+     {"tracking_uri": "/r/t/mlruns", "artifact_location": "/r/t/mlartifacts"}),
+    ({"type": "mlflow", "tracking_uri": "file:runs"}, {"tracking_uri": "/r/t/runs"}),
+    ({"type": "mlflow", "tracking_uri": "http://mlflow.internal:5000"},
+     {"tracking_uri": "http://mlflow.internal:5000", "artifact_location": None}),
+    ({"type": "mlflow", "tracking_uri": "sqlite:////r/t/m.db"},  # as a study records it
+     {"tracking_uri": "sqlite:////r/t/m.db"}),
+    ({"type": "wandb", "dir": "wb"}, {"dir": "/r/t/wb"}),
+    ({"type": "wandb"}, {"dir": None}),
+])
+def test_a_trackers_files_stay_in_the_study_folder(given, kept):
+    from evomerge.tracking.config import confine
+
+    got = confine(parse_track(str(given)), "/r/t")
+    assert {k: getattr(got, k) for k in kept} == kept
+
+
+@pytest.mark.parametrize("given, field", [
+    ({"type": "mlflow", "tracking_uri": "sqlite:////tmp/elsewhere/OUTSIDE.db"}, "tracking_uri"),
+    ({"type": "mlflow", "tracking_uri": "file:///etc/mlruns"}, "tracking_uri"),
+    ({"type": "mlflow", "tracking_uri": "../x"}, "tracking_uri"),
+    ({"type": "mlflow", "artifact_location": "/srv/x"}, "artifact_location"),
+    ({"type": "wandb", "dir": "/home/u/.ssh/wb"}, "dir"),
+    ({"type": "wandb", "dir": "~/wb"}, "dir"),
+])
+def test_a_space_picks_no_place_to_write(given, field):
+    from evomerge.tracking.config import confine
+
+    with pytest.raises(ConfigError, match=f"tracking.{field} .* is outside the study's folder"):
+        confine(parse_track(str(given)), "/r/t")
+
+
+def test_the_command_line_may_name_any_place_but_a_space_may_not(mini_zoo, tmp_path,
+                                                                   monkeypatch):
+    """A space whose MLflow store is elsewhere (the probe's sqlite:////tmp/.../OUTSIDE.db) is
+    refused before the study exists; a relative one lands in results/<study>/, artifacts
+    too (they went to ./mlruns of the working directory)."""
+    import yaml
+    from fuzz_inputs import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path / "elsewhere" / "OUTSIDE.db"
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 2}, tracking={
+        "type": "mlflow", "tracking_uri": f"sqlite:///{outside}"})))
+    code, err = run_cli(["search", str(space), "--results", "r", "-q"])
+    assert code == 2 and "is outside the study's folder" in err and "--track" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    space.write_text(yaml.safe_dump(space_dict(mini_zoo, budget={"trials": 2}, tracking={
+        "type": "mlflow", "tracking_uri": "sqlite:///m.db"})))
+    code, err = run_cli(["search", str(space), "--results", "r", "-q"])
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "s.yaml"]
+    assert (tmp_path / "r" / "t" / "m.db").is_file()
+    assert [p.name for p in (tmp_path / "r" / "t" / "mlartifacts").iterdir()]  # logged files
+    code, err = run_cli(["resume", "t", "--results", "r", "--trials", "3", "-q"])
+    assert code == 0, err  # the study records the confined place; its resume keeps it
