@@ -22,7 +22,7 @@ import torch
 
 from evomerge.engine.arch import place
 from evomerge.engine.paths import Step
-from evomerge.engine.shell import parameters_on_meta
+from evomerge.engine.shell import meta_model
 from evomerge.errors import ConfigError
 
 __all__ = ["PathModels"]
@@ -70,10 +70,7 @@ class PathModels:
         cfg.num_hidden_layers = n
         if isinstance(self._types, list):
             cfg.layer_types = [self._types[0]] * n
-        from transformers import AutoModelForCausalLM
-
-        with parameters_on_meta():
-            shell = AutoModelForCausalLM.from_config(cfg, dtype=self._dtype())
+        shell = meta_model(cfg, self._dtype())  # the config is data: nothing allocated
         for module in shell.modules():
             for name, b in module._buffers.items():
                 if b is not None:

@@ -5,7 +5,6 @@ resident tensors."""
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,31 +13,9 @@ from evomerge.engine.arch import is_vocab_tensor
 from evomerge.engine.sources import ModelSource
 from evomerge.errors import ModelError
 
-__all__ = ["parameters_on_meta", "meta_model", "empty_model"]
+__all__ = ["meta_model", "empty_model"]
 
 _MAX_BUFFERS = 1 << 30  # bytes of computed buffers (rotary frequencies, embedding scales)
-
-
-@contextmanager
-def parameters_on_meta():
-    """Create parameters on the meta device (no memory) and buffers for real: rotary
-    frequencies and other non-persistent buffers are computed at construction and are not in
-    any checkpoint, so they must not be left empty. Each parameter is still allocated for
-    real for a moment before it moves (``nn.Linear`` makes it before registering it): build
-    from a config whose sizes were checked, or use :func:`meta_model`."""
-    register = torch.nn.Module.register_parameter
-
-    def on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":  # tying re-registers a meta one
-            module._parameters[name] = torch.nn.Parameter(
-                param.to("meta"), requires_grad=param.requires_grad)
-
-    torch.nn.Module.register_parameter = on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter = register
 
 
 def meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from evomerge.engine.arch import MAX_LAYERS  # one depth bound, the engine's
 from evomerge.search.path_ops import Operator
 
 __all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Nsga2Config",
@@ -26,7 +27,6 @@ __all__ = ["OptimizerConfig", "CmaConfig", "TpeConfig", "OptunaCmaesConfig", "Ns
 # Bounds on what a space file may ask for (spaces are data: no setting may demand unbounded
 # memory). A generation is held in memory as gene vectors; an archive as cells x genes.
 MAX_POPSIZE = 10_000
-MAX_LAYERS = 10_000
 MAX_CELLS = 65_536  # a MAP-Elites grid: bins ** descriptors
 
 

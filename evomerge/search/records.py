@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from evomerge.engine.arch import MAX_LAYERS
 from evomerge.errors import ConfigError
-from evomerge.search.optimizer_config import MAX_LAYERS
 from evomerge.search.space import SearchSpace, load_space
 
 __all__ = ["S", "T", "TrialRecord", "StudyRecord", "INTERRUPTED", "counted", "told_values",
