@@ -93,16 +93,16 @@ def search(space_path: str, study: str | None = None, storage: str | None = None
            progress: Callable[[dict], None] | None = None, offload: bool = False,
            track: str | None = None, overlap: bool = False,
            **ray_options: Any) -> SearchOutcome:
-    space = load_space(space_path)
+    space = _with_run_options(load_space(space_path), offload)
     name = check_name(space.name if study is None else study, "study name")
-    space = _with_run_options(space, offload, track, Path(results) / name)
+    tracker = run_tracker(space, track, Path(results) / name)
     check_trials(trials)
     _check_overlap(space, overlap)
     return run_search(space, study=study, storage=storage, trials=trials,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options),
-                      admit=refuse_active_jobs)
+                      admit=refuse_active_jobs, tracking=tracker)
 
 
 def resume(name: str, storage: str | None = None, trials: int | None = None, workers: int = 0,
@@ -111,14 +111,15 @@ def resume(name: str, storage: str | None = None, trials: int | None = None, wor
            **ray_options: Any) -> SearchOutcome:
     check_trials(trials)
     study, space = open_study(name, storage, results)
-    space = _with_run_options(space, offload, track, Path(results) / name)
+    space = _with_run_options(space, offload)
+    tracker = run_tracker(space, track, Path(results) / name)
     _check_overlap(space, overlap)
     return run_search(space, study=name, storage=storage or found_storage(name, results),
                       trials=trials or StudyRecord(study).budget,
                       executor_factory=executor_factory(workers, overlap, **ray_options),
                       results_root=results, progress=progress,
                       launch=local_launch(results, workers, ray_options),
-                      admit=refuse_active_jobs)
+                      admit=refuse_active_jobs, tracking=tracker)
 
 
 def _check_overlap(space: SearchSpace, overlap: bool) -> None:
@@ -138,21 +139,23 @@ def check_trials(trials: int | None) -> None:
                           "least 1 (or leave it out to keep the space's budget).")
 
 
-def _with_run_options(space: SearchSpace, offload: bool, track: str | None,
-                      place: Path) -> SearchSpace:
-    """``--offload`` turns the space's ``offload`` on for this run, ``--track`` sets its
-    tracker (:func:`evomerge.tracking.parse_track`); neither changes a result. A tracker the
-    space (or the study) names writes only inside ``place``, the study's results folder
-    (:func:`evomerge.tracking.config.confine`)."""
+def _with_run_options(space: SearchSpace, offload: bool) -> SearchSpace:
+    """``--offload`` turns the space's ``offload`` on for this run (no result changes)."""
+    return space.model_copy(update={"offload": True}) if offload else space
+
+
+def run_tracker(space: SearchSpace, track: str | None, place: Path) -> Any:
+    """The experiment tracker of a run: ``--track`` (:func:`evomerge.tracking.parse_track`;
+    the command line may name any place), else the space's (or the study's: data) with the
+    files it writes kept in ``place``, the study's results folder
+    (:func:`evomerge.tracking.config.confine`). Neither is stored in the study: a tracker
+    changes no result."""
     from evomerge.tracking import parse_track
     from evomerge.tracking.config import confine
 
-    update: dict[str, Any] = {"offload": True} if offload else {}
     if track is not None:
-        update["tracking"] = parse_track(track)
-    elif space.tracking is not None:
-        update["tracking"] = confine(space.tracking, place)
-    return space.model_copy(update=update) if update else space
+        return parse_track(track)
+    return None if space.tracking is None else confine(space.tracking, place)
 
 
 def local_launch(results: str, workers: int, ray_options: dict[str, Any]) -> dict[str, Any]:

@@ -295,6 +295,10 @@ def submit(space_path: str | None, opts: SlurmOptions, *, study: str | None = No
         st, name, url = _prepare_study(space_path, study, storage, results, undo)
         undo.study = st
         record = StudyRecord(st)
+        if track is None:  # the job's driver confines the space's tracker: refused here first
+            from evomerge.commands import run_tracker
+
+            run_tracker(record.space, None, results / name)
         launch = record.launch  # data: launch_jobs reads only a list of job ids from it
         refuse_active_jobs(name, launch, skip_own=False)
         if trials is not None:

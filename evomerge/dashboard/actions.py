@@ -154,7 +154,8 @@ def resume_study(study: Any, url: str, results: str | Path) -> dict[str, Any]:
     if code:
         raise ConfigError(f"Study {name!r} runs code named in its space ({code[0]}); resume it "
                           f"from the command line if you trust it: evomerge resume {name}")
-    sent = destinations(space.tracking) if space.tracking is not None else []
+    sent = ([] if space.tracking is None else
+            destinations(space.tracking, Path(results).absolute() / name))
     if sent:
         raise ConfigError(f"Study {name!r} sends its runs to {sent[0]} (its space's "
                           "tracking); resume it from the command line if you mean it: "

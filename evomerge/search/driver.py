@@ -197,7 +197,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
                results_root: str | Path = "results",
                progress: Callable[[dict], None] | None = None,
                launch: dict[str, Any] | None = None,
-               admit: Callable[[str, dict[str, Any]], None] | None = None) -> SearchOutcome:
+               admit: Callable[[str, dict[str, Any]], None] | None = None,
+               tracking: Any = None) -> SearchOutcome:
     """Run (or continue) the search described by ``space``.
 
     Args:
@@ -215,6 +216,9 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
         admit: called with an existing study's name and recorded launch before the lease is
             taken or anything written; what it raises refuses the run (the commands refuse a
             study whose Slurm job is queued or running).
+        tracking: the experiment tracker of this run (the commands' ``--track``, or the
+            space's confined to the study's folder); not stored in the study. Default: the
+            space's ``tracking`` as it is.
 
     Raises:
         ConfigError, ModelError: bad space, storage, or models; nothing is created.
@@ -244,7 +248,8 @@ def run_search(space: SearchSpace, study: str | None = None, storage: str | None
     lease = take_lease(url, name, heartbeat=lambda: last_heartbeat(store, name))
     try:
         return _run(space, name, url, store, genome, optimizer, ladder, trials,
-                    executor_factory, results_root, progress, launch, lease)
+                    executor_factory, results_root, progress, launch, lease,
+                    tracking if tracking is not None else space.tracking)
     finally:
         lease.release()
 
@@ -253,7 +258,7 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
          optimizer: Optimizer, ladder: Any,
          trials: int | None, executor_factory: Callable[[SearchSpace], Executor] | None,
          results_root: str | Path, progress: Callable[[dict], None] | None,
-         launch: dict[str, Any] | None, lease: Lease) -> SearchOutcome:
+         launch: dict[str, Any] | None, lease: Lease, tracker: Any) -> SearchOutcome:
     """:func:`run_search` once this driver holds the study's lease."""
     from evomerge.search.front import write_front
 
@@ -275,8 +280,8 @@ def _run(space: SearchSpace, name: str, url: str, store: Any, genome: Genome,
     out_dir = results_dir(name, results_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracking = None
-    if space.tracking is not None:  # observes the ledger; a failing tracker only warns
-        tracking = StudyTracking(space.tracking, loop.study, space, genome).open()
+    if tracker is not None:  # observes the ledger; a failing tracker only warns
+        tracking = StudyTracking(tracker, loop.study, space, genome).open()
         loop.writer.observers.append(tracking.trial)
 
     def on_generation() -> None:

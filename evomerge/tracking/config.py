@@ -11,6 +11,7 @@ defaults) or such a mapping as inline YAML.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -94,6 +95,9 @@ def parse_track(text: str) -> Any:
                           f"(got {err.get('input')!r}).") from None
 
 
+_SERVER_NAMES = ("databricks", "databricks-uc")  # MLflow URIs without a scheme's colon
+
+
 def _inside(path: str, place: Path, field: str) -> Path:
     p = PurePath(path)
     if p.is_absolute() and ".." not in p.parts and Path(p).is_relative_to(place):
@@ -109,13 +113,20 @@ def confine(config: Any, place: Path) -> Any:
     """``config`` as read from a space or a study (data) with the files it writes on this
     machine kept in ``place``, the study's results folder: a relative path (MLflow's
     ``tracking_uri`` as a path, ``file:`` or ``sqlite:///`` URI; W&B's ``dir``) is taken
-    there, an absolute one or one leaving it is refused. ``--track`` (the command line) is
-    not confined. A server's URL is left as it is (docs/trackers.md)."""
+    there, an absolute one or one leaving it is refused, and the trackers' own defaults in the
+    working directory become ``place`` too (unless ``MLFLOW_TRACKING_URI`` / ``WANDB_DIR``
+    is set). ``--track`` (the command line) is not confined. A server's URL is left as it is
+    (docs/trackers.md)."""
     place = Path(place).absolute()
-    if isinstance(config, WandbTracking) and config.dir:
+    if isinstance(config, WandbTracking):
+        if not config.dir:  # W&B's default is ./wandb; WANDB_DIR (the environment) wins
+            return config if os.environ.get("WANDB_DIR") else config.model_copy(
+                update={"dir": str(place)})
         return config.model_copy(update={"dir": str(_inside(config.dir, place, "tracking.dir"))})
     if not isinstance(config, MlflowTracking):
         return config
+    if not config.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        config = config.model_copy(update={"tracking_uri": "sqlite:///mlflow.db"})  # not ./
     update = {}
     if config.artifact_location:
         update["artifact_location"] = str(_inside(config.artifact_location.removeprefix(
@@ -124,6 +135,8 @@ def confine(config: Any, place: Path) -> Any:
         return config.model_copy(update=update)
     uri, field = config.tracking_uri, "tracking.tracking_uri"
     scheme = uri.split(":", 1)[0].lower() if ":" in uri.split("/", 1)[0] else ""
+    if uri in _SERVER_NAMES:
+        return config.model_copy(update=update)
     if scheme == "":
         local = str(_inside(uri, place, field))
     elif scheme == "file":
@@ -140,17 +153,27 @@ def confine(config: Any, place: Path) -> Any:
     return config.model_copy(update={"tracking_uri": local, **update})
 
 
-def destinations(config: Any) -> list[str]:
-    """Where a tracker's options send or write a study beyond its results folder (the
-    dashboard's Resume refuses a study whose stored tracker names any)."""
+def destinations(config: Any, place: Path) -> list[str]:
+    """Where a tracker's options, as a space or a study gives them, send or write the study
+    outside ``place``, its results folder (the dashboard's Resume refuses a study whose
+    tracker names any): a server, W&B's servers, a Hugging Face Space, or a path that
+    :func:`confine` refuses."""
     out = []
+    try:
+        confine(config, place)
+    except ConfigError:
+        out.append("a place outside its folder")
     if isinstance(config, MlflowTracking) and config.tracking_uri:
-        out.append(f"MLflow at {config.tracking_uri!r}")
-    if isinstance(config, WandbTracking):
-        if config.mode not in ("offline", "disabled"):
-            out.append(f"W&B's servers (project {config.project!r})")
-        if config.dir:
-            out.append(f"W&B files in {config.dir!r}")
+        uri = config.tracking_uri
+        if uri in _SERVER_NAMES or uri.split(":", 1)[0].lower() in _SERVER_SCHEMES:
+            out.append(f"MLflow at {uri!r}")
+    if isinstance(config, WandbTracking) and config.mode not in ("offline", "disabled"):
+        out.append(f"W&B's servers (project {config.project!r})")
     if isinstance(config, TrackioTracking) and config.space_id:
         out.append(f"the Hugging Face Space {config.space_id!r}")
     return out
+
+
+# MLflow stores that are not files on this machine
+_SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "postgresql", "mysql",
+                   "mssql", "uc")

@@ -38,11 +38,14 @@ class MlflowTracker(Tracker):
 
         self.client = MlflowClient(tracking_uri=self.config.tracking_uri)
         if run_id:
+            self._check_place(self.client.get_run(run_id).info.artifact_uri)
             self.client.update_run(run_id, status="RUNNING")  # fails if the run is gone
             self.run_id = run_id
             return run_id
         experiment = self.config.experiment or name
         found = self.client.get_experiment_by_name(experiment)
+        if found:
+            self._check_place(found.artifact_location)
         exp_id = found.experiment_id if found else self.client.create_experiment(
             experiment, artifact_location=self.config.artifact_location)
         run = self.client.create_run(exp_id, run_name=self.config.run_name or name,
@@ -52,6 +55,16 @@ class MlflowTracker(Tracker):
         for i in range(0, len(params), _BATCH):
             self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
         return self.run_id
+
+    def _check_place(self, location: str) -> None:
+        """A confined store (``artifact_location`` set: the space's tracker) records where
+        artifacts go, and that record is data in the study's folder: e.g. the folder's old
+        place after it moved. Outside ``artifact_location`` this run is not tracked (the
+        error becomes a warning; the search goes on)."""
+        want = self.config.artifact_location
+        if want and not Path(location.removeprefix("file://")).is_relative_to(want):
+            raise RuntimeError(f"the MLflow store keeps its artifacts in {location!r}, not "
+                               f"in {want!r}")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -120,7 +120,7 @@ def test_a_study_naming_code_or_unsafe_sbatch_options_is_not_resumed(study_root)
             resume_study(study, url, study_root)
         # a tracker the study names would send it elsewhere, or write where it says
         for tracking, words in (({"type": "wandb", "mode": "offline", "dir": "/home/u/.ssh"},
-                                 "W&B files in '/home/u/.ssh'"),
+                                 "a place outside its folder"),
                                 ({"type": "mlflow", "tracking_uri": "http://203.0.113.7"},
                                  "MLflow at 'http://203.0.113.7'")):
             study.set_user_attr("evomerge_space", {**space, "tracking": tracking})

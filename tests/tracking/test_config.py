@@ -60,11 +60,16 @@ def test_space_tracking_block_is_a_run_option(tmp_path):
     ({"type": "mlflow", "tracking_uri": "sqlite:////r/t/m.db"},  # as a study records it
      {"tracking_uri": "sqlite:////r/t/m.db"}),
     ({"type": "wandb", "dir": "wb"}, {"dir": "/r/t/wb"}),
-    ({"type": "wandb"}, {"dir": None}),
+    ({"type": "mlflow", "tracking_uri": "databricks"}, {"tracking_uri": "databricks"}),
+    # the trackers' own defaults write in the working directory: the folder instead
+    ({"type": "wandb"}, {"dir": "/r/t"}),
+    ({"type": "mlflow"}, {"tracking_uri": "sqlite:////r/t/mlflow.db"}),
 ])
-def test_a_trackers_files_stay_in_the_study_folder(given, kept):
+def test_a_trackers_files_stay_in_the_study_folder(given, kept, monkeypatch):
     from evomerge.tracking.config import confine
 
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     got = confine(parse_track(str(given)), "/r/t")
     assert {k: getattr(got, k) for k in kept} == kept
 
@@ -108,4 +113,17 @@ def test_the_command_line_may_name_any_place_but_a_space_may_not(mini_zoo, tmp_p
     assert (tmp_path / "r" / "t" / "m.db").is_file()
     assert [p.name for p in (tmp_path / "r" / "t" / "mlartifacts").iterdir()]  # logged files
     code, err = run_cli(["resume", "t", "--results", "r", "--trials", "3", "-q"])
-    assert code == 0, err  # the study records the confined place; its resume keeps it
+    assert code == 0, err
+    # the study keeps the tracker as the space wrote it: moved, its folder is the new one;
+    # the MLflow store records the old artifact place, so that run is not tracked (a
+    # warning) rather than writing there
+    (tmp_path / "r").rename(tmp_path / "moved")
+    code, err = run_cli(["resume", "t", "--results", "moved", "--trials", "4", "-q"])
+    assert code == 0, err
+    assert (tmp_path / "moved" / "t" / "m.db").is_file() and not (tmp_path / "r").exists()
+    # --track is this run's: a later plain resume does not take its place from the study
+    code, err = run_cli(["resume", "t", "--results", "moved", "--trials", "5", "-q",
+                         "--track", f"{{type: mlflow, tracking_uri: 'sqlite:///{outside}'}}"])
+    assert code == 0 and outside.is_file(), err
+    code, err = run_cli(["resume", "t", "--results", "moved", "--trials", "6", "-q"])
+    assert code == 0, err
