@@ -32,15 +32,27 @@ __all__ = ["MEMORY_LIMIT", "TemplateFailure", "bounded_lm_eval_chat", "render_ch
            "time_limit"]
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space for the child (it imports no torch)
+START_LIMIT = 300.0  # seconds for the child to import transformers (measured: 0.5 s)
 
 # The child: isolated mode (-I: nothing from the working directory is imported), its memory
 # limited before transformers is imported; one JSON request per line in, one answer per line
 # out. After a MemoryError it answers and exits (its heap may be in any state).
 _CHILD = """
-import json, resource, sys
+import json, os, resource, sys, threading, time
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+resource.setrlimit(resource.RLIMIT_CPU, (3600, 3600))  # seconds of CPU in its whole life
+parent = os.getppid()
+
+def orphaned():  # a parent killed mid-render (SIGKILL: no atexit) must not leave it spinning
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
+
+threading.Thread(target=orphaned, daemon=True).start()
 from transformers.utils.chat_template_utils import render_jinja_template
+sys.stdout.write("ready\\n")
+sys.stdout.flush()
 for line in sys.stdin:
     data = json.loads(line)
     try:
@@ -85,22 +97,37 @@ class _Child:
             self.proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", _CHILD, str(MEMORY_LIMIT)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # the render's clock starts once the child has imported transformers (slow on a
+            # cold filesystem, or beside actors loading weights)
+            ready = self._line(START_LIMIT)
+            if ready is None:
+                return {"error": f"the renderer did not start within {START_LIMIT:.0f} s"}
+            if ready != "ready\n":
+                return self._died()
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             return self._died()
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout=limit):
-                self.close()
-                return {"timeout": True}
-        line = self.proc.stdout.readline()
+        line = self._line(limit)
+        if line is None:
+            return {"timeout": True}
         answer = json.loads(line) if line else self._died()
         if answer.get("fatal"):
             self.close()  # the child exits after a MemoryError: the next call starts a new one
         return answer
+
+    def _line(self, limit: float) -> str | None:
+        """The child's next line ('' when it exited), or None (the child killed) when none
+        comes within ``limit`` seconds."""
+        assert self.proc is not None and self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout=limit):
+                self.close()
+                return None
+        return self.proc.stdout.readline()
 
     def _died(self) -> dict[str, Any]:
         assert self.proc is not None

@@ -160,3 +160,37 @@ def test_lm_eval_renders_the_models_template_bounded(mini_zoo, monkeypatch):
     with pytest.raises(ModelError, match="did not render 1 prompt within 2 s"):
         harness()(model, tokenizer)
     assert time.monotonic() - start < 60
+
+
+def test_a_renderer_whose_parent_is_killed_mid_render_exits(tmp_path):
+    """SIGKILL runs no atexit: the child, rendering an endless template, notices its parent
+    is gone and exits (it spun for ever before)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "from evomerge.evaluators.chat_render import render_chat_prompts\n"
+        "class Tok:\n"
+        "    special_tokens_map = {}\n"
+        "    def get_chat_template(self):\n"
+        "        return '{% for a in range(100000) %}{% for b in range(100000) %}"
+        "{% endfor %}{% endfor %}x'\n"
+        "print('rendering', flush=True)\n"
+        "render_chat_prompts(Tok(), [[{'role': 'user', 'content': 'hi'}]])\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline() == "rendering\n"
+    deadline = time.monotonic() + 60
+    while not (children := psutil.Process(parent.pid).children()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    child = children[0]
+    time.sleep(2)  # rendering now
+    assert child.is_running() and child.cpu_percent(interval=0.5) > 10
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    child.wait(timeout=10)  # psutil.TimeoutExpired if it were still spinning
