@@ -31,9 +31,13 @@ SMALL_JSON = 64 << 20  # config.json, adapter_config.json, the shard index: kB t
 TOKENIZER_JSON = 256 << 20  # tokenizer.json of a 256k vocabulary is ~35 MB; 7x that
 
 
-def confined(root: Path, file: Path, what: str) -> Path:
+def confined(root: Path, file: Path, what: str, weights: bool = False) -> Path:
     """``file``, a file of model directory ``root``, if it resolves inside ``root`` or the
-    Hugging Face cache's ``blobs/`` of the repository ``root`` is a snapshot of.
+    Hugging Face cache's ``blobs/`` of the repository ``root`` is a snapshot of. With
+    ``weights`` (a safetensors file: it must parse as one, so a link to a secret cannot leak
+    it) a symlink may point anywhere, to a regular file: shards linked to save disk, an old
+    ``huggingface_hub`` local_dir. ``file`` itself must lie in ``root`` either way (no ``..``
+    or absolute name).
 
     Raises:
         ModelError: it resolves anywhere else (a symlink out, ``..``, an absolute path), or
@@ -47,13 +51,16 @@ def confined(root: Path, file: Path, what: str) -> Path:
                          "directory's files must be files inside it.") from None
     if target.is_relative_to(home):
         return file
+    if weights and file.absolute().parent.resolve().is_relative_to(home) and (
+            target.is_file() or not target.exists()):
+        return file
     for snapshot in (home, *home.parents):  # snapshots/<rev>[/subfolder]
         if snapshot.parent.name == "snapshots":
-            if target.is_relative_to(snapshot.parent.parent / "blobs"):
+            if target.is_relative_to((snapshot.parent.parent / "blobs").resolve()):
                 return file
             break
     raise ModelError(f"{what} points outside its model directory (to {str(target)!r}); "
-                     "a model directory's files must lie inside it.")
+                     "a model directory's files must lie inside it: copy the file in.")
 
 
 def read_json(file: Path, what: str, limit: int = SMALL_JSON) -> Any:

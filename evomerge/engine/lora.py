@@ -188,7 +188,7 @@ class LoraAdapter:
                     "not load; save it with safe_serialization=True." if pickles else "")
             raise self._fail(f"no {ADAPTER_WEIGHTS}.{hint}")
         return read_header(confined(self.path, file, f"{self.field} {self.ref!r}: "
-                                                     f"{ADAPTER_WEIGHTS}"))
+                                                     f"{ADAPTER_WEIGHTS}", weights=True))
 
     def _scale(self, module: str, rank: int) -> float:
         """s = alpha / r (alpha / sqrt(r) with rsLoRA) of ``module``, whose factors have rank

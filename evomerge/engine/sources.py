@@ -163,11 +163,11 @@ class ModelSource:
             if (self.path / name).is_symlink() or (self.path / name).exists():
                 self.own(self.path / name)
 
-    def own(self, file: Path, what: str | None = None) -> Path:
+    def own(self, file: Path, what: str | None = None, weights: bool = False) -> Path:
         """``file`` of this directory if it lies inside it (see
         :func:`~evomerge.engine.json_data.confined`); ModelError naming it otherwise."""
         return confined(self.path, file, f"{self._field} {self.ref!r}: "
-                                         f"{what or self._rel(file)}")
+                                         f"{what or self._rel(file)}", weights)
 
     def _rel(self, file: Path) -> str:
         return str(file.relative_to(self.path)) if file.is_relative_to(self.path) else str(file)
@@ -177,8 +177,8 @@ class ModelSource:
         if index.is_file():
             return self._sharded(index, field)
         single = self.path / "model.safetensors"
-        files = [self.own(f) for f in ([single] if single.is_file()
-                                       else sorted(self.path.glob("*.safetensors")))]
+        files = [self.own(f, weights=True) for f in ([single] if single.is_file()
+                                                     else sorted(self.path.glob("*.safetensors")))]
         if not files:
             pickles = [p.name for p in self.path.glob("*") if p.suffix in (".bin", ".pt", ".pth")]
             hint = (f" It has only pickle checkpoints ({', '.join(pickles[:3])}), which evomerge "
@@ -198,8 +198,8 @@ class ModelSource:
             raise ModelError(f"{field} {self.ref!r}: {index.name} is not a valid shard index "
                              "(a JSON object with a 'weight_map' of tensor -> file name).")
         # an absolute or ../ name would read weights from outside the model: refused
-        files = {name: self.own(self.path / file, f"shard {file!r} named by {index.name}")
-                 for name, file in weight_map.items()}
+        files = {name: self.own(self.path / file, f"shard {file!r} named by {index.name}",
+                                weights=True) for name, file in weight_map.items()}
         headers: dict[Path, dict[str, TensorEntry]] = {}
         entries = {}
         for name, file in files.items():

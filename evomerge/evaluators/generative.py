@@ -45,12 +45,28 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 
 # The engine settings a space may give (the space is data: vLLM's other arguments include
 # trust_remote_code, which runs a model directory's code, and download_dir, a place to write).
-VLLM_SETTINGS: dict[str, Callable[[Any], bool]] = {
-    "gpu_memory_utilization": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
-    "max_model_len": lambda v: type(v) is int and v >= 1,
-    "enforce_eager": lambda v: isinstance(v, bool),
-    "dtype": lambda v: v in ("auto", "float16", "bfloat16", "float32", "half", "float"),
-    "model": lambda v: isinstance(v, str) and bool(v),
+_FRACTION = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+             "a number in (0, 1]")
+_COUNT = (lambda v: type(v) is int and v >= 1, "a whole number >= 1")
+_AMOUNT = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+           "a number >= 0")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
+VLLM_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "gpu_memory_utilization": _FRACTION,
+    "max_model_len": _COUNT,
+    "max_num_seqs": _COUNT,
+    "max_num_batched_tokens": _COUNT,
+    "block_size": _COUNT,
+    "tensor_parallel_size": _COUNT,
+    "swap_space": _AMOUNT,
+    "cpu_offload_gb": _AMOUNT,
+    "enforce_eager": _FLAG,
+    "enable_prefix_caching": _FLAG,
+    "dtype": (lambda v: v in ("auto", "float16", "bfloat16", "float32", "half", "float"),
+              "auto, float16, bfloat16 or float32"),
+    "kv_cache_dtype": (lambda v: v in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
+                       "auto, fp8, fp8_e4m3 or fp8_e5m2"),
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model directory"),
 }
 
 
@@ -58,12 +74,12 @@ def check_vllm_settings(vllm: dict[str, Any]) -> dict[str, Any]:
     """``vllm`` if every key is one of :data:`VLLM_SETTINGS` with a fitting value; else a
     ConfigError naming the key and value."""
     for key, value in vllm.items():
-        ok = VLLM_SETTINGS.get(key)
-        if ok is None:
+        if key not in VLLM_SETTINGS:
             raise ConfigError(f"vllm.{key} is not an engine setting evomerge passes on (only "
                               f"{', '.join(VLLM_SETTINGS)}).")
+        ok, valid = VLLM_SETTINGS[key]
         if not ok(value):
-            raise ConfigError(f"vllm.{key} = {repr(value)[:60]} is not a valid value.")
+            raise ConfigError(f"vllm.{key} = {repr(value)[:60]} is not {valid}.")
     return dict(vllm)
 
 

@@ -195,8 +195,9 @@ def _indices(n: int, offset: int, limit: int | None, shuffle: bool, seed: int) -
 # Generation settings a space may give lm-eval (they reach ``model.generate``, whose other
 # keywords include ``custom_generate`` + ``trust_remote_code``: code from a directory).
 GEN_KWARGS = frozenset({"until", "max_gen_toks", "max_new_tokens", "min_new_tokens",
-                        "do_sample", "temperature", "top_p", "top_k", "min_p",
-                        "repetition_penalty", "num_beams", "length_penalty"})
+                        "max_length", "do_sample", "temperature", "top_p", "top_k", "min_p",
+                        "typical_p", "repetition_penalty", "no_repeat_ngram_size",
+                        "num_beams", "length_penalty", "early_stopping"})
 
 
 def check_gen_kwargs(gen_kwargs: dict[str, Any]) -> None:

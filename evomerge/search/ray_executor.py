@@ -63,9 +63,10 @@ def join_cluster(address: str) -> None:
     """Join the Ray cluster at ``address`` ("auto", "HOST:PORT", "ray://HOST:PORT") now, so
     that a wrong address is one sentence before the study exists, not a traceback after it
     (an unanswered HOST:PORT made Ray retry for over 5 minutes). :class:`RayExecutor` then
-    uses this connection."""
+    uses this connection, and ends it when it closes."""
     import ray
 
+    global _JOINED
     if ray.is_initialized():
         return
     host, _, port = address.rpartition("://")[2].rpartition(":")
@@ -83,6 +84,10 @@ def join_cluster(address: str) -> None:
         why = " ".join(str(exc).split(". ")[0].split())
         raise ConfigError(f"--ray-address {address}: could not join a Ray cluster "
                           f"({why}).") from None
+    _JOINED = True
+
+
+_JOINED = False  # Ray was initialised by join_cluster: the next RayExecutor owns it
 
 
 def local_capacity(workers: int) -> tuple[float, float]:
@@ -149,10 +154,13 @@ class RayExecutor:
                  temp_dir: str | Path | None = None, prefetch: int | None = None) -> None:
         import ray
 
+        global _JOINED
         self._ray = ray
-        self._owns_ray = not ray.is_initialized()
+        started = not ray.is_initialized()
+        self._owns_ray = started or _JOINED  # shut down (or disconnected) on close
+        _JOINED = False
         self.temp_dir: str | None = None  # Ray's temp dir when this executor started Ray
-        if self._owns_ray:
+        if started:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             common = {"include_dashboard": False, "log_to_driver": False,
                       "ignore_reinit_error": True}
@@ -164,7 +172,7 @@ class RayExecutor:
                          **common)
         have = ray.cluster_resources()
         cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-        if self._owns_ray and not ray_address:
+        if started and not ray_address:
             try:
                 check_capacity(workers, num_cpus, num_gpus, cpus, gpus, "this machine's Ray")
             except ConfigError:

@@ -263,8 +263,7 @@ def test_sixty_four_dimensions_are_accepted(tiny, tmp_path):
 
 # ---- 6. files outside the model directory ------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["merges.txt", "tokenizer.json", "config.json",
-                                  "model.safetensors"])
+@pytest.mark.parametrize("name", ["merges.txt", "tokenizer.json", "config.json"])
 def test_a_symlink_out_of_the_model_dir_is_refused(tiny, tmp_path, name):
     secret = tmp_path / "secret"
     secret.mkdir()
@@ -276,6 +275,21 @@ def test_a_symlink_out_of_the_model_dir_is_refused(tiny, tmp_path, name):
     code, err = _merge(tmp_path, model, tiny["a"])  # model first: its tokenizer is copied
     _refused(code, err, f"{name} points outside its model directory",
              str((secret / name).resolve()))
+
+
+def test_weights_may_be_linked_from_elsewhere_but_must_be_safetensors(tiny, tmp_path):
+    """Shards linked to save disk (or an old huggingface_hub local_dir) are weights: they
+    must parse as safetensors, so a link to a secret is refused by its header, not read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    model = _copy(tiny, tmp_path)
+    (model / "model.safetensors").rename(elsewhere / "w.safetensors")
+    (model / "model.safetensors").symlink_to(elsewhere / "w.safetensors")
+    assert _merge(tmp_path, model, tiny["a"])[0] == 0
+    shutil.rmtree(tmp_path / "out")
+    (elsewhere / "w.safetensors").write_bytes(b"PRIVATE KEY, long enough to look like a file")
+    code, err = _merge(tmp_path, model, tiny["a"])
+    assert code == 2 and "PRIVATE" not in err and "safetensors" in err, err
 
 
 def test_a_symlink_loop_is_refused(tiny, tmp_path):
