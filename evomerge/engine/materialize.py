@@ -123,7 +123,7 @@ class Materializer:
     def model(self) -> torch.nn.Module:
         """The resident output model (one model's bytes, allocated on first use)."""
         if self._model is None:
-            self._model = empty_model(str(self._template.path), self.dtype, self.device,
+            self._model = empty_model(self._template, self.dtype, self.device,
                                       self._rows)
             self._params = self._model.state_dict(keep_vars=True)
         return self._model
@@ -138,7 +138,7 @@ class Materializer:
             raise ValueError(f"slot {slot} is not 0 or 1")
         if self._spare is None:
             self.model  # noqa: B018 -- slot 0 first: it fixes the vocabulary rows both share
-            spare = empty_model(str(self._template.path), self.dtype, self.device, self._rows)
+            spare = empty_model(self._template, self.dtype, self.device, self._rows)
             self._spare = (spare, spare.state_dict(keep_vars=True), set())
         return self._spare
 

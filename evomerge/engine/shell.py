@@ -47,23 +47,22 @@ def meta_model(config: Any, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
-def _check_size(model: torch.nn.Module, path: str) -> None:
-    """The shell must hold no more parameters than ``path``'s weights (the token-indexed
+def _shell_within_weights(model: torch.nn.Module, source: ModelSource) -> None:
+    """The shell must hold no more parameters than ``source``'s weights (the token-indexed
     tensors aside, whose rows a tokenizer rule sets): its sizes are config.json's, which is
     data, and they are allocated for real next. ModelSource checks the common sizes against
     the tensors; this bounds every other one (``head_dim``, ``num_key_value_heads``, ...)."""
-    source = ModelSource(path)
     held = sum(math.prod(source.shape(n)) for n in source.names if not is_vocab_tensor(n))
     asked = sum(p.numel() for n, p in model.named_parameters() if not is_vocab_tensor(n))
     if asked > held + held // 100 + (1 << 20):  # slack: a few small tensors a checkpoint omits
-        raise ModelError(f"{path!r}: config.json describes a model of {asked} parameters "
+        raise ModelError(f"{str(source.path)!r}: config.json describes a model of {asked} parameters "
                          f"(besides its token embeddings) but its weights hold {held}; "
                          "config and tensors must agree.")
 
 
-def empty_model(path: str, dtype: torch.dtype, device: torch.device,
+def empty_model(source: ModelSource, dtype: torch.dtype, device: torch.device,
                 vocab_size: int | None = None) -> torch.nn.Module:
-    """The model of ``path``'s config with uninitialised parameters of ``dtype`` on ``device``
+    """The model of ``source``'s config with uninitialised parameters of ``dtype`` on ``device``
     (tied parameters stay one tensor) and real buffers; one model's bytes, no weights read.
     ``vocab_size``: rows of the token-indexed tensors, where a tokenizer rule changes them.
 
@@ -72,11 +71,12 @@ def empty_model(path: str, dtype: torch.dtype, device: torch.device,
     """
     from transformers import AutoConfig
 
+    path = str(source.path)
     config = AutoConfig.from_pretrained(path)
     if vocab_size is not None:
         config.get_text_config().vocab_size = vocab_size
     model = meta_model(config, dtype)
-    _check_size(model, path)  # before the parameters are allocated
+    _shell_within_weights(model, source)  # before the parameters are allocated
     storage: dict[int, torch.nn.Parameter] = {}
     for module in model.modules():
         for name, p in module._parameters.items():

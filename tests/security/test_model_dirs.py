@@ -104,16 +104,16 @@ def test_shell_from_a_huge_config_allocates_nothing(tiny):
 def test_empty_model_checks_its_config(tiny, tmp_path):
     big = _edit_config(_copy(tiny, tmp_path), intermediate_size=10**9)
     with pytest.raises(ModelError, match=r"intermediate_size = 1000000000"):
-        empty_model(str(big), torch.float32, torch.device("cpu"))
+        empty_model(ModelSource(str(big)), torch.float32, torch.device("cpu"))
     # sizes not checked by name: bounded by the parameters the weights hold, and by 1 GiB of
     # computed buffers (rotary frequencies: head_dim / 2 floats)
     heads = _edit_config(_copy(tiny, tmp_path, "heads"), num_key_value_heads=2**30)
     with pytest.raises(ModelError, match=r"config\.json describes a model of \d+ parameters"):
-        empty_model(str(heads), torch.float32, torch.device("cpu"))
+        empty_model(ModelSource(str(heads)), torch.float32, torch.device("cpu"))
     wide = _edit_config(_copy(tiny, tmp_path, "wide"), head_dim=2**36)
     with pytest.raises(ModelError, match=r"bytes of buffers \(model\.rotary_emb\.inv_freq"):
-        empty_model(str(wide), torch.float32, torch.device("cpu"))
-    model = empty_model(tiny["base"], torch.float32, torch.device("cpu"))
+        empty_model(ModelSource(str(wide)), torch.float32, torch.device("cpu"))
+    model = empty_model(ModelSource(tiny["base"]), torch.float32, torch.device("cpu"))
     assert {p.device.type for p in model.parameters()} == {"cpu"}
 
 
