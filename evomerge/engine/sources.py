@@ -39,7 +39,7 @@ __all__ = ["ModelSource", "torch_dtype", "read_header", "read_tensor", "TensorEn
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "generation_config.json")
+                   "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -162,6 +162,8 @@ class ModelSource:
         for name in TOKENIZER_FILES:  # transformers reads them later: confined now
             if (self.path / name).is_symlink() or (self.path / name).exists():
                 self.own(self.path / name)
+        for file in (self.path / "additional_chat_templates").glob("*"):  # read as templates
+            self.own(file)
 
     def own(self, file: Path, what: str | None = None, weights: bool = False) -> Path:
         """``file`` of this directory if it lies inside it (see

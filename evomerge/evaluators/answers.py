@@ -87,7 +87,7 @@ class AnswerEvaluator(SubsetEvaluator):
             (:mod:`evomerge.evaluators.decode`), or ``vllm``: a resident vLLM engine loaded
             with each candidate's weights (:mod:`evomerge.evaluators.vllm_engine`).
         vllm: that engine's settings (``gpu_memory_utilization``, ``max_model_len``,
-            ``enforce_eager``, ``dtype``, ``model``).
+            ``enforce_eager``, ``dtype``, ...: :data:`~evomerge.evaluators.generative.VLLM_SETTINGS`).
         num_fewshot: few-shot examples in the prompts of lm-eval ``generate_until`` tasks.
         terminator: text appended to every answer and scored with it (the zoo: a newline).
         eos_ends_answer: the EOS token where the terminator's last token is expected counts

@@ -33,6 +33,7 @@ __all__ = ["MEMORY_LIMIT", "TemplateFailure", "bounded_lm_eval_chat", "render_ch
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space for the child (it imports no torch)
 START_LIMIT = 300.0  # seconds for the child to import transformers (measured: 0.5 s)
+MAX_PROMPT = 1 << 20  # characters of one rendered prompt (a 128k-token context is ~500k)
 
 # The child: isolated mode (-I: nothing from the working directory is imported), its memory
 # limited before transformers is imported; one JSON request per line in, one answer per line
@@ -56,8 +57,13 @@ sys.stdout.flush()
 for line in sys.stdin:
     data = json.loads(line)
     try:
-        out, _ = render_jinja_template(chat_template=data.pop("template"), **data)
-        answer = {"ok": out}
+        out, _ = render_jinja_template(conversations=data["conversations"],
+                                       chat_template=data["template"],
+                                       **{**data["special"], **data["options"]})
+        big = max((len(p) for p in out), default=0)
+        answer = ({"ok": out} if big <= data["max_chars"] else
+                  {"error": "it rendered a prompt of %d characters, more than %d"
+                   % (big, data["max_chars"])})
     except MemoryError:
         answer = {"error": "it needed more than %d MiB" % (limit >> 20), "fatal": True}
     except Exception as exc:
@@ -110,24 +116,28 @@ class _Child:
             self.proc.stdin.flush()
         except BrokenPipeError:
             return self._died()
-        line = self._line(limit)
+        line = self._line(limit, request["max_chars"] * len(request["conversations"]))
         if line is None:
             return {"timeout": True}
+        if line and not line.endswith("\n"):  # longer than any answer within the limits
+            self.close()
+            return {"error": "its answer was longer than the prompts' limit"}
         answer = json.loads(line) if line else self._died()
         if answer.get("fatal"):
             self.close()  # the child exits after a MemoryError: the next call starts a new one
         return answer
 
-    def _line(self, limit: float) -> str | None:
-        """The child's next line ('' when it exited), or None (the child killed) when none
-        comes within ``limit`` seconds."""
+    def _line(self, limit: float, chars: int = 1 << 10) -> str | None:
+        """The child's next line ('' when it exited; cut after about ``chars`` characters),
+        or None (the child killed) when none comes within ``limit`` seconds."""
         assert self.proc is not None and self.proc.stdout is not None
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
             if not sel.select(timeout=limit):
                 self.close()
                 return None
-        return self.proc.stdout.readline()
+        # JSON escapes may take 6 characters for one; a margin for the brackets and quotes
+        return self.proc.stdout.readline(6 * chars + (1 << 16))
 
     def _died(self) -> dict[str, Any]:
         assert self.proc is not None
@@ -154,8 +164,11 @@ def _render(tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
         raise ModelError(f"The tokenizer has no chat template ({exc}).") from None
     limit = time_limit(len(conversations))
     start = time.monotonic()
+    # special tokens apart from the request's own fields: a token named "template" must not
+    # replace the template (transformers passes them as keywords, as the child does)
     answer = _CHILD_PROCESS.ask({"template": template, "conversations": list(conversations),
-                                 **dict(tokenizer.special_tokens_map), **options}, limit)
+                                 "special": dict(tokenizer.special_tokens_map),
+                                 "options": options, "max_chars": MAX_PROMPT}, limit)
     if answer.get("timeout"):
         raise ModelError(f"The tokenizer's chat template did not render {len(conversations)} "
                          f"prompt{'s' * (len(conversations) != 1)} within {limit:.0f} s "

@@ -45,28 +45,29 @@ def _encode(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 
 # The engine settings a space may give (the space is data: vLLM's other arguments include
 # trust_remote_code, which runs a model directory's code, and download_dir, a place to write).
-_FRACTION = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
-             "a number in (0, 1]")
-_COUNT = (lambda v: type(v) is int and v >= 1, "a whole number >= 1")
-_AMOUNT = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-           "a number >= 0")
+def _number(low: float, high: float, whole: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def ok(v: Any) -> bool:
+        kind = (int,) if whole else (int, float)
+        return isinstance(v, kind) and not isinstance(v, bool) and low <= v <= high
+    return ok, f"a {'whole ' if whole else ''}number from {low:g} to {high:g}"
+
+
 _FLAG = (lambda v: isinstance(v, bool), "true or false")
 VLLM_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "gpu_memory_utilization": _FRACTION,
-    "max_model_len": _COUNT,
-    "max_num_seqs": _COUNT,
-    "max_num_batched_tokens": _COUNT,
-    "block_size": _COUNT,
-    "tensor_parallel_size": _COUNT,
-    "swap_space": _AMOUNT,
-    "cpu_offload_gb": _AMOUNT,
+    "gpu_memory_utilization": _number(0.01, 1.0),
+    "max_model_len": _number(1, 10_000_000, whole=True),
+    "max_num_seqs": _number(1, 65_536, whole=True),
+    "max_num_batched_tokens": _number(1, 10_000_000, whole=True),
+    "block_size": _number(1, 256, whole=True),
+    "tensor_parallel_size": _number(1, 64, whole=True),
+    "swap_space": _number(0, 1024),       # GiB of CPU memory per GPU
+    "cpu_offload_gb": _number(0, 1024),
     "enforce_eager": _FLAG,
     "enable_prefix_caching": _FLAG,
     "dtype": (lambda v: v in ("auto", "float16", "bfloat16", "float32", "half", "float"),
               "auto, float16, bfloat16 or float32"),
     "kv_cache_dtype": (lambda v: v in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2"),
                        "auto, fp8, fp8_e4m3 or fp8_e5m2"),
-    "model": (lambda v: isinstance(v, str) and bool(v), "a model directory"),
 }
 
 
@@ -90,8 +91,8 @@ class Decoder:
 
     Args:
         vllm: the engine's settings (``dtype``: default the model's; ``gpu_memory_utilization``,
-            ``max_model_len``, ``enforce_eager``, ``model``: the checkpoint it starts from,
-            default the resident model's directory).
+            ``max_model_len``, ``enforce_eager``, ... :data:`VLLM_SETTINGS`; it starts from
+            the resident model's directory).
     """
 
     def __init__(self, vllm: dict[str, Any] | None = None) -> None:
@@ -110,7 +111,7 @@ class Decoder:
             from evomerge.evaluators.vllm_engine import VllmEngine
 
             opts = dict(self._vllm)
-            path = opts.pop("model", None) or getattr(model.config, "_name_or_path", "")
+            path = getattr(model.config, "_name_or_path", "")
             dtype = opts.pop("dtype", None) or str(next(model.parameters()).dtype).removeprefix(
                 "torch.")
             self._engine = VllmEngine.shared(path, dtype, **opts)

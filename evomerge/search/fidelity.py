@@ -143,19 +143,25 @@ class Ladder:
         rungs = {str(k) for k, f in enumerate(self.config.rungs) if f < 1.0}
         if not isinstance(stored, dict) or set(stored) != rungs:
             raise ValueError(f"anchors name rungs {sorted(stored)!r}, not {sorted(rungs)!r}")
+        tasks_of = {(e, t) for e, tasks in self.sizes.items() for t in tasks}
+        for r, evs in stored.items():  # every task: one left out would be scored in full
+            named = {(e, t) for e, tasks in evs.items() for t in tasks}
+            if named != tasks_of:
+                odd = sorted(named ^ tasks_of)[0]
+                raise ValueError(f"anchors of rung {r} {'lack' if odd in tasks_of else 'name'} "
+                                 f"task {odd[0]}/{odd[1]}")
         self.anchors = {int(r): {e: {t: self._anchor(e, t, v) for t, v in tasks.items()}
                                  for e, tasks in evs.items()} for r, evs in stored.items()}
 
     def _anchor(self, evaluator: str, task: str, value: Any) -> tuple[list[int], list[float]]:
-        n = self.sizes.get(evaluator, {}).get(task)
-        if n is None:
-            raise ValueError(f"anchors name task {evaluator}/{task}, which the space lacks")
+        n = self.sizes[evaluator][task]
         idx, w = value
-        if (len(idx) != len(w) or not all(type(i) is int and 0 <= i < n for i in idx)
-                or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
-                           for x in w)):
-            raise ValueError(f"anchors of {evaluator}/{task} are not indices below {n} "
-                             f"with finite weights")
+        # fit_anchors' weights are cluster sizes: positive, summing to the task's size
+        if (not idx or len(idx) != len(w) or not all(type(i) is int and 0 <= i < n for i in idx)
+                or not all(type(x) in (int, float) and 0 < x <= n for x in w)
+                or sum(w) > n * (1 + 1e-9)):
+            raise ValueError(f"anchors of {evaluator}/{task} are not indices below {n} with "
+                             f"positive weights summing to at most {n}")
         return list(idx), [float(x) for x in w]
 
     def fit(self, stats: Sequence[dict[str, dict[str, list]]]) -> dict[str, Any]:

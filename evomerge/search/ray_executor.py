@@ -71,11 +71,10 @@ def join_cluster(address: str) -> None:
         return
     host, _, port = address.rpartition("://")[2].rpartition(":")
     if address != "auto" and host and port.isdigit():
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
-        except OSError as exc:
+        why = _speaks_grpc(host.strip("[]"), int(port))
+        if why:
             raise ConfigError(f"--ray-address {address}: no Ray cluster answers there "
-                              f"({exc.strerror or exc}).") from None
+                              f"({why}).")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -88,6 +87,30 @@ def join_cluster(address: str) -> None:
 
 
 _JOINED = False  # Ray was initialised by join_cluster: the next RayExecutor owns it
+
+
+def _speaks_grpc(host: str, port: int, timeout: float = 10.0) -> str | None:
+    """None if ``host:port`` answers as a gRPC server does (Ray's GCS and its client server
+    are gRPC: HTTP/2 answers a client's preface with a SETTINGS frame), else why not. A port
+    that accepts but never answers made ``ray.init`` retry for minutes. Skipped under
+    ``RAY_USE_TLS`` (the handshake comes first there)."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return None
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            frame = b""
+            while len(frame) < 9:
+                chunk = sock.recv(9 - len(frame))
+                if not chunk:
+                    return "it closed the connection"
+                frame += chunk
+    except TimeoutError:
+        return f"nothing answered within {timeout:.0f} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if frame[3] == 4 else "it does not speak gRPC"
 
 
 def local_capacity(workers: int) -> tuple[float, float]:

@@ -99,6 +99,9 @@ _SERVER_NAMES = ("databricks", "databricks-uc")  # MLflow URIs without a scheme'
 
 
 def _inside(path: str, place: Path, field: str) -> Path:
+    if "%" in path or "$" in path or "\\" in path:  # decoded or expanded later: %2e%2e is ..
+        raise ConfigError(f"{field} {path!r} holds '%', '$' or a backslash; a path in a "
+                          "space is taken as written, so give a plain relative path.")
     p = PurePath(path)
     if p.is_absolute() and ".." not in p.parts and Path(p).is_relative_to(place):
         return Path(p)  # as a study records it, once taken into its folder
@@ -134,20 +137,23 @@ def confine(config: Any, place: Path) -> Any:
     if not config.tracking_uri:
         return config.model_copy(update=update)
     uri, field = config.tracking_uri, "tracking.tracking_uri"
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri.split("/", 1)[0] else ""
     if uri in _SERVER_NAMES:
         return config.model_copy(update=update)
+    scheme = _scheme(uri)
     if scheme == "":
         local = str(_inside(uri, place, field))
     elif scheme == "file":
         rest = uri[5:].removeprefix("//")
         local = str(_inside(rest or ".", place, field)) if rest else str(place)
-    elif scheme == "sqlite":
-        if not uri.startswith("sqlite:///"):
-            raise ConfigError(f"{field} {uri!r} is not an sqlite:///PATH URI.")
+    elif scheme == "sqlite" and uri.startswith("sqlite:///"):  # MLflow's own driver only
         local = "sqlite:///" + str(_inside(uri[len("sqlite:///"):], place, field))
-    else:
+    elif scheme in _SERVER_SCHEMES and "+" not in uri.split(":", 1)[0]:
         return config.model_copy(update=update)
+    else:
+        servers = ", ".join(_SERVER_SCHEMES)
+        raise ConfigError(f"{field} {uri!r} is neither a server's URL ({servers}) nor a "
+                          "store in the study's folder (a relative path, file: or "
+                          "sqlite:///); give other stores on the command line with --track.")
     # a local store keeps its artifacts beside it, not in ./mlruns of the working directory
     update.setdefault("artifact_location", str(place / "mlartifacts"))
     return config.model_copy(update={"tracking_uri": local, **update})
@@ -165,7 +171,7 @@ def destinations(config: Any, place: Path) -> list[str]:
         out.append("a place outside its folder")
     if isinstance(config, MlflowTracking) and config.tracking_uri:
         uri = config.tracking_uri
-        if uri in _SERVER_NAMES or uri.split(":", 1)[0].lower() in _SERVER_SCHEMES:
+        if uri in _SERVER_NAMES or _scheme(uri) in _SERVER_SCHEMES:
             out.append(f"MLflow at {uri!r}")
     if isinstance(config, WandbTracking) and config.mode not in ("offline", "disabled"):
         out.append(f"W&B's servers (project {config.project!r})")
@@ -177,3 +183,13 @@ def destinations(config: Any, place: Path) -> list[str]:
 # MLflow stores that are not files on this machine
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "postgresql", "mysql",
                    "mssql", "uc")
+
+
+def _scheme(uri: str) -> str:
+    """A URI's scheme as MLflow reads it (``sqlite+pysqlite`` is ``sqlite``; a one-letter
+    one is a Windows drive); '' for a plain path."""
+    head = uri.split("/", 1)[0]
+    if ":" not in head:
+        return ""
+    scheme = head.split(":", 1)[0].lower()
+    return "drive" if len(scheme) == 1 else scheme.split("+", 1)[0]

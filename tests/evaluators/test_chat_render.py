@@ -55,7 +55,9 @@ def test_prompts_equal_apply_chat_template(tok, template):
      "{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t | length }}", "more than 2048 MiB"),
     ("{{ raise_exception('no system role') }}", "TemplateError: no system role"),
     ("{{ messages[0].__class__.__mro__ }}", "could not be rendered (SecurityError"),
-], ids=["endless-loops", "doubling-string", "raises", "sandbox"])
+    # 20 MB of prompt: its tokenization took the parent process to 7.8 GB
+    ("{{ '1+2 ' * 5000000 }}", "it rendered a prompt of 20000000 characters, more than 1048576"),
+], ids=["endless-loops", "doubling-string", "raises", "sandbox", "huge-prompt"])
 def test_a_hostile_template_is_one_sentence(tok, monkeypatch, template, words):
     monkeypatch.setattr(chat_render, "time_limit", lambda n: 2.0)
     tok = tok.__class__.from_pretrained(tok.name_or_path)
@@ -194,3 +196,19 @@ def test_a_renderer_whose_parent_is_killed_mid_render_exits(tmp_path):
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     child.wait(timeout=10)  # psutil.TimeoutExpired if it were still spinning
+
+
+def test_a_special_token_cannot_replace_the_request():
+    """Special tokens are template variables: one named ``template`` or ``conversations``
+    (a tokenizer_config.json's extra_special_tokens) swapped the template before."""
+
+    class Tok:
+        special_tokens_map = {"template": "{{ 7*7 }}", "bos_token": "<s>"}
+
+        def get_chat_template(self):
+            return "{{ bos_token }}{{ messages[0]['content'] }}|{{ template }}"
+
+    assert render_chat_prompts(Tok(), CONVERSATIONS[:1]) == ["<s>What is 2 + 3?|{{ 7*7 }}"]
+    Tok.special_tokens_map = {"conversations": "<c>"}
+    with pytest.raises(ModelError, match="could not be rendered"):
+        render_chat_prompts(Tok(), CONVERSATIONS[:1])

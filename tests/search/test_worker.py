@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,29 @@ def test_workers_that_cannot_start_are_refused(mini_zoo, tmp_path, capsys, flags
     err = capsys.readouterr().err
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_port_that_accepts_but_never_answers_is_no_ray_cluster(mini_zoo, tmp_path, capsys):
+    """The TCP check passed such a port and Ray then retried for minutes (a second probe):
+    Ray's GCS speaks gRPC, so an HTTP/2 preface must be answered."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    port = listener.getsockname()[1]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(space_dict(mini_zoo)))
+    start = time.monotonic()
+    code = main(["search", str(path), "--results", str(tmp_path / "r"), "-q", "--workers", "1",
+                 "--ray-address", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no Ray cluster answers there (nothing answered within 10 s)" in err
+    assert time.monotonic() - start < 60 and not (tmp_path / "r").exists()
+    listener.close()
 
 
 @pytest.mark.parametrize("workers,cpus,gpus,have,fits", [

@@ -141,10 +141,17 @@ def test_a_space_file_naming_a_study_outside_results_is_refused_by_the_schema(mi
 @pytest.mark.parametrize("edit, words", [
     (lambda a: a["0"]["zoo"]["add_l1"][0].__setitem__(0, -5), "not indices below 16"),
     (lambda a: a["0"]["zoo"]["add_l1"][0].__setitem__(0, 16), "not indices below 16"),
-    (lambda a: a["0"]["zoo"]["add_l1"][1].__setitem__(0, float("nan")), "finite weights"),
-    (lambda a: a["0"]["zoo"].__setitem__("nope", [[0], [1.0]]), "task zoo/nope"),
+    (lambda a: a["0"]["zoo"]["add_l1"][1].__setitem__(0, float("nan")), "positive weights"),
+    (lambda a: a["0"]["zoo"].__setitem__("nope", [[0], [1.0]]), "name task zoo/nope"),
     (lambda a: a.__setitem__("7", a["0"]), "anchors name rungs"),
-], ids=["negative", "past-the-end", "nan-weight", "unknown-task", "unknown-rung"])
+    # a second probe: a task left out was scored in full; empty or huge weights gave 0 or NaN
+    (lambda a: a["0"]["zoo"].pop("add_l1"), "lack task zoo/add_l1"),
+    (lambda a: a["0"]["zoo"].__setitem__("add_l1", [[], []]), "positive weights"),
+    (lambda a: a["0"]["zoo"]["add_l1"].__setitem__(1, [1e308] * len(a["0"]["zoo"]["add_l1"][0])),
+     "summing to at most 16"),
+    (lambda a: a["0"]["zoo"]["add_l1"][1].__setitem__(0, True), "positive weights"),
+], ids=["negative", "past-the-end", "nan-weight", "unknown-task", "unknown-rung",
+        "missing-task", "empty", "huge-weights", "bool-weight"])
 def test_stored_anchors_are_data(mini_zoo, tmp_path, edit, words):
     """The anchors a study stores are read back as data: an index outside its task (a
     negative one used to wrap around silently) refuses the resume and writes nothing."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from search.spaces import space_dict
 
@@ -127,3 +129,23 @@ def test_the_command_line_may_name_any_place_but_a_space_may_not(mini_zoo, tmp_p
     assert code == 0 and outside.is_file(), err
     code, err = run_cli(["resume", "t", "--results", "moved", "--trials", "6", "-q"])
     assert code == 0, err
+
+
+@pytest.mark.parametrize("uri, words", [
+    ("sqlite+pysqlite:////tmp/evil1.db", "is neither a server's URL"),  # MLflow reads sqlite
+    ("postgresql+psycopg2://attacker.example/db", "is neither a server's URL"),
+    ("sqlite:///%2e%2e/%2e%2e/evil5.db", "holds '%', '$' or a backslash"),  # decoded later
+    ("$HOME/mlruns", "holds '%', '$' or a backslash"),
+    ("c:/../../x", "is neither a server's URL"),  # a drive letter, not a scheme
+])
+def test_a_store_uri_the_space_cannot_hide_a_place_in(uri, words):
+    """A second probe's ways around the folder rule: a driver in the scheme, percent-encoded
+    dots, variables, drive letters; each is refused, and the dashboard sees it as outside."""
+    from pathlib import Path
+
+    from evomerge.tracking.config import confine, destinations
+
+    config = MlflowTracking(type="mlflow", tracking_uri=uri)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        confine(config, Path("/r/t"))
+    assert "a place outside its folder" in destinations(config, Path("/r/t"))
