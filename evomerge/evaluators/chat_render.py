@@ -35,11 +35,15 @@ MEMORY_LIMIT = 2 << 30  # bytes of address space for the child (it imports no to
 START_LIMIT = 300.0  # seconds for the child to import transformers (measured: 0.5 s)
 MAX_PROMPT = 1 << 20  # characters of one rendered prompt (a 128k-token context is ~500k)
 
-# The child: isolated mode (-I: nothing from the working directory is imported), its memory
+# The child: nothing imported from the working directory (-c puts it first on sys.path; the
+# environment, PYTHONPATH and user site included, is trusted as the parent's is), its memory
 # limited before transformers is imported; one JSON request per line in, one answer per line
 # out. After a MemoryError it answers and exits (its heap may be in any state).
 _CHILD = """
-import json, os, resource, sys, threading, time
+import sys
+if sys.path and sys.path[0] in ("", "."):  # never import from the working directory
+    del sys.path[0]
+import json, os, resource, threading, time
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 resource.setrlimit(resource.RLIMIT_CPU, (3600, 3600))  # seconds of CPU in its whole life
@@ -101,7 +105,7 @@ class _Child:
     def _ask(self, request: dict[str, Any], limit: float) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _CHILD, str(MEMORY_LIMIT)], stdin=subprocess.PIPE,
+                [sys.executable, "-c", _CHILD, str(MEMORY_LIMIT)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             # the render's clock starts once the child has imported transformers (slow on a
             # cold filesystem, or beside actors loading weights)
