@@ -277,7 +277,7 @@ def test_lm_eval_offset_and_shuffle_choose_documents(mini_zoo, math_model):
      "engine setting"),
     ("answers", {"vllm": {"download_dir": "/tmp/x"}}, "vllm.download_dir is not"),
     ("answers", {"vllm": {"gpu_memory_utilization": 7}}, "vllm.gpu_memory_utilization = 7 is "
-     "not a number in (0, 1]."),
+     "not a number from 0.01 to 1."),
 ], ids=["custom-generate", "until-dict", "vllm-remote-code", "vllm-download-dir",
         "vllm-memory"])
 def test_settings_passed_to_third_party_code_are_allowlisted(mini_zoo, kind, options, words):
