@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from evomerge.engine.config_io import brief
 from evomerge.errors import ModelError
 
 __all__ = ["TensorPlace", "place", "rename_layer", "num_layers_of", "LAYER_COUNT_KEYS",
@@ -133,8 +134,7 @@ def num_layers_of(config: dict, where: str = "config.json") -> int:
         value = config.get(key)
         if isinstance(value, int):
             if isinstance(value, bool) or not 0 <= value <= MAX_LAYERS:
-                shown = value if isinstance(value, bool) or abs(value) < 10**30 else "a huge number"
-                raise ModelError(f"{where} sets {key} = {shown}, which is not a layer count "
+                raise ModelError(f"{where} sets {key} = {brief(value, 40)}, which is not a layer count "
                                  f"(a whole number from 0 to {MAX_LAYERS}).")
             return value
     text = config.get("text_config")

@@ -18,7 +18,7 @@ import torch
 
 from evomerge.engine.card import Provenance, model_card
 from evomerge.engine.fused import TensorEngine
-from evomerge.engine.json_data import confined, read_json
+from evomerge.engine.json_data import read_json
 from evomerge.engine.lora_source import DiskFetch, LoraSource, open_source
 from evomerge.engine.outputs import (
     check_free_space,
@@ -54,16 +54,11 @@ def _output_metas(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[T
 def _tokenizer_files(plan: MergePlan, sources: Mapping[str, ModelSource]) -> list[Path]:
     """The base's (or the first model's) tokenizer files: copied as they are when the sources
     share one tokenizer; otherwise :func:`_write_tokenizer` saves the built one (about as big)
-    and takes ``generation_config.json`` from them. Each must lie in the donor's directory: a
-    symlink out of it would copy any file the user can read into a model they may share.
-
-    Raises:
-        ModelError: a tokenizer file points outside the donor's directory.
-    """
-    ref = plan.recipe.tokenizer_base
-    donor = sources[ref].path
-    return [confined(donor, p, f"{ref!r}: {p.name}") for p in (donor / n for n in TOKENIZER_FILES)
-            if p.is_file()]
+    and takes ``generation_config.json`` from them. Each lies in the donor's directory:
+    :class:`ModelSource` confined them when it opened (a symlink out would copy any file the
+    user can read into a model they may share)."""
+    donor = sources[plan.recipe.tokenizer_base].path
+    return [p for p in (donor / n for n in TOKENIZER_FILES) if p.is_file()]
 
 
 def _write_tokenizer(plan: MergePlan, files: list[Path], tmp: Path) -> None:

@@ -128,8 +128,8 @@ def _check_shape(file: Path, name: str, shape: tuple[int, ...], dtype: torch.dty
                          f"tensors of at most {_MAX_DIMS}.")
     item = torch.empty((), dtype=dtype).element_size()
     if min(shape, default=0) < 0 or math.prod(max(d, 1) for d in shape) * item >= 2**63:
-        shown = [d if abs(d) < 10**30 else "huge" for d in shape]
-        raise ModelError(f"{file}: tensor {name!r} has shape {shown}, which no tensor can have "
+        raise ModelError(f"{file}: tensor {name!r} has shape {brief(list(shape))}, which no "
+                         "tensor can have "
                          "(a negative size, or 2**63 bytes or more between its rows).")
 
 
@@ -317,15 +317,15 @@ class ModelSource:
             raise ModelError(f"{self.ref!r}: unreadable tokenizer file ({exc}).") from None
         if spm.is_file():
             digest = hashlib.sha256()
-            with open(self.own(spm), "rb") as f:  # streamed: any size costs no memory
+            with open(spm, "rb") as f:  # streamed: any size costs no memory; confined at open
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
             return digest.hexdigest(), added
         return None, {}
 
     def _tokenizer_json(self, file: Path) -> Any:
-        return read_json(self.own(file), f"{self._field} {self.ref!r}: {file.name}",
-                         TOKENIZER_JSON)
+        """A JSON tokenizer file, bounded (one of TOKENIZER_FILES: confined at open)."""
+        return read_json(file, f"{self._field} {self.ref!r}: {file.name}", TOKENIZER_JSON)
 
     @property
     def core_vocab(self) -> dict[int, str] | str | None:
