@@ -59,7 +59,10 @@ def test_prompts_equal_apply_chat_template(tok, template):
     ("{{ '1+2 ' * 5000000 }}", "it rendered a prompt of 20000000 characters, more than 1048576"),
 ], ids=["endless-loops", "doubling-string", "raises", "sandbox", "huge-prompt"])
 def test_a_hostile_template_is_one_sentence(tok, monkeypatch, template, words):
-    monkeypatch.setattr(chat_render, "time_limit", lambda n: 2.0)
+    # only the endless loops need the short limit; the others must trip their own bound first
+    # (the doubling took 1.65 s here and over 2 s on a fresh CI machine)
+    limit = 2.0 if "within 2 s" in words else 25.0
+    monkeypatch.setattr(chat_render, "time_limit", lambda n: limit)
     tok = tok.__class__.from_pretrained(tok.name_or_path)
     tok.chat_template = template
     start = time.monotonic()
