@@ -15,6 +15,19 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from models import make_model  # noqa: E402
 
+# The MLflow tracker sets these for its process unless the user did (the environment wins), so
+# the first tracker's values would stay for every later test: each test starts without them.
+_MLFLOW_HTTP = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_http_settings_left():
+    saved = {k: os.environ.pop(k) for k in _MLFLOW_HTTP if k in os.environ}
+    yield
+    for k in _MLFLOW_HTTP:
+        os.environ.pop(k, None)
+    os.environ.update(saved)
+
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

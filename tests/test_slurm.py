@@ -138,6 +138,13 @@ def _no_ray_left(job: str) -> bool:
     return True
 
 
+def _job_steps_left(job: str) -> bool:
+    for p in psutil.process_iter(["cmdline"]):
+        if f"slurmstepd: [{job}" in " ".join(p.info["cmdline"] or []):
+            return True
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_submitted_search_completes_on_slurm(cluster, mini_zoo, tmp_path, capsys):
@@ -206,7 +213,11 @@ def test_preempted_job_requeues_and_finishes_the_budget(cluster, mini_zoo, tmp_p
     stopped_at = sum(counted(t) for t in _study("slurm_preempt", results).get_trials(deepcopy=False))
     assert 10 <= stopped_at < budget
     # A requeued job waits ~2 minutes before it may start again; release it sooner, but not
-    # before its first run is cleaned up on the node (else: "Job credential revoked").
+    # before its first run is cleaned up on the node (else: "Job credential revoked"): no
+    # step daemon or Ray process of the job left, then the margin that sufficed before.
+    end = time.monotonic() + 90
+    while time.monotonic() < end and (not _no_ray_left(job) or _job_steps_left(job)):
+        time.sleep(0.5)
     time.sleep(8)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     info = _wait(job, {"COMPLETED", "FAILED", "CANCELLED"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -47,7 +48,7 @@ import json, os, resource, threading, time
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 resource.setrlimit(resource.RLIMIT_CPU, (3600, 3600))  # seconds of CPU in its whole life
-parent = os.getppid()
+parent = int(sys.argv[2])  # not getppid(): a parent killed at once would leave it as 1
 
 def orphaned():  # a parent killed mid-render (SIGKILL: no atexit) must not leave it spinning
     while os.getppid() == parent:
@@ -105,7 +106,7 @@ class _Child:
     def _ask(self, request: dict[str, Any], limit: float) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(MEMORY_LIMIT)], stdin=subprocess.PIPE,
+                [sys.executable, "-c", _CHILD, str(MEMORY_LIMIT), str(os.getpid())], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             # the render's clock starts once the child has imported transformers (slow on a
             # cold filesystem, or beside actors loading weights)

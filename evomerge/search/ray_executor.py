@@ -222,6 +222,7 @@ class RayExecutor:
         self._results: deque[CandidateResult] = deque()
         self._busy = 0.0
         self._start = time.monotonic()
+        self._end: float | None = None  # set by close(): Ray's shutdown is no actor's idle time
         self.replaced = 0
 
     def _spawn(self) -> Any:
@@ -297,12 +298,14 @@ class RayExecutor:
         return self._results.popleft()
 
     def stats(self) -> dict[str, float]:
-        """Actor utilisation (busy time / (actors x wall time)) and replacements so far."""
-        wall = time.monotonic() - self._start
+        """Actor utilisation (busy time / (actors x wall time until close)) and replacements
+        so far."""
+        wall = (self._end or time.monotonic()) - self._start
         return {"actors": self.workers, "utilisation": self._busy / max(wall * self.workers, 1e-9),
                 "replaced": self.replaced}
 
     def close(self) -> None:
+        self._end = self._end or time.monotonic()
         for actor in self._idle + [v[0] for v in self._running.values()]:
             try:
                 self._ray.kill(actor, no_restart=True)

@@ -62,7 +62,7 @@ def test_simultaneous_starts_make_exactly_one_driver(kind, mini_zoo, tmp_path, r
     assert not [t for t in trials if t.state.name == "RUNNING"]
 
 
-def _take(url: str, at: float, queue) -> None:  # noqa: ANN001 -- a multiprocessing queue
+def _take(url: str, at: float, queue, done) -> None:  # noqa: ANN001 -- multiprocessing objects
     from evomerge.errors import ConfigError
     from evomerge.search.lease import take_lease
 
@@ -70,7 +70,7 @@ def _take(url: str, at: float, queue) -> None:  # noqa: ANN001 -- a multiprocess
     try:
         lease = take_lease(url, "t")
         queue.put(("held", lease.gen))
-        time.sleep(3)  # hold it while the others try
+        done.wait(120)  # hold it until every other process has tried (not a guessed time)
         lease.release()
     except ConfigError as exc:
         queue.put(("refused", str(exc)))
@@ -91,12 +91,13 @@ def test_the_lease_is_taken_by_exactly_one_of_many(kind, tmp_path, request):
 
         open_storage(url)  # Optuna's schema first, as a search does
     ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
+    queue, done = ctx.Queue(), ctx.Event()
     at = time.time() + 2
-    procs = [ctx.Process(target=_take, args=(url, at, queue)) for _ in range(8)]
+    procs = [ctx.Process(target=_take, args=(url, at, queue, done)) for _ in range(8)]
     for p in procs:
         p.start()
     got = sorted(queue.get(timeout=60) for _ in procs)
+    done.set()
     for p in procs:
         p.join(timeout=60)
     assert [g for g in got if g[0] == "held"] == [("held", 1)], got
