@@ -277,6 +277,28 @@ def test_a_symlink_out_of_the_model_dir_is_refused(tiny, tmp_path, name):
              str((secret / name).resolve()))
 
 
+def test_tokenizer_config_cannot_name_a_tokenizer_file_outside(tiny, tmp_path):
+    """``tokenizer_config.json`` is data: transformers before 5.13 opened a ``tokenizer_file``
+    it named verbatim (CWE-22), so a model directory could make every tokenizer evomerge loads
+    (worker, scoring, vocabularies) read another file. pyproject requires transformers>=5.13,
+    which takes the directory's own file; this fails if an older one is installed."""
+    from transformers import AutoTokenizer
+
+    model = _copy(tiny, tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    own = json.loads((model / "tokenizer.json").read_text())
+    vocab = own["model"]["vocab"]
+    token = next(t for t in vocab if t.startswith("w"))
+    vocab["SECRETTOKEN"] = vocab.pop(token)
+    (secret / "tokenizer.json").write_text(json.dumps(own))
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["tokenizer_file"] = str(secret / "tokenizer.json")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    got = AutoTokenizer.from_pretrained(str(model), use_fast=True).get_vocab()
+    assert "SECRETTOKEN" not in got and token in got
+
+
 def test_weights_may_be_linked_from_elsewhere_but_must_be_safetensors(tiny, tmp_path):
     """Shards linked to save disk (or an old huggingface_hub local_dir) are weights: they
     must parse as safetensors, so a link to a secret is refused by its header, not read."""
