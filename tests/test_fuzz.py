@@ -133,7 +133,7 @@ def test_hostile_yaml_recipes_merge_or_exit_2_fast_with_nothing_written(tiny, tm
         ended[code] = ended.get(code, 0) + 1
         if code != 0:
             _one_line_error(code, err)
-            assert seconds < 3.0, seconds  # an expanded bomb costs minutes
+            assert seconds < 1.5, seconds  # ~0.16 s here; an expanded bomb costs minutes
             assert sorted(p.name for p in (d / "work").iterdir()) == ["r.yaml"]
         _nothing_outside(d, d / "work")
         shutil.rmtree(d)

@@ -140,7 +140,7 @@ def _no_ray_left(job: str) -> bool:
 
 def _job_steps_left(job: str) -> bool:
     for p in psutil.process_iter(["cmdline"]):
-        if f"slurmstepd: [{job}" in " ".join(p.info["cmdline"] or []):
+        if f"slurmstepd: [{job}." in " ".join(p.info["cmdline"] or []):
             return True
     return False
 

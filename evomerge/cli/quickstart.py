@@ -26,7 +26,7 @@ def quickstart(zoo: str = "zoo", space: str = "search_spaces/zoo_mixed.yaml",
 
     c = Console(stderr=True)
     t0 = time.time()
-    c.print(f"[bold]1/4[/] model zoo in {zoo}/ (built on first use, 4–8 min on 2 cores)")
+    c.print(f"[bold]1/4[/] model zoo in {zoo}/ (built on first use, 3–8 min on 2 cores)")
     with stage_bar(enabled=not quiet) as update:
         build_zoo(zoo, seed=seed, profile=profile, progress=update)
     s = load_space(space)

@@ -164,6 +164,22 @@ class ModelSource:
                 self.own(self.path / name)
         for file in (self.path / "additional_chat_templates").glob("*"):  # read as templates
             self.own(file)
+        self._check_fast_tokenizer_files()
+
+    def _check_fast_tokenizer_files(self) -> None:
+        """transformers opens the ``tokenizer.<version>.json`` that tokenizer_config.json's
+        ``fast_tokenizer_files`` names, joined to the directory (``../x`` or an absolute
+        name escaped it): each name must be a file of this directory."""
+        file = self.path / "tokenizer_config.json"
+        data = self._tokenizer_json(file) if file.is_file() else None
+        names = data.get("fast_tokenizer_files") if isinstance(data, dict) else None
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(n, str) for n in names)):
+            raise ModelError(f"{self._field} {self.ref!r}: tokenizer_config.json's "
+                             "fast_tokenizer_files is not a list of file names.")
+        for name in names or []:
+            self.own(self.path / name, f"tokenizer_config.json's fast_tokenizer_files entry "
+                                       f"{brief(name)}")
 
     def own(self, file: Path, what: str | None = None, weights: bool = False) -> Path:
         """``file`` of this directory if it lies inside it (see

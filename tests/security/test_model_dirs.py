@@ -299,6 +299,33 @@ def test_tokenizer_config_cannot_name_a_tokenizer_file_outside(tiny, tmp_path):
     assert "SECRETTOKEN" not in got and token in got
 
 
+@pytest.mark.parametrize("names, refused", [
+    (["../secret/tokenizer.1.0.json"], "fast_tokenizer_files entry '../secret/tokenizer.1.0.json'"
+                                       " points outside its model directory"),
+    ("ABSOLUTE", "points outside its model directory"),
+    ("tokenizer.1.0.json", "fast_tokenizer_files is not a list of file names"),
+    (["tokenizer.1.0.json", "tokenizer.json"], None),  # names of its own: merged as before
+], ids=["relative", "absolute", "not-a-list", "own-files"])
+def test_fast_tokenizer_files_must_name_files_inside(tiny, tmp_path, names, refused):
+    """transformers (5.25 too) opens the ``tokenizer.<version>.json`` that
+    ``fast_tokenizer_files`` names, joined to the directory: ``../`` or an absolute name read
+    another directory's tokenizer (the reviewer's probe: the secret vocabulary was loaded)."""
+    model = _copy(tiny, tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    shutil.copy(model / "tokenizer.json", secret / "tokenizer.1.0.json")
+    shutil.copy(model / "tokenizer.json", model / "tokenizer.1.0.json")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["fast_tokenizer_files"] = ([str(secret / "tokenizer.1.0.json")]
+                                      if names == "ABSOLUTE" else names)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    code, err = _merge(tmp_path, model, tiny["a"])
+    if refused is None:
+        assert code == 0, err
+    else:
+        _refused(code, err, refused)
+
+
 def test_weights_may_be_linked_from_elsewhere_but_must_be_safetensors(tiny, tmp_path):
     """Shards linked to save disk (or an old huggingface_hub local_dir) are weights: they
     must parse as safetensors, so a link to a secret is refused by its header, not read."""

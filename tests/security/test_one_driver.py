@@ -96,10 +96,12 @@ def test_the_lease_is_taken_by_exactly_one_of_many(kind, tmp_path, request):
     procs = [ctx.Process(target=_take, args=(url, at, queue, done)) for _ in range(8)]
     for p in procs:
         p.start()
-    got = sorted(queue.get(timeout=60) for _ in procs)
-    done.set()
-    for p in procs:
-        p.join(timeout=60)
+    try:
+        got = sorted(queue.get(timeout=60) for _ in procs)
+    finally:  # a child that died unanswered must not keep the holder waiting
+        done.set()
+        for p in procs:
+            p.join(timeout=60)
     assert [g for g in got if g[0] == "held"] == [("held", 1)], got
     assert all("being searched by another driver" in g[1] for g in got if g[0] == "refused")
     lease = take_lease(url, "t")
