@@ -131,18 +131,14 @@ def _study(name: str, results: Path, url: str | None = None):
     return load_study(open_storage(url or journal_storage(name, results)), name)
 
 
+def _running(text: str) -> bool:
+    """Whether a process whose command line holds ``text`` is running."""
+    return any(text in " ".join(p.info["cmdline"] or [])
+               for p in psutil.process_iter(["cmdline"]))
+
+
 def _no_ray_left(job: str) -> bool:
-    for p in psutil.process_iter(["cmdline"]):
-        if f"evomerge-ray-{job}" in " ".join(p.info["cmdline"] or []):
-            return False
-    return True
-
-
-def _job_steps_left(job: str) -> bool:
-    for p in psutil.process_iter(["cmdline"]):
-        if f"slurmstepd: [{job}." in " ".join(p.info["cmdline"] or []):
-            return True
-    return False
+    return not _running(f"evomerge-ray-{job}")
 
 
 @pytest.mark.slow
@@ -216,7 +212,7 @@ def test_preempted_job_requeues_and_finishes_the_budget(cluster, mini_zoo, tmp_p
     # before its first run is cleaned up on the node (else: "Job credential revoked"): no
     # step daemon or Ray process of the job left, then the margin that sufficed before.
     end = time.monotonic() + 90
-    while time.monotonic() < end and (not _no_ray_left(job) or _job_steps_left(job)):
+    while time.monotonic() < end and (not _no_ray_left(job) or _running(f"slurmstepd: [{job}.")):
         time.sleep(0.5)
     time.sleep(8)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)

@@ -137,7 +137,7 @@ def confine(config: Any, place: Path) -> Any:
     if not config.tracking_uri:
         return config.model_copy(update=update)
     uri, field = config.tracking_uri, "tracking.tracking_uri"
-    if uri in _SERVER_NAMES:
+    if _is_server(uri):
         return config.model_copy(update=update)
     scheme = _scheme(uri)
     if scheme == "":
@@ -147,8 +147,6 @@ def confine(config: Any, place: Path) -> Any:
         local = str(_inside(rest or ".", place, field)) if rest else str(place)
     elif scheme == "sqlite" and uri.startswith("sqlite:///"):  # MLflow's own driver only
         local = "sqlite:///" + str(_inside(uri[len("sqlite:///"):], place, field))
-    elif scheme in _SERVER_SCHEMES and "+" not in uri.split(":", 1)[0]:
-        return config.model_copy(update=update)
     else:
         servers = ", ".join(_SERVER_SCHEMES)
         raise ConfigError(f"{field} {uri!r} is neither a server's URL ({servers}) nor a "
@@ -170,9 +168,8 @@ def destinations(config: Any, place: Path) -> list[str]:
     except ConfigError:
         out.append("a place outside its folder")
     if isinstance(config, MlflowTracking) and config.tracking_uri:
-        uri = config.tracking_uri
-        if uri in _SERVER_NAMES or _scheme(uri) in _SERVER_SCHEMES:
-            out.append(f"MLflow at {uri!r}")
+        if _is_server(config.tracking_uri):
+            out.append(f"MLflow at {config.tracking_uri!r}")
     if isinstance(config, WandbTracking) and config.mode not in ("offline", "disabled"):
         out.append(f"W&B's servers (project {config.project!r})")
     if isinstance(config, TrackioTracking) and config.space_id:
@@ -183,6 +180,13 @@ def destinations(config: Any, place: Path) -> list[str]:
 # MLflow stores that are not files on this machine
 _SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "postgresql", "mysql",
                    "mssql", "uc")
+
+
+def _is_server(uri: str) -> bool:
+    """An MLflow store on a server (no file on this machine); a driver given with ``+``
+    (``postgresql+psycopg2``) is not one evomerge passes on."""
+    return uri in _SERVER_NAMES or (_scheme(uri) in _SERVER_SCHEMES
+                                    and "+" not in uri.split(":", 1)[0])
 
 
 def _scheme(uri: str) -> str:

@@ -28,11 +28,15 @@ def _copy(tiny, tmp_path: Path, name: str = "m", src: str = "b") -> Path:
     return dest
 
 
-def _edit_config(model: Path, **changes) -> Path:
-    cfg = json.loads((model / "config.json").read_text())
-    cfg.update(changes)
-    (model / "config.json").write_text(json.dumps(cfg))
+def _edit_json(model: Path, name: str, **changes) -> Path:
+    data = json.loads((model / name).read_text())
+    data.update(changes)
+    (model / name).write_text(json.dumps(data))
     return model
+
+
+def _edit_config(model: Path, **changes) -> Path:
+    return _edit_json(model, "config.json", **changes)
 
 
 def _read_st(file: Path) -> tuple[dict, bytes]:
@@ -292,9 +296,7 @@ def test_tokenizer_config_cannot_name_a_tokenizer_file_outside(tiny, tmp_path):
     token = next(t for t in vocab if t.startswith("w"))
     vocab["SECRETTOKEN"] = vocab.pop(token)
     (secret / "tokenizer.json").write_text(json.dumps(own))
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["tokenizer_file"] = str(secret / "tokenizer.json")
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    _edit_json(model, "tokenizer_config.json", tokenizer_file=str(secret / "tokenizer.json"))
     got = AutoTokenizer.from_pretrained(str(model), use_fast=True).get_vocab()
     assert "SECRETTOKEN" not in got and token in got
 
@@ -315,10 +317,8 @@ def test_fast_tokenizer_files_must_name_files_inside(tiny, tmp_path, names, refu
     secret.mkdir()
     shutil.copy(model / "tokenizer.json", secret / "tokenizer.1.0.json")
     shutil.copy(model / "tokenizer.json", model / "tokenizer.1.0.json")
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["fast_tokenizer_files"] = ([str(secret / "tokenizer.1.0.json")]
-                                      if names == "ABSOLUTE" else names)
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    _edit_json(model, "tokenizer_config.json", fast_tokenizer_files=(
+        [str(secret / "tokenizer.1.0.json")] if names == "ABSOLUTE" else names))
     code, err = _merge(tmp_path, model, tiny["a"])
     if refused is None:
         assert code == 0, err
